@@ -1,0 +1,300 @@
+"""IoModule against the IO module simulator, over real Modbus TCP on 127.0.0.1.
+
+Requirement ids: S5 (an IO module that stops answering is a device fault, the lane
+fails closed) and CONTRACT 2.3 (function 2 reads, function 5 writes, a pulse is on,
+pulse_ms, off; no answer within 1 s is a device fault).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from drivers.health import Health
+from drivers.modbus_io import IoModule, IoModuleError, IoModuleExceptionResponse
+from simulators.io_module import IoModuleSimulator
+
+UNIT = 7
+TIMEOUT_S = 0.3  # short request timeout keeps the suite fast; one test uses the 1 s default
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until ``predicate()`` holds; fail after ``timeout`` seconds."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+
+class Recorder:
+    """What the driver reported, in order."""
+
+    def __init__(self) -> None:
+        self.inputs: list[tuple[dict[int, bool], bool]] = []
+        self.health: list[tuple[Health, str]] = []
+
+    def on_inputs(self, changed: dict[int, bool], snapshot: bool) -> None:
+        self.inputs.append((dict(changed), snapshot))
+
+    def on_health(self, health: Health, reason: str) -> None:
+        self.health.append((health, reason))
+
+    @property
+    def snapshots(self) -> list[dict[int, bool]]:
+        return [changed for changed, snapshot in self.inputs if snapshot]
+
+    @property
+    def healths(self) -> list[Health]:
+        return [health for health, _ in self.health]
+
+
+class Running:
+    """An IoModule with its run() task, and what it reported."""
+
+    def __init__(self, module: IoModule, recorder: Recorder) -> None:
+        self.module = module
+        self.rec = recorder
+        self.task = asyncio.create_task(module.run())
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+def start_module(
+    port: int, *, unit: int = UNIT, inputs: int = 16, request_timeout_s: float = TIMEOUT_S
+) -> Running:
+    rec = Recorder()
+    module = IoModule(
+        "io1",
+        "127.0.0.1",
+        port,
+        unit,
+        poll_ms=20,
+        inputs=inputs,
+        on_inputs=rec.on_inputs,
+        on_health=rec.on_health,
+        request_timeout_s=request_timeout_s,
+    )
+    return Running(module, rec)
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[IoModuleSimulator]:
+    s = IoModuleSimulator(unit=UNIT, inputs=16, coils=16)
+    await s.start()
+    yield s
+    await s.stop()
+
+
+@pytest.fixture
+async def io(sim: IoModuleSimulator) -> AsyncIterator[Running]:
+    running = start_module(sim.port)
+    await until(lambda: running.module.health is Health.OK)
+    yield running
+    await running.stop()
+
+
+async def test_first_poll_is_a_snapshot_then_only_changed_inputs_are_reported(
+    sim: IoModuleSimulator,
+) -> None:
+    sim.set_input(2, True)
+    io = start_module(sim.port)
+    try:
+        await until(lambda: io.rec.healths == [Health.OK])
+        assert io.rec.inputs[0] == ({i: i == 2 for i in range(16)}, True)
+
+        sim.set_input(5, True)
+        await until(lambda: len(io.rec.inputs) == 2)
+        assert io.rec.inputs[1] == ({5: True}, False)
+
+        sim.set_input(2, False)
+        sim.set_input(5, False)
+        await until(lambda: len(io.rec.inputs) == 3)
+        assert io.rec.inputs[2] == ({2: False, 5: False}, False)
+    finally:
+        await io.stop()
+
+
+async def test_nothing_is_reported_when_nothing_changed(io: Running) -> None:
+    reports = len(io.rec.inputs)
+    polls = io.module.counters["polls"]
+    await until(lambda: io.module.counters["polls"] >= polls + 5)
+    assert len(io.rec.inputs) == reports
+    assert io.rec.healths == [Health.OK]
+
+
+async def test_contract_2_3_pulse_writes_on_then_off_with_function_5(
+    sim: IoModuleSimulator, io: Running
+) -> None:
+    await io.module.pulse(0, 50)
+    assert [(address, value) for _, address, value in sim.coil_writes] == [(0, True), (0, False)]
+    on_at, off_at = sim.coil_writes[0][0], sim.coil_writes[1][0]
+    assert on_at < off_at
+    assert not sim.coil(0)
+    assert io.module.counters["writes"] == 2
+
+
+async def test_barrier_limits_follow_a_pulse_through_the_driver(sim: IoModuleSimulator) -> None:
+    barrier = sim.add_barrier(open_coil=0, close_coil=1, up_input=3, down_input=4, travel_s=0.15)
+    io = start_module(sim.port)
+    try:
+        await until(lambda: io.module.health is Health.OK)
+        assert io.rec.snapshots[0][3] is False and io.rec.snapshots[0][4] is True
+
+        await io.module.pulse(0, 30)
+        await until(lambda: ({3: True}, False) in io.rec.inputs)
+        assert barrier.position == "up"
+        assert barrier.opens == 1
+        changes = [changed for changed, snapshot in io.rec.inputs if not snapshot]
+        assert changes.index({4: False}) < changes.index({3: True})
+
+        await io.module.pulse(1, 30)
+        await until(lambda: ({4: True}, False) in io.rec.inputs)
+        assert barrier.position == "down"
+        assert barrier.closes == 1
+    finally:
+        await io.stop()
+
+
+async def test_S5_stopped_server_is_a_device_fault_and_restart_recovers_with_a_new_snapshot(
+    sim: IoModuleSimulator, io: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="drivers.modbus_io")
+    sim.set_input(1, True)
+    await until(lambda: ({1: True}, False) in io.rec.inputs)
+
+    await sim.stop()
+    await until(lambda: io.module.health is Health.FAULTY)
+    reconnects = io.module.counters["reconnects"]
+    # refused, again and again
+    await until(lambda: io.module.counters["reconnects"] >= reconnects + 3)
+    assert io.rec.healths == [Health.OK, Health.FAULTY]  # FAULTY reported once per outage
+    reason = io.rec.health[1][1]
+    lost = f"unit {UNIT} read discrete inputs 0-15: connection lost"
+    assert lost in reason or "cannot connect" in reason
+
+    sim.set_input(8, True)  # changed while the module was unreachable
+    await sim.start()
+    await until(lambda: io.rec.healths == [Health.OK, Health.FAULTY, Health.OK])
+    assert len(io.rec.snapshots) == 2
+    assert io.rec.snapshots[1] == {i: i in (1, 8) for i in range(16)}
+
+    ours = [r for r in caplog.records if r.name == "drivers.modbus_io"]
+    errors = [r for r in ours if r.levelno == logging.ERROR]
+    infos = [r for r in ours if r.levelno == logging.INFO]
+    assert len(errors) == 1, [r.getMessage() for r in errors]  # one ERROR per outage, no flood
+    assert "recovered" in infos[-1].getMessage()
+    for record in errors + infos:
+        assert f"io1 unit {UNIT} at 127.0.0.1:{sim.port}" in record.getMessage()
+
+
+async def test_contract_2_3_no_answer_within_1_s_is_a_device_fault(sim: IoModuleSimulator) -> None:
+    """S5 / CONTRACT 2.3: a module that accepts the connection but stays silent is faulty."""
+    io = start_module(sim.port, request_timeout_s=1.0)  # the contract's 1 s
+    try:
+        await until(lambda: io.module.health is Health.OK)
+        sim.silent = True
+        await until(lambda: io.module.health is Health.FAULTY)
+        health, reason = io.rec.health[-1]
+        assert health is Health.FAULTY
+        assert "no answer within 1 s" in reason
+        assert f"unit {UNIT} read discrete inputs 0-15" in reason
+        assert io.module.counters["timeouts"] >= 1
+
+        sim.silent = False
+        await until(lambda: io.rec.healths == [Health.OK, Health.FAULTY, Health.OK])
+        assert len(io.rec.snapshots) == 2
+    finally:
+        await io.stop()
+
+
+async def test_S5_a_module_that_never_answered_is_faulty_without_first_being_ok(
+    sim: IoModuleSimulator,
+) -> None:
+    await sim.stop()  # nothing listens on the port now
+    io = start_module(sim.port)
+    try:
+        assert io.module.health is None  # unknown before the first poll
+        await until(lambda: io.module.health is Health.FAULTY)
+        assert io.rec.healths == [Health.FAULTY]
+        assert "cannot connect" in io.rec.health[0][1]
+        assert io.rec.inputs == []
+    finally:
+        await io.stop()
+
+
+async def test_S5_wrong_unit_gets_no_answer_and_is_a_device_fault(sim: IoModuleSimulator) -> None:
+    io = start_module(sim.port, unit=UNIT + 1)
+    try:
+        await until(lambda: io.module.health is Health.FAULTY)
+        assert "no answer within 0.3 s" in io.rec.health[0][1]
+        assert io.rec.inputs == []
+    finally:
+        await io.stop()
+
+
+async def test_S5_exception_response_to_a_poll_is_a_device_fault(sim: IoModuleSimulator) -> None:
+    io = start_module(sim.port, inputs=32)  # the module has only 16
+    try:
+        await until(lambda: io.module.health is Health.FAULTY)
+        assert "exception response, code 2" in io.rec.health[0][1]
+        assert io.module.counters["exceptions"] >= 1
+        assert io.rec.inputs == []
+    finally:
+        await io.stop()
+
+
+async def test_write_coil_raises_when_not_connected(sim: IoModuleSimulator) -> None:
+    rec = Recorder()
+    module = IoModule("io1", "127.0.0.1", sim.port, UNIT, 20, 16, rec.on_inputs, rec.on_health)
+    with pytest.raises(IoModuleError, match="not connected"):
+        await module.write_coil(0, True)
+    assert sim.coil_writes == []
+
+
+async def test_write_coil_raises_on_an_exception_response(io: Running) -> None:
+    with pytest.raises(IoModuleExceptionResponse, match="write coil 100 on") as info:
+        await io.module.write_coil(100, True)
+    assert info.value.code == 2
+    assert io.module.counters["exceptions"] == 1
+    assert io.module.health is Health.OK  # the module answered; polling is unaffected
+
+
+async def test_a_coil_left_on_by_a_failed_pulse_is_switched_off_after_reconnecting(
+    sim: IoModuleSimulator, io: Running
+) -> None:
+    """The module goes quiet between on and off: the pulse fails, the coil stays on
+    until the module answers again, and then it is switched off before anything else."""
+
+    def go_quiet_once_on(address: int, value: bool) -> None:
+        if address == 0 and value:
+            sim.silent = True
+
+    sim.on_coil_write.append(go_quiet_once_on)
+    with pytest.raises(IoModuleError, match="coil 0 may still be on"):
+        await asyncio.wait_for(io.module.pulse(0, 30), 5)
+    assert io.module.health is Health.FAULTY
+    assert sim.coil(0)  # the off write was never acted on
+
+    sim.on_coil_write.remove(go_quiet_once_on)
+    sim.silent = False
+    await until(lambda: io.module.health is Health.OK)
+    assert not sim.coil(0)
+    assert [(a, v) for _, a, v in sim.coil_writes] == [(0, True), (0, False)]
+
+
+async def test_cancelled_pulse_still_switches_the_coil_off(
+    sim: IoModuleSimulator, io: Running
+) -> None:
+    pulse = asyncio.create_task(io.module.pulse(2, 10_000))
+    await until(lambda: sim.coil(2))
+    pulse.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pulse
+    assert not sim.coil(2)
+    assert [(a, v) for _, a, v in sim.coil_writes] == [(2, True), (2, False)]
