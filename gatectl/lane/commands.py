@@ -1,0 +1,66 @@
+"""Commands the lane core returns; the lane service carries them out in order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+
+class Command:
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Emit(Command):
+    """Journal (and later publish) one lane event of the contract's section 5."""
+
+    type: str
+    ts: datetime
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRelease(Command):
+    """Ask the lane's release authority about this vehicle, once per passage (R3)."""
+
+    request_id: str
+    passage_id: str
+    card: str
+    gross_weight_kg: float | None
+    captured_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CommitAuthorisation(Command):
+    """Record the authorisation as consumed in the journal before any coil moves (S6).
+
+    The service answers with ``AuthorisationCommitted`` or ``AuthorisationRefused``
+    before it hands the core any other event.
+    """
+
+    kind: str
+    auth_id: str
+    passage_id: str
+    ts: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Pulse(Command):
+    """Pulse a barrier coil.
+
+    Every open pulse names the authorisation it is the effect of (S1); ``reason`` is
+    ``lift`` for the one lift of that authorisation and ``safety_reverse`` when the
+    barrier must rise again because the safety loop became occupied while lowering (S2).
+    """
+
+    coil: Literal["open", "close"]
+    authorisation: tuple[str, str] | None = None
+    reason: Literal["lift", "safety_reverse", "lower"] = "lift"
+
+
+@dataclass(frozen=True, slots=True)
+class Display(Command):
+    """Text for the lane display and the guard's screen (R6, R12), Chinese."""
+
+    text: str

@@ -1,0 +1,760 @@
+"""The lane core: every rule of one checkpoint lane, sans-IO.
+
+``LaneCore.handle(event, now) -> list[Command]`` is the only code that changes a lane's
+state. It owns no clock, socket or task: the lane service feeds it timestamped events
+(inputs, cards, weights, the authority's answers, the journal's answers, ticks) and
+carries out the commands it returns, in order. That keeps one vehicle, one card, one
+lift (R4, S1-S3) provable by reading this file and by hypothesis over random event
+sequences (tests/core/test_core_stateful.py).
+
+The happy path of one passage::
+
+    IDLE --arrival loop--> PRESENT --card--> WEIGHING --stable weight--> DECIDING
+      --release--> AUTHORISING --journal committed--> OPEN --vehicle cleared--> LOWERING
+      --down limit--> IDLE
+
+A vehicle that is not released goes to HELD and the lane waits for it to back out (R5,
+R6). Lifts happen only from AUTHORISING, i.e. only after the journal has recorded the
+authorisation as consumed (S6), and each authorisation is committed once (S1).
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Callable
+
+from gatectl.lane.commands import CommitAuthorisation, Command, Display, Emit, Pulse, RequestRelease
+from gatectl.lane.errors import LaneProtocolError
+from gatectl.lane.events import (
+    INPUT_POINTS,
+    AuthorisationCommitted,
+    AuthorisationRefused,
+    CardRead,
+    DeviceFault,
+    DeviceRecovered,
+    Event,
+    InputChanged,
+    InputsSnapshot,
+    Recovered,
+    ReleaseDecided,
+    ReleaseFailed,
+    Tick,
+    WeightStable,
+)
+
+
+class LaneState(enum.StrEnum):
+    STARTING = "starting"  # waiting for the first reading of the inputs
+    IDLE = "idle"  # barrier down, no vehicle
+    PRESENT = "present"  # a vehicle is on the arrival loop, no card yet
+    WEIGHING = "weighing"  # card read, waiting for a stable weight
+    DECIDING = "deciding"  # one release request outstanding
+    AUTHORISING = "authorising"  # the journal is recording the authorisation
+    OPEN = "open"  # lifted under an authorisation; the vehicle has not cleared
+    LOWERING = "lowering"  # lower commanded, waiting for the down limit
+    HELD = "held"  # not released: waiting for the vehicle to back out
+
+
+S = LaneState
+
+#: Legal state changes. ``_goto`` refuses anything else: a wrong move is a gatectl bug.
+TRANSITIONS: dict[LaneState, frozenset[LaneState]] = {
+    S.STARTING: frozenset({S.IDLE, S.PRESENT, S.WEIGHING, S.DECIDING, S.OPEN, S.HELD}),
+    S.IDLE: frozenset({S.PRESENT, S.AUTHORISING}),
+    S.PRESENT: frozenset({S.WEIGHING, S.DECIDING, S.HELD, S.IDLE, S.AUTHORISING}),
+    S.WEIGHING: frozenset({S.DECIDING, S.HELD, S.IDLE, S.AUTHORISING}),
+    S.DECIDING: frozenset({S.AUTHORISING, S.HELD, S.IDLE}),
+    S.AUTHORISING: frozenset({S.OPEN, S.HELD, S.IDLE}),
+    S.OPEN: frozenset({S.LOWERING}),
+    S.LOWERING: frozenset({S.OPEN, S.IDLE, S.PRESENT, S.AUTHORISING}),
+    S.HELD: frozenset({S.IDLE, S.AUTHORISING}),
+}
+
+GOODS_KINDS = frozenset({"bonded", "ecommerce_9610", "non_bonded"})
+
+TEXT_WELCOME = "欢迎通行，请停车刷卡"
+TEXT_CARD = "请刷IC卡"
+TEXT_WEIGHING = "正在称重，请停稳"
+TEXT_DECIDING = "正在核验，请稍候"
+TEXT_RELEASED = "核放通过，请通行"
+TEXT_INSPECTION = "请驶入待检区，打开箱门等候海关查验"
+TEXT_NO_ANSWER = "海关系统无应答，暂不放行"
+TEXT_FAULT = "设备故障，暂停自动放行，请联系值班人员"
+TEXT_NO_CARD = "未读到IC卡，暂不放行"
+TEXT_NO_AUTHORITY = "本通道未配置放行系统，暂不放行"
+TEXT_EMERGENCY = "特种车辆紧急放行"
+TEXT_ONE_BY_ONE = "请勿跟车，一车一杆"
+TEXT_FORCED = "闯卡报警！已通知海关及园区管理方"
+TEXT_INTERRUPTED = "抬杆中断，请联系值班人员"
+
+
+@dataclass(frozen=True, slots=True)
+class LaneRules:
+    """What the core needs to know about its lane, taken from the config."""
+
+    lane_id: str
+    kind: str
+    has_authority: bool = True
+    has_weighbridge: bool = True
+    has_exit_loop: bool = True
+    min_vehicle_kg: float = 500.0
+    card_wait: timedelta = timedelta(seconds=60)
+    #: How long the core waits for the authority before holding (the client's own
+    #: timeout plus a margin, so the client's answer normally comes first).
+    decision_wait: timedelta = timedelta(seconds=4)
+    travel_timeout: timedelta = timedelta(seconds=6)
+    #: A card read just before the vehicle reaches the arrival loop still counts.
+    card_grace: timedelta = timedelta(seconds=5)
+
+
+@dataclass(slots=True)
+class Passage:
+    """One vehicle's attempt to pass the lane."""
+
+    passage_id: str
+    opened_at: datetime
+    card: str | None = None
+    weight_kg: float | None = None
+    request_id: str | None = None
+    decision: str | None = None
+    hint: str | None = None
+    authorisation: tuple[str, str] | None = None
+    lifted: bool = False
+    hold_reason: str | None = None
+    refused_cards: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class Lift:
+    """The barrier's current authorised opening; ends when it is down again."""
+
+    authorisation: tuple[str, str]
+    outcome: str  # outcome of the passage if the vehicle clears: passed | emergency | manual
+    entered: bool = False  # a vehicle reached the safety or exit loop
+    exit_seen: bool = False
+    vehicles: int = 0  # vehicles counted through under this lift (S3)
+    tailgating_raised: bool = False
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class LaneCore:
+    """One lane's state machine. Not thread-safe; one caller at a time."""
+
+    def __init__(
+        self,
+        rules: LaneRules,
+        recovered: Recovered | None = None,
+        new_id: Callable[[], str] = _new_id,
+    ) -> None:
+        self.rules = rules
+        self.state = S.STARTING
+        self.inputs: dict[str, bool] = {p: False for p in INPUT_POINTS}
+        self.passage: Passage | None = None
+        self.lift: Lift | None = None
+        self.faults: dict[str, str] = {}
+        self.display = ""
+        self.last_weight_kg: float | None = None
+        self._new_id = new_id
+        self._recovered = recovered
+        self._pending_card: tuple[str, datetime] | None = None
+        self._pending_outcome = "passed"
+        self._deadline: datetime | None = None  # state deadline (card wait, decision)
+        self._travel_deadline: datetime | None = None
+        self._out: list[Command] = []
+        self._now: datetime | None = None
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def next_deadline(self) -> datetime | None:
+        """When the core next wants a ``Tick``, if ever."""
+        times = [t for t in (self._deadline, self._travel_deadline) if t is not None]
+        if self._pending_card is not None:
+            times.append(self._pending_card[1] + self.rules.card_grace)
+        return min(times) if times else None
+
+    @property
+    def running(self) -> bool:
+        return self.state is not S.STARTING
+
+    def handle(self, event: Event, now: datetime) -> list[Command]:
+        if now.tzinfo is None:
+            raise LaneProtocolError("now must be timezone-aware")
+        self._out = []
+        self._now = now
+        handler = self._HANDLERS.get(type(event))
+        if handler is None:
+            raise LaneProtocolError(f"no rule for {type(event).__name__}")
+        handler(self, event)
+        out, self._out = self._out, []
+        return out
+
+    def snapshot(self) -> dict:
+        """The lane's state as the local API and MQTT show it."""
+        p = self.passage
+        return {
+            "lane_id": self.rules.lane_id,
+            "state": self.state.value,
+            "display": self.display,
+            "inputs": dict(self.inputs),
+            "faults": dict(self.faults),
+            "passage": None
+            if p is None
+            else {
+                "passage_id": p.passage_id,
+                "opened_at": p.opened_at.isoformat(),
+                "card": p.card,
+                "weight_kg": p.weight_kg,
+                "decision": p.decision,
+                "hint": p.hint,
+                "authorisation": _auth_json(p.authorisation),
+                "hold_reason": p.hold_reason,
+            },
+            "lift": None
+            if self.lift is None
+            else {
+                "authorisation": _auth_json(self.lift.authorisation),
+                "outcome": self.lift.outcome,
+                "vehicles": self.lift.vehicles,
+            },
+        }
+
+    # ------------------------------------------------------------- plumbing
+
+    def _emit(self, type_: str, **data) -> None:
+        assert self._now is not None
+        if self.passage is not None and "passage_id" not in data:
+            data["passage_id"] = self.passage.passage_id
+        self._out.append(Emit(type_, self._now, data))
+
+    def _alarm(self, alarm: str, **data) -> None:
+        self._emit("alarm.raised", alarm=alarm, **data)
+
+    def _show(self, text: str) -> None:
+        if text != self.display:
+            self.display = text
+            self._out.append(Display(text))
+
+    def _goto(self, new: LaneState) -> None:
+        if new is self.state:
+            return
+        if new not in TRANSITIONS[self.state]:
+            raise LaneProtocolError(f"illegal lane transition {self.state} -> {new}")
+        self.state = new
+        self._deadline = None
+
+    @property
+    def _lift_in_progress(self) -> bool:
+        return self.state in (S.OPEN, S.LOWERING)
+
+    def _vehicle_loops_clear(self) -> bool:
+        return not self.inputs["safety_loop"] and not self.inputs["exit_loop"]
+
+    # ------------------------------------------------------------- passages
+
+    def _open_passage(self) -> None:
+        assert self._now is not None and self.passage is None
+        self.passage = Passage(passage_id=self._new_id(), opened_at=self._now)
+        self._emit("passage.opened", card=None)
+        self._goto(S.PRESENT)
+        self._deadline = self._now + self.rules.card_wait
+        self._show(TEXT_CARD)
+        if self._pending_card is not None:
+            card, seen = self._pending_card
+            self._pending_card = None
+            if self._now - seen <= self.rules.card_grace:
+                self._accept_card(card)
+
+    def _close_passage(self, outcome: str, **data) -> None:
+        p = self.passage
+        assert p is not None
+        if p.hold_reason and "reason" not in data:
+            data["reason"] = p.hold_reason
+        self._emit(
+            "passage.closed",
+            outcome=outcome,
+            card=p.card,
+            gross_weight_kg=p.weight_kg,
+            decision=p.decision,
+            authorisation=_auth_json(p.authorisation),
+            **data,
+        )
+        self.passage = None
+
+    def _accept_card(self, card: str) -> None:
+        p = self.passage
+        assert p is not None and p.card is None
+        p.card = card
+        self._emit("card.read", card=card)
+        self._deadline = None
+        if self.rules.has_weighbridge:
+            self._goto(S.WEIGHING)
+            self._show(TEXT_WEIGHING)
+            if self.last_weight_kg is not None and self.last_weight_kg >= self.rules.min_vehicle_kg:
+                self._weight_ready(self.last_weight_kg)
+        else:
+            self._request_release()
+
+    def _weight_ready(self, kg: float) -> None:
+        p = self.passage
+        assert p is not None
+        p.weight_kg = kg
+        self._emit("weight.stable", gross_weight_kg=kg)
+        self._request_release()
+
+    def _request_release(self) -> None:
+        p = self.passage
+        assert p is not None and p.card is not None and p.request_id is None
+        assert self._now is not None
+        if not self.rules.has_authority:
+            self._hold("no_authority", TEXT_NO_AUTHORITY)
+            return
+        p.request_id = self._new_id()
+        self._goto(S.DECIDING)
+        self._deadline = self._now + self.rules.decision_wait
+        self._show(TEXT_DECIDING)
+        self._emit("release.requested", request_id=p.request_id, card=p.card, gross_weight_kg=p.weight_kg)
+        self._out.append(
+            RequestRelease(
+                request_id=p.request_id,
+                passage_id=p.passage_id,
+                card=p.card,
+                gross_weight_kg=p.weight_kg,
+                captured_at=self._now,
+            )
+        )
+
+    def _hold(self, reason: str, text: str) -> None:
+        """Not released: show why, send the vehicle to the inspection area, wait for it to back out."""
+        p = self.passage
+        assert p is not None
+        p.hold_reason = reason
+        self._goto(S.HELD)
+        self._show(f"{text}；{TEXT_INSPECTION}")
+        self._emit("passage.held", reason=reason, display=self.display)
+        if not self.inputs["arrival_loop"]:
+            self._close_passage("held")
+            self._goto(S.IDLE)
+            self._show_idle()
+
+    def _show_idle(self) -> None:
+        self._show(TEXT_FAULT if self.faults else TEXT_WELCOME)
+
+    # ---------------------------------------------------------------- lifts
+
+    def _authorise(self, kind: str, auth_id: str, outcome: str) -> None:
+        p = self.passage
+        assert p is not None and self._now is not None
+        p.authorisation = (kind, auth_id)
+        self._goto(S.AUTHORISING)
+        self._pending_outcome = outcome
+        self._out.append(CommitAuthorisation(kind, auth_id, p.passage_id, self._now))
+
+    def _lift(self) -> None:
+        p = self.passage
+        assert p is not None and p.authorisation is not None and self._now is not None
+        self.lift = Lift(authorisation=p.authorisation, outcome=self._pending_outcome)
+        p.lifted = True
+        self._goto(S.OPEN)
+        self._out.append(Pulse("open", p.authorisation, "lift"))
+        self._emit("barrier.lifted", authorisation=_auth_json(p.authorisation), reason="lift")
+        if not self.inputs["barrier_up"]:
+            self._travel_deadline = self._now + self.rules.travel_timeout
+
+    def _lower(self) -> None:
+        """Lower once clear; never while the safety loop is occupied (S2)."""
+        assert self.lift is not None and self._now is not None
+        if self.inputs["safety_loop"]:
+            return
+        self._goto(S.LOWERING)
+        self._out.append(Pulse("close", self.lift.authorisation, "lower"))
+        self._emit("barrier.lowered", authorisation=_auth_json(self.lift.authorisation))
+        self._show(TEXT_ONE_BY_ONE)
+        self._travel_deadline = None if self.inputs["barrier_down"] else self._now + self.rules.travel_timeout
+
+    def _count_vehicle_out(self) -> None:
+        """A vehicle left the loops under the current lift (S3)."""
+        lift = self.lift
+        assert lift is not None
+        lift.vehicles += 1
+        if lift.vehicles >= 2 and not lift.tailgating_raised:
+            lift.tailgating_raised = True
+            self._alarm("tailgating", authorisation=_auth_json(lift.authorisation), vehicles=lift.vehicles)
+
+    def _vehicle_cleared(self) -> None:
+        """The authorised vehicle is through: close its passage and lower (S3)."""
+        lift = self.lift
+        assert lift is not None
+        if self.passage is not None:
+            self._close_passage(lift.outcome)
+        self._lower()
+
+    # ------------------------------------------------------------- handlers
+
+    def _on_snapshot(self, ev: InputsSnapshot) -> None:
+        if self.state is S.STARTING:
+            self.inputs.update(ev.values)
+            self._start()
+            return
+        for point, value in ev.values.items():
+            if self.inputs.get(point) != value:
+                self._on_input(InputChanged(point, value))
+
+    def _start(self) -> None:
+        """First reading of the inputs: rebuild from the journal and the live inputs (S7)."""
+        assert self._now is not None
+        rec, self._recovered = self._recovered, None
+        if rec is None:
+            self._goto(S.IDLE)
+            self._show_idle()
+            if self.inputs["arrival_loop"]:
+                self._open_passage()
+            return
+        p = Passage(
+            passage_id=rec.passage_id,
+            opened_at=datetime.fromisoformat(rec.opened_at),
+            card=rec.card,
+            weight_kg=rec.weight_kg,
+            request_id=rec.request_id,
+            decision=rec.decision,
+            hint=rec.hint,
+            authorisation=rec.authorisation,
+            lifted=rec.lifted,
+        )
+        self.passage = p
+        self._emit("lane.recovered", card=p.card, authorisation=_auth_json(p.authorisation))
+        if p.authorisation is not None:
+            # Consumed before the crash: it never lifts again, whatever happened to the coil.
+            outcome = {"emergency": "emergency", "approval": "manual"}.get(p.authorisation[0], "passed")
+            self.lift = Lift(authorisation=p.authorisation, outcome=outcome)
+            p.lifted = True
+            if self.inputs["barrier_up"] or not self._vehicle_loops_clear():
+                self._goto(S.OPEN)
+                self.lift.entered = not self._vehicle_loops_clear()
+                self._show(TEXT_RELEASED)
+            elif self.inputs["arrival_loop"]:
+                # Barrier down with the vehicle still before it: the lift was lost.
+                self.lift = None
+                self._goto(S.HELD)
+                p.hold_reason = "lift_interrupted"
+                self._show(TEXT_INTERRUPTED)
+                self._emit("passage.held", reason="lift_interrupted", display=self.display)
+            else:
+                self.lift = None
+                self._close_passage(outcome, reason="recovered_unobserved")
+                self._goto(S.IDLE)
+                self._show_idle()
+            return
+        if p.decision is not None and p.decision != "release":
+            self._goto(S.HELD)
+            p.hold_reason = p.decision
+            self._show(f"{p.hint or ''}；{TEXT_INSPECTION}".lstrip("；"))
+            if not self.inputs["arrival_loop"]:
+                self._close_passage("held")
+                self._goto(S.IDLE)
+                self._show_idle()
+            return
+        if not self.inputs["arrival_loop"]:
+            self._close_passage("backed_out", reason="daemon_restart")
+            self._goto(S.IDLE)
+            self._show_idle()
+            return
+        # Decided nothing yet: ask again. The journal still guarantees one lift per
+        # instruction, so a second answer naming the same instruction is safe.
+        p.request_id = None
+        p.decision = None
+        self._goto(S.PRESENT)
+        if p.card is None:
+            self._deadline = self._now + self.rules.card_wait
+            self._show(TEXT_CARD)
+            return
+        card, p.card = p.card, None
+        self._accept_card_recovered(card)
+
+    def _accept_card_recovered(self, card: str) -> None:
+        p = self.passage
+        assert p is not None
+        p.card = card
+        if self.rules.has_weighbridge:
+            self._goto(S.WEIGHING)
+            self._show(TEXT_WEIGHING)
+        else:
+            self._request_release()
+
+    def _on_input(self, ev: InputChanged) -> None:
+        if self.state is S.STARTING:
+            self.inputs[ev.point] = ev.value
+            return
+        before = self.inputs[ev.point]
+        if before == ev.value:
+            return
+        self.inputs[ev.point] = ev.value
+        point, on = ev.point, ev.value
+        if point in ("arrival_loop", "safety_loop", "exit_loop"):
+            self._emit("loop.changed", loop=point, occupied=on)
+        if point == "arrival_loop":
+            self._on_arrival(on)
+        elif point in ("safety_loop", "exit_loop"):
+            self._on_vehicle_loop(point, on)
+        elif point in ("barrier_up", "barrier_down"):
+            self._on_limit(point, on)
+        elif point == "manual_lift_button" and on:
+            self._emit("manual_lift.refused", reason="no_valid_approval")
+        elif point == "emergency_button" and on:
+            self._on_emergency()
+
+    def _on_arrival(self, on: bool) -> None:
+        st = self.state
+        if on:
+            if st is S.IDLE:
+                self._open_passage()
+            return
+        # The vehicle left the arrival loop.
+        if st in (S.PRESENT, S.WEIGHING, S.DECIDING):
+            self._close_passage("backed_out")
+            self._goto(S.IDLE)
+            self._show_idle()
+        elif st is S.HELD:
+            self._close_passage("held")
+            self._goto(S.IDLE)
+            self._show_idle()
+        elif st is S.OPEN and self.lift is not None and not self.lift.entered and self._vehicle_loops_clear():
+            # Lifted, but the vehicle reversed away instead of driving through.
+            if self.passage is not None:
+                self._close_passage("backed_out", reason="left_after_lift")
+            self._lower()
+
+    def _on_vehicle_loop(self, point: str, on: bool) -> None:
+        st = self.state
+        if on:
+            if st is S.OPEN:
+                assert self.lift is not None
+                self.lift.entered = True
+                if point == "exit_loop":
+                    self.lift.exit_seen = True
+            elif st is S.LOWERING:
+                assert self.lift is not None and self._now is not None
+                if point == "safety_loop":
+                    # S2: something is under the boom while it comes down: rise again.
+                    self._goto(S.OPEN)
+                    self._out.append(Pulse("open", self.lift.authorisation, "safety_reverse"))
+                    self._emit(
+                        "barrier.lifted", authorisation=_auth_json(self.lift.authorisation), reason="safety_reverse"
+                    )
+                    self._travel_deadline = None if self.inputs["barrier_up"] else self._now + self.rules.travel_timeout
+                self.lift.entered = True
+                self.lift.exit_seen = self.lift.exit_seen or point == "exit_loop"
+                # A second vehicle under a lift whose vehicle already cleared (S3).
+                if not self.lift.tailgating_raised:
+                    self.lift.tailgating_raised = True
+                    self._alarm("tailgating", authorisation=_auth_json(self.lift.authorisation), vehicles=2)
+            else:
+                # S4: through the barrier line with no lift in progress.
+                self._alarm("forced_passage", loop=point, state=st.value)
+                self._show(TEXT_FORCED)
+            return
+        # A vehicle loop cleared.
+        if st is not S.OPEN or self.lift is None:
+            return
+        lift = self.lift
+        counting_loop = "exit_loop" if self.rules.has_exit_loop else "safety_loop"
+        if point == counting_loop:
+            self._count_vehicle_out()
+        if not self._vehicle_loops_clear() or not lift.entered:
+            return
+        if self.rules.has_exit_loop and not lift.exit_seen:
+            # Back off the safety loop without reaching the exit loop: not through yet.
+            return
+        self._vehicle_cleared()
+
+    def _on_limit(self, point: str, on: bool) -> None:
+        self._emit("barrier.position", limit=point, on=on)
+        if point == "barrier_up" and on and self.state is S.OPEN:
+            self._travel_deadline = None
+            self._clear_fault("barrier")
+        if point == "barrier_down" and on and self.state is S.LOWERING:
+            self._travel_deadline = None
+            self._clear_fault("barrier")
+            self.lift = None
+            self._goto(S.IDLE)
+            self._show_idle()
+            if self.inputs["arrival_loop"]:
+                self._open_passage()
+
+    def _on_emergency(self) -> None:
+        """R11: lift at once, hold up until the vehicle clears, alarm."""
+        st = self.state
+        auth_id = self._new_id()
+        if st is S.OPEN:
+            # Already up: it stays up until the vehicle under it clears.
+            self._alarm("emergency_release", authorisation=None, note="barrier_already_up")
+            return
+        if st is S.AUTHORISING:
+            return
+        if self.passage is None:
+            assert self._now is not None
+            self.passage = Passage(passage_id=self._new_id(), opened_at=self._now)
+            self._emit("passage.opened", card=None, emergency=True)
+            if st is S.LOWERING:
+                self.lift = None
+        p = self.passage
+        p.request_id = None  # any late answer of the authority is ignored now
+        self._alarm("emergency_release", authorisation={"kind": "emergency", "id": auth_id}, account_pending=True)
+        self._show(TEXT_EMERGENCY)
+        self._authorise("emergency", auth_id, "emergency")
+
+    def _on_card(self, ev: CardRead) -> None:
+        st = self.state
+        p = self.passage
+        if p is not None and p.card == ev.card:
+            return  # S8: a re-read of the card already in this passage changes nothing
+        if st in (S.IDLE, S.OPEN, S.LOWERING, S.STARTING):
+            # Readers often fire a moment before the loop does, or while the vehicle
+            # ahead is still passing: keep it briefly for the next passage.
+            assert self._now is not None
+            self._pending_card = (ev.card, self._now)
+            return
+        if p is None:
+            return
+        if st is not S.PRESENT or p.card is not None:
+            if ev.card not in p.refused_cards:
+                p.refused_cards.add(ev.card)
+                self._emit("card.refused", card=ev.card, reason="lane_busy")
+            return
+        if ev.open_elsewhere is not None:
+            if ev.card not in p.refused_cards:
+                p.refused_cards.add(ev.card)
+                self._emit("card.refused", card=ev.card, reason="open_elsewhere", lane=ev.open_elsewhere)
+                self._show(f"该卡在{ev.open_elsewhere}通道尚有未完成通行，请联系值班人员")
+            return
+        self._accept_card(ev.card)
+
+    def _on_weight(self, ev: WeightStable) -> None:
+        self.last_weight_kg = ev.kg
+        if self.state is S.WEIGHING and ev.kg >= self.rules.min_vehicle_kg:
+            self._weight_ready(ev.kg)
+
+    def _on_decided(self, ev: ReleaseDecided) -> None:
+        p = self.passage
+        if self.state is not S.DECIDING or p is None or p.request_id != ev.request_id:
+            return  # an answer to a request this lane no longer waits for
+        p.decision = ev.decision
+        p.hint = ev.hint
+        self._emit(
+            "release.decided",
+            request_id=ev.request_id,
+            decision=ev.decision,
+            instruction_id=ev.instruction_id,
+            form_id=ev.form_id,
+            hint=ev.hint,
+            declared_weight_kg=ev.declared_weight_kg,
+        )
+        if ev.decision != "release":
+            self._hold(ev.decision, ev.hint or "不予放行")
+            return
+        if self.faults:
+            # S5: fail closed while a device the lane needs is faulty.
+            self._hold("device_fault", TEXT_FAULT)
+            return
+        assert ev.instruction_id is not None
+        self._show(ev.hint or TEXT_RELEASED)
+        self._authorise("release_instruction", ev.instruction_id, "passed")
+
+    def _on_failed(self, ev: ReleaseFailed) -> None:
+        p = self.passage
+        if self.state is not S.DECIDING or p is None or p.request_id != ev.request_id:
+            return
+        self._authority_failed(ev.reason, ev.detail)
+
+    def _authority_failed(self, reason: str, detail: str) -> None:
+        p = self.passage
+        assert p is not None
+        self._emit("release.failed", request_id=p.request_id, reason=reason, detail=detail)
+        self._alarm("authority_unreachable", reason=reason, detail=detail)
+        self._hold(f"authority_{reason}", TEXT_NO_ANSWER)
+
+    def _on_committed(self, ev: AuthorisationCommitted) -> None:
+        p = self.passage
+        if self.state is not S.AUTHORISING or p is None or p.authorisation != (ev.kind, ev.auth_id):
+            raise LaneProtocolError(f"unexpected commit of {ev.kind}:{ev.auth_id} in {self.state}")
+        self._lift()
+
+    def _on_refused(self, ev: AuthorisationRefused) -> None:
+        p = self.passage
+        if self.state is not S.AUTHORISING or p is None or p.authorisation != (ev.kind, ev.auth_id):
+            raise LaneProtocolError(f"unexpected refusal of {ev.kind}:{ev.auth_id} in {self.state}")
+        p.authorisation = None
+        if ev.reason == "replay":
+            self._alarm("instruction_replay", authorisation={"kind": ev.kind, "id": ev.auth_id})
+            self._hold("instruction_replay", "放行指令已使用过，不予重复抬杆")
+        else:
+            # S6: the journal could not record it, so nothing lifts.
+            self._alarm("journal_fault", detail=ev.detail)
+            self._hold("journal_error", TEXT_FAULT)
+
+    def _on_fault(self, ev: DeviceFault) -> None:
+        if ev.device in self.faults:
+            return
+        self.faults[ev.device] = ev.reason
+        self._emit("fault.opened", device=ev.device, reason=ev.reason)
+        self._alarm("device_fault", device=ev.device, reason=ev.reason)
+        if self.state in (S.IDLE, S.STARTING):
+            self._show_idle()
+
+    def _on_recovered(self, ev: DeviceRecovered) -> None:
+        self._clear_fault(ev.device)
+
+    def _clear_fault(self, device: str) -> None:
+        if device not in self.faults:
+            return
+        del self.faults[device]
+        self._emit("fault.closed", device=device)
+        if self.state is S.IDLE:
+            self._show_idle()
+
+    def _on_tick(self, ev: Tick) -> None:
+        now = self._now
+        assert now is not None
+        if self._pending_card is not None and now - self._pending_card[1] > self.rules.card_grace:
+            self._pending_card = None
+        if self._travel_deadline is not None and now >= self._travel_deadline:
+            self._travel_deadline = None
+            if "barrier" not in self.faults:
+                direction = "up" if self.state is S.OPEN else "down"
+                self.faults["barrier"] = f"travel_timeout_{direction}"
+                self._emit("fault.opened", device="barrier", reason=f"travel_timeout_{direction}")
+                self._alarm("barrier_fault", reason=f"travel_timeout_{direction}")
+        if self._deadline is None or now < self._deadline:
+            return
+        self._deadline = None
+        if self.state is S.PRESENT:
+            self._hold("no_card", TEXT_NO_CARD)
+        elif self.state is S.DECIDING:
+            self._authority_failed("timeout", "no answer in time")
+
+    _HANDLERS: dict[type, Callable[["LaneCore", Event], None]] = {
+        InputsSnapshot: _on_snapshot,
+        InputChanged: _on_input,
+        CardRead: _on_card,
+        WeightStable: _on_weight,
+        ReleaseDecided: _on_decided,
+        ReleaseFailed: _on_failed,
+        AuthorisationCommitted: _on_committed,
+        AuthorisationRefused: _on_refused,
+        DeviceFault: _on_fault,
+        DeviceRecovered: _on_recovered,
+        Tick: _on_tick,
+    }
+
+
+def _auth_json(auth: tuple[str, str] | None) -> dict | None:
+    return None if auth is None else {"kind": auth[0], "id": auth[1]}
+
+
+__all__ = ["LaneCore", "LaneRules", "LaneState", "TRANSITIONS", "GOODS_KINDS"]

@@ -1,0 +1,47 @@
+"""Rebuild a lane's open passage from its journaled events (S7).
+
+Pure: the journal hands over the events of the lane's last ``passage.opened`` onwards,
+and the hypothesis tests hand over the events they collected, so both exercise the same
+fold.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+from gatectl.lane.events import Recovered
+
+
+def fold(events: Iterable[Mapping[str, Any]]) -> Recovered | None:
+    """The open passage described by ``events`` (oldest first), or None if it closed."""
+    rec: dict[str, Any] | None = None
+    for ev in events:
+        t = ev["type"]
+        if t == "passage.opened":
+            rec = {"passage_id": ev["passage_id"], "opened_at": _ts(ev["ts"])}
+            continue
+        if rec is None or ev.get("passage_id") != rec["passage_id"]:
+            continue
+        if t == "card.read":
+            rec["card"] = ev["card"]
+        elif t == "weight.stable":
+            rec["weight_kg"] = ev["gross_weight_kg"]
+        elif t == "release.requested":
+            rec["request_id"] = ev["request_id"]
+            rec.pop("decision", None)
+            rec.pop("hint", None)
+        elif t == "release.decided":
+            rec["decision"] = ev["decision"]
+            rec["hint"] = ev.get("hint")
+        elif t == "authorisation.committed":
+            auth = ev["authorisation"]
+            rec["authorisation"] = (auth["kind"], auth["id"])
+        elif t == "barrier.lifted":
+            rec["lifted"] = True
+        elif t == "passage.closed":
+            rec = None
+    return None if rec is None else Recovered(**rec)
+
+
+def _ts(value: Any) -> str:
+    return value if isinstance(value, str) else value.isoformat()
