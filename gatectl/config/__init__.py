@@ -1,0 +1,73 @@
+"""Site configuration: the YAML file of CONTRACT section 1, as frozen pydantic models.
+
+    from gatectl.config import load_config, ConfigError
+    config = load_config("site.yaml")          # raises ConfigError(problems=[...])
+"""
+
+from gatectl.config.base import ConfigError, GatectlModel, Problem, format_problems
+from gatectl.config.loader import check_config, load_config, parse_config, summarise
+from gatectl.config.models import (
+    GOODS_KINDS,
+    INPUT_ROLES,
+    OUTPUT_ROLES,
+    AdministrativeVehicle,
+    Authority,
+    BarrierConfig,
+    CardReaderConfig,
+    GatherXmlAuthority,
+    HttpJsonAuthority,
+    IoModule,
+    JournalConfig,
+    LaneConfig,
+    LaneKind,
+    LocalApiConfig,
+    ModbusRtuModule,
+    ModbusTcpModule,
+    MqttConfig,
+    MqttTlsConfig,
+    Point,
+    PointsConfig,
+    SiteConfig,
+    SiteInfo,
+    StaffMember,
+    TimeWindow,
+    TrustConfig,
+    WeighbridgeConfig,
+)
+
+__all__ = [
+    "GOODS_KINDS",
+    "INPUT_ROLES",
+    "OUTPUT_ROLES",
+    "AdministrativeVehicle",
+    "Authority",
+    "BarrierConfig",
+    "CardReaderConfig",
+    "ConfigError",
+    "GatectlModel",
+    "GatherXmlAuthority",
+    "HttpJsonAuthority",
+    "IoModule",
+    "JournalConfig",
+    "LaneConfig",
+    "LaneKind",
+    "LocalApiConfig",
+    "ModbusRtuModule",
+    "ModbusTcpModule",
+    "MqttConfig",
+    "MqttTlsConfig",
+    "Point",
+    "PointsConfig",
+    "Problem",
+    "SiteConfig",
+    "SiteInfo",
+    "StaffMember",
+    "TimeWindow",
+    "TrustConfig",
+    "WeighbridgeConfig",
+    "check_config",
+    "format_problems",
+    "load_config",
+    "parse_config",
+    "summarise",
+]
