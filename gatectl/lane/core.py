@@ -106,6 +106,9 @@ class LaneRules:
     #: timeout plus a margin, so the client's answer normally comes first).
     decision_wait: timedelta = timedelta(seconds=4)
     travel_timeout: timedelta = timedelta(seconds=6)
+    #: A lifted vehicle off the arrival loop that reaches no other loop in this time
+    #: has backed out, and the barrier lowers.
+    backout_wait: timedelta = timedelta(seconds=5)
     #: A card read just before the vehicle reaches the arrival loop still counts.
     card_grace: timedelta = timedelta(seconds=5)
 
@@ -402,9 +405,14 @@ class LaneCore:
             self.inputs.update(ev.values)
             self._start()
             return
-        for point, value in ev.values.items():
-            if self.inputs.get(point) != value:
-                self._on_input(InputChanged(point, value))
+        # Changes seen in one poll: take the rising edges first. A vehicle reaches the
+        # next loop before it leaves the last, so "arrival off, safety on" in one poll
+        # is a vehicle moving forward, not one backing out.
+        changes = sorted(
+            ((p, v) for p, v in ev.values.items() if self.inputs.get(p) != v), key=lambda pv: not pv[1]
+        )
+        for point, value in changes:
+            self._on_input(InputChanged(point, value))
 
     def _start(self) -> None:
         """First reading of the inputs: rebuild from the journal and the live inputs (S7)."""
@@ -500,6 +508,8 @@ class LaneCore:
             self._emit("loop.changed", loop=point, occupied=on)
         if point == "arrival_loop":
             self._on_arrival(on)
+            if on and self.state is S.OPEN:
+                self._deadline = None
         elif point in ("safety_loop", "exit_loop"):
             self._on_vehicle_loop(point, on)
         elif point in ("barrier_up", "barrier_down"):
@@ -524,11 +534,11 @@ class LaneCore:
             self._close_passage("held")
             self._goto(S.IDLE)
             self._show_idle()
-        elif st is S.OPEN and self.lift is not None and not self.lift.entered and self._vehicle_loops_clear():
-            # Lifted, but the vehicle reversed away instead of driving through.
-            if self.passage is not None:
-                self._close_passage("backed_out", reason="left_after_lift")
-            self._lower()
+        elif st is S.OPEN and self.lift is not None and not self.lift.entered:
+            # Off the arrival loop but not yet on the safety loop: a gap between loops, or
+            # a vehicle reversing away. Only time tells; never lower onto it at once.
+            assert self._now is not None
+            self._deadline = self._now + self.rules.backout_wait
 
     def _on_vehicle_loop(self, point: str, on: bool) -> None:
         st = self.state
@@ -536,6 +546,7 @@ class LaneCore:
             if st is S.OPEN:
                 assert self.lift is not None
                 self.lift.entered = True
+                self._deadline = None
                 if point == "exit_loop":
                     self.lift.exit_seen = True
             elif st is S.LOWERING:
@@ -737,6 +748,12 @@ class LaneCore:
             self._hold("no_card", TEXT_NO_CARD)
         elif self.state is S.DECIDING:
             self._authority_failed("timeout", "no answer in time")
+        elif self.state is S.OPEN and self.lift is not None and not self.lift.entered:
+            if not self.inputs["arrival_loop"] and self._vehicle_loops_clear():
+                # Lifted, but the vehicle reversed away instead of driving through.
+                if self.passage is not None:
+                    self._close_passage("backed_out", reason="left_after_lift")
+                self._lower()
 
     _HANDLERS: dict[type, Callable[["LaneCore", Event], None]] = {
         InputsSnapshot: _on_snapshot,

@@ -1,0 +1,5 @@
+import sys
+
+from gatectl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,261 @@
+"""The journal: one SQLite file per process, the lane's durable memory.
+
+WAL with ``synchronous=FULL``: a committed transaction survives power loss. Every lane
+event gets a uuid ``event_id`` and a per-lane ``seq`` that increases by one and is never
+reused (CONTRACT section 5). Authorisations are recorded as consumed with a primary key
+on (kind, id), so an instruction can be committed once and only once (S1, S6); the row
+and its ``authorisation.committed`` event land in the same transaction.
+
+The ``passages`` table is a projection of the events, kept in the same transaction, so
+queries (ledger, API, recovery) need not replay the whole history.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from gatectl.lane.events import Recovered
+from gatectl.lane.recovery import fold
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    lane_id   TEXT    NOT NULL,
+    seq       INTEGER NOT NULL,
+    event_id  TEXT    NOT NULL UNIQUE,
+    type      TEXT    NOT NULL,
+    ts        TEXT    NOT NULL,
+    body      TEXT    NOT NULL,          -- the whole event as published, JSON
+    PRIMARY KEY (lane_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_type ON events (type, ts);
+
+CREATE TABLE IF NOT EXISTS passages (
+    passage_id      TEXT PRIMARY KEY,
+    lane_id         TEXT NOT NULL,
+    opened_seq      INTEGER NOT NULL,
+    opened_at       TEXT NOT NULL,
+    closed_at       TEXT,
+    card            TEXT,
+    gross_weight_kg REAL,
+    request_id      TEXT,
+    decision        TEXT,
+    instruction_id  TEXT,
+    form_id         TEXT,
+    hint            TEXT,
+    auth_kind       TEXT,
+    auth_id         TEXT,
+    outcome         TEXT,
+    reason          TEXT
+);
+CREATE INDEX IF NOT EXISTS passages_open ON passages (lane_id, closed_at);
+CREATE INDEX IF NOT EXISTS passages_opened ON passages (opened_at);
+
+CREATE TABLE IF NOT EXISTS authorisations (
+    kind         TEXT NOT NULL,
+    auth_id      TEXT NOT NULL,
+    lane_id      TEXT NOT NULL,
+    passage_id   TEXT,
+    committed_at TEXT NOT NULL,
+    PRIMARY KEY (kind, auth_id)
+);
+"""
+
+
+class JournalError(Exception):
+    """The journal could not record something; whatever depended on it must not happen."""
+
+
+class AuthorisationReplay(JournalError):
+    """The authorisation was already consumed by an earlier lift."""
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEvent:
+    type: str
+    ts: datetime
+    data: dict[str, Any]
+
+
+class Journal:
+    def __init__(self, path: str | Path, site_id: str) -> None:
+        self.path = str(path)
+        self.site_id = site_id
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
+        self._seq: dict[str, int] = {}
+        for lane_id, seq in self._db.execute("SELECT lane_id, MAX(seq) FROM events GROUP BY lane_id"):
+            self._seq[lane_id] = seq
+
+    def close(self) -> None:
+        self._db.close()
+
+    # --------------------------------------------------------------- writing
+
+    def write(
+        self,
+        lane_id: str,
+        events: Iterable[PendingEvent],
+        authorisation: tuple[str, str, str | None, datetime] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Record ``events`` (and, if given, consume ``authorisation``) atomically.
+
+        ``authorisation`` is (kind, auth_id, passage_id, ts). Returns the events as
+        written, with their ``event_id`` and ``seq``. Raises ``AuthorisationReplay`` if
+        the authorisation was consumed before and ``JournalError`` on any failure; in
+        both cases nothing at all was recorded.
+        """
+        pending = list(events)
+        if authorisation is not None:
+            kind, auth_id, passage_id, ts = authorisation
+            # After the events that led to it (release.decided), in the same transaction.
+            pending.append(
+                PendingEvent(
+                    "authorisation.committed",
+                    ts,
+                    {"passage_id": passage_id, "authorisation": {"kind": kind, "id": auth_id}},
+                ),
+            )
+        seq = self._seq.get(lane_id, 0)
+        written: list[dict[str, Any]] = []
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if authorisation is not None:
+                    kind, auth_id, passage_id, ts = authorisation
+                    try:
+                        db.execute(
+                            "INSERT INTO authorisations (kind, auth_id, lane_id, passage_id, committed_at)"
+                            " VALUES (?, ?, ?, ?, ?)",
+                            (kind, auth_id, lane_id, passage_id, ts.isoformat()),
+                        )
+                    except sqlite3.IntegrityError as exc:
+                        raise AuthorisationReplay(f"{kind} {auth_id} was already used") from exc
+                for ev in pending:
+                    seq += 1
+                    body = {
+                        "event_id": str(uuid.uuid4()),
+                        "seq": seq,
+                        "site_id": self.site_id,
+                        "lane_id": lane_id,
+                        "type": ev.type,
+                        "ts": ev.ts.isoformat(),
+                        **ev.data,
+                    }
+                    db.execute(
+                        "INSERT INTO events (lane_id, seq, event_id, type, ts, body) VALUES (?, ?, ?, ?, ?, ?)",
+                        (lane_id, seq, body["event_id"], ev.type, body["ts"], json.dumps(body, ensure_ascii=False)),
+                    )
+                    self._project(body)
+                    written.append(body)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except JournalError:
+            raise
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal write failed: {exc}") from exc
+        self._seq[lane_id] = seq
+        return written
+
+    def _project(self, ev: dict[str, Any]) -> None:
+        """Keep the passages table in step with the events (same transaction)."""
+        t = ev["type"]
+        pid = ev.get("passage_id")
+        if pid is None:
+            return
+        db = self._db
+        if t == "passage.opened":
+            db.execute(
+                "INSERT OR IGNORE INTO passages (passage_id, lane_id, opened_seq, opened_at) VALUES (?, ?, ?, ?)",
+                (pid, ev["lane_id"], ev["seq"], ev["ts"]),
+            )
+        elif t == "card.read":
+            db.execute("UPDATE passages SET card = ? WHERE passage_id = ?", (ev["card"], pid))
+        elif t == "weight.stable":
+            db.execute("UPDATE passages SET gross_weight_kg = ? WHERE passage_id = ?", (ev["gross_weight_kg"], pid))
+        elif t == "release.requested":
+            db.execute("UPDATE passages SET request_id = ? WHERE passage_id = ?", (ev["request_id"], pid))
+        elif t == "release.decided":
+            db.execute(
+                "UPDATE passages SET decision = ?, instruction_id = ?, form_id = ?, hint = ? WHERE passage_id = ?",
+                (ev["decision"], ev.get("instruction_id"), ev.get("form_id"), ev.get("hint"), pid),
+            )
+        elif t == "authorisation.committed":
+            auth = ev["authorisation"]
+            db.execute(
+                "UPDATE passages SET auth_kind = ?, auth_id = ? WHERE passage_id = ?", (auth["kind"], auth["id"], pid)
+            )
+        elif t == "passage.closed":
+            db.execute(
+                "UPDATE passages SET closed_at = ?, outcome = ?, reason = ? WHERE passage_id = ?",
+                (ev["ts"], ev["outcome"], ev.get("reason"), pid),
+            )
+
+    # --------------------------------------------------------------- reading
+
+    def last_seq(self, lane_id: str) -> int:
+        return self._seq.get(lane_id, 0)
+
+    def recover(self, lane_id: str) -> Recovered | None:
+        """The lane's open passage as its events describe it (S7), or None."""
+        row = self._db.execute(
+            "SELECT opened_seq FROM passages WHERE lane_id = ? AND closed_at IS NULL ORDER BY opened_seq DESC LIMIT 1",
+            (lane_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return fold(self.events(lane_id, since_seq=row[0] - 1))
+
+    def consumed(self, kind: str, auth_id: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM authorisations WHERE kind = ? AND auth_id = ?", (kind, auth_id)).fetchone()
+        return row is not None
+
+    def events(self, lane_id: str | None = None, since_seq: int | None = None, limit: int | None = None) -> list[dict]:
+        return list(self.iter_events(lane_id, since_seq, limit))
+
+    def iter_events(
+        self, lane_id: str | None = None, since_seq: int | None = None, limit: int | None = None
+    ) -> Iterator[dict]:
+        """Events in ``seq`` order per lane, those with seq > ``since_seq``."""
+        sql = "SELECT body FROM events"
+        where, args = [], []
+        if lane_id is not None:
+            where.append("lane_id = ?")
+            args.append(lane_id)
+        if since_seq is not None:
+            where.append("seq > ?")
+            args.append(since_seq)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY lane_id, seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        for (body,) in self._db.execute(sql, args):
+            yield json.loads(body)
+
+    def passages(self, lane_id: str | None = None, limit: int = 100) -> list[dict]:
+        sql = "SELECT * FROM passages"
+        args: list[Any] = []
+        if lane_id is not None:
+            sql += " WHERE lane_id = ?"
+            args.append(lane_id)
+        sql += " ORDER BY opened_at DESC LIMIT ?"
+        args.append(limit)
+        cur = self._db.execute(sql, args)
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, row)) for row in cur]

@@ -1,0 +1,373 @@
+"""The lane service: wires drivers, the authority and the journal to each lane core.
+
+One ``Site`` per process holds the journal, the IO modules (shared by the lanes that use
+them) and one ``LaneService`` per lane. A lane service owns an event queue; its loop
+takes one event at a time, timestamps it, hands it to ``LaneCore.handle`` and carries
+out the commands in order. The service decides nothing: every rule is in the core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+
+from drivers.health import Health
+from drivers.modbus_io import IoModule, IoModuleError
+from drivers.serial_device import CardReader, Weighbridge
+from gatectl.authorities.base import AuthorityError, PassRequest
+from gatectl.authorities.http_json import HttpJsonAuthority
+from gatectl.config import LaneConfig, SiteConfig
+from gatectl.journal import AuthorisationReplay, Journal, JournalError, PendingEvent
+from gatectl.lane.commands import CommitAuthorisation, Command, Display, Emit, Pulse, RequestRelease
+from gatectl.lane.core import LaneCore, LaneRules
+from gatectl.lane.events import (
+    AuthorisationCommitted,
+    AuthorisationRefused,
+    CardRead,
+    DeviceFault,
+    DeviceRecovered,
+    Event,
+    InputsSnapshot,
+    ReleaseDecided,
+    ReleaseFailed,
+    Tick,
+    WeightStable,
+)
+
+log = structlog.get_logger("gatectl.service")
+
+#: Margin the core waits beyond the authority client's own timeout before holding.
+DECISION_MARGIN = timedelta(seconds=1)
+
+
+def lane_rules(lane: LaneConfig, site: SiteConfig) -> LaneRules:
+    timeout_ms = 3000
+    if lane.authority is not None:
+        timeout_ms = site.authorities[lane.authority].timeout_ms
+    return LaneRules(
+        lane_id=lane.id,
+        kind=lane.kind,
+        has_authority=lane.authority is not None
+        and site.authorities[lane.authority].protocol == "http-json",
+        has_weighbridge=lane.weighbridge is not None,
+        has_exit_loop=lane.points.exit_loop is not None,
+        min_vehicle_kg=lane.weighbridge.min_vehicle_kg if lane.weighbridge else 0.0,
+        card_wait=timedelta(milliseconds=lane.barrier.card_wait_ms),
+        decision_wait=timedelta(milliseconds=timeout_ms) + DECISION_MARGIN,
+        travel_timeout=timedelta(milliseconds=lane.barrier.travel_timeout_ms),
+    )
+
+
+class LaneService:
+    def __init__(self, site: "Site", lane: LaneConfig) -> None:
+        self.site = site
+        self.config = lane
+        self.id = lane.id
+        self.log = log.bind(lane=lane.id)
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        recovered = site.journal.recover(lane.id)
+        self.core = LaneCore(lane_rules(lane, site.config), recovered=recovered)
+        self.authority = site.authorities.get(lane.authority) if lane.authority else None
+        self._unwritten: list[PendingEvent] = []
+        self._journal_faulty = False
+        self._pulse_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task] = set()
+        # Inputs per IO module until every module of the lane has reported once.
+        self._first_inputs: dict[str, dict[str, bool]] = {}
+        self._modules = sorted({p.module for _, p in lane.points.items() if p.kind == "di"})
+        self._last_stable: float | None = None
+        self.card_reader = CardReader(
+            f"{lane.id}/card_reader",
+            lane.card_reader.port,
+            lane.card_reader.baudrate,
+            lane.card_reader.format,
+            on_card=lambda card: self.queue.put_nowait(CardRead(card)),
+            on_health=lambda h, reason: self._device_health("card_reader", h, reason),
+        )
+        self.weighbridge: Weighbridge | None = None
+        if lane.weighbridge is not None:
+            self.weighbridge = Weighbridge(
+                f"{lane.id}/weighbridge",
+                lane.weighbridge.port,
+                lane.weighbridge.baudrate,
+                lane.weighbridge.format,
+                lane.weighbridge.stable_samples,
+                on_weight=self._on_weight,
+                on_health=lambda h, reason: self._device_health("weighbridge", h, reason),
+            )
+
+    # ---------------------------------------------------------- driver facts
+
+    def _on_weight(self, kg: float, stable: bool) -> None:
+        # The core wants each settled weight once, not every frame of it.
+        if not stable:
+            self._last_stable = None
+            return
+        if kg != self._last_stable:
+            self._last_stable = kg
+            self.queue.put_nowait(WeightStable(kg))
+
+    def _device_health(self, device: str, health: Health, reason: str) -> None:
+        if health is Health.FAULTY:
+            self.queue.put_nowait(DeviceFault(device, reason))
+        elif health is Health.OK:
+            self.queue.put_nowait(DeviceRecovered(device))
+
+    def on_module_inputs(self, module: str, values: dict[str, bool], snapshot: bool) -> None:
+        """Inputs of one IO module, already mapped to this lane's point names."""
+        if not self.core.running and module in self._modules:
+            self._first_inputs.setdefault(module, {}).update(values)
+            if set(self._first_inputs) >= set(self._modules):
+                merged: dict[str, bool] = {}
+                for part in self._first_inputs.values():
+                    merged.update(part)
+                self.queue.put_nowait(InputsSnapshot(merged))
+            return
+        # One event per poll: the core orders the edges it saw together.
+        self.queue.put_nowait(InputsSnapshot(values))
+
+    # ------------------------------------------------------------ the loop
+
+    async def run(self) -> None:
+        drivers = [self.card_reader.run()]
+        if self.weighbridge is not None:
+            drivers.append(self.weighbridge.run())
+        for coro in drivers:
+            self._spawn(coro)
+        try:
+            while True:
+                event = await self._next_event()
+                await self.handle(event)
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _next_event(self) -> Event:
+        deadline = self.core.next_deadline
+        if deadline is None:
+            return await self.queue.get()
+        wait = (deadline - self.site.now()).total_seconds()
+        if wait <= 0:
+            return Tick()
+        try:
+            return await asyncio.wait_for(self.queue.get(), wait)
+        except TimeoutError:
+            return Tick()
+
+    async def handle(self, event: Event) -> None:
+        if isinstance(event, CardRead) and event.open_elsewhere is None:
+            event = CardRead(event.card, self.site.card_open_elsewhere(event.card, self.id))
+        commands = self.core.handle(event, self.site.now())
+        await self._execute(commands)
+
+    async def _execute(self, commands: list[Command]) -> None:
+        for cmd in commands:
+            if isinstance(cmd, Emit):
+                self._unwritten.append(PendingEvent(cmd.type, cmd.ts, cmd.data))
+            elif isinstance(cmd, Display):
+                self.log.info("display", text=cmd.text)
+            elif isinstance(cmd, CommitAuthorisation):
+                reply = self._commit(cmd)
+                await self._execute(self.core.handle(reply, self.site.now()))
+            elif isinstance(cmd, Pulse):
+                self._flush()
+                self._spawn(self._pulse(cmd))
+            elif isinstance(cmd, RequestRelease):
+                self._flush()
+                self._spawn(self._ask(cmd))
+        self._flush()
+
+    def _commit(self, cmd: CommitAuthorisation) -> Event:
+        """S6: the authorisation is durable before any coil moves, or nothing moves."""
+        pending, self._unwritten = self._unwritten, []
+        try:
+            written = self.site.journal.write(
+                self.id, pending, authorisation=(cmd.kind, cmd.auth_id, cmd.passage_id, cmd.ts)
+            )
+        except AuthorisationReplay as exc:
+            self._unwritten = pending + self._unwritten
+            self.log.error("authorisation replay", kind=cmd.kind, id=cmd.auth_id)
+            return AuthorisationRefused(cmd.kind, cmd.auth_id, "replay", str(exc))
+        except JournalError as exc:
+            self._unwritten = pending + self._unwritten
+            self.log.error("authorisation not recorded", kind=cmd.kind, id=cmd.auth_id, error=str(exc))
+            return AuthorisationRefused(cmd.kind, cmd.auth_id, "journal_error", str(exc))
+        self.site.published(written)
+        return AuthorisationCommitted(cmd.kind, cmd.auth_id)
+
+    def _flush(self) -> None:
+        if not self._unwritten:
+            return
+        pending, self._unwritten = self._unwritten, []
+        try:
+            written = self.site.journal.write(self.id, pending)
+        except JournalError as exc:
+            # Keep them, in order, for the next write; the lane fails closed meanwhile.
+            self._unwritten = pending + self._unwritten
+            if not self._journal_faulty:
+                self._journal_faulty = True
+                self.log.error("journal write failed", error=str(exc), pending=len(self._unwritten))
+                self.queue.put_nowait(DeviceFault("journal", str(exc)))
+            return
+        if self._journal_faulty:
+            self._journal_faulty = False
+            self.log.info("journal writable again")
+            self.queue.put_nowait(DeviceRecovered("journal"))
+        self.site.published(written)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("lane task failed", error=repr(task.exception()))
+
+    async def _pulse(self, cmd: Pulse) -> None:
+        point = self.config.points.barrier_open if cmd.coil == "open" else self.config.points.barrier_close
+        module = self.site.io[point.module]
+        # One coil at a time per barrier: open and close must never be energised together.
+        async with self._pulse_lock:
+            try:
+                await module.pulse(point.address, self.config.barrier.pulse_ms)
+            except IoModuleError as exc:
+                self.log.error("coil pulse failed", coil=cmd.coil, error=str(exc))
+                self.queue.put_nowait(DeviceFault(point.module, f"coil write failed: {exc}"))
+
+    async def _ask(self, cmd: RequestRelease) -> None:
+        assert self.authority is not None
+        req = PassRequest(
+            request_id=cmd.request_id,
+            site_id=self.site.config.site.id,
+            lane_id=self.id,
+            channel_no=self.config.channel_no,
+            direction=self.config.direction,
+            lane_kind=self.config.kind,
+            card_no=cmd.card,
+            plate=None,
+            gross_weight_kg=cmd.gross_weight_kg,
+            captured_at=cmd.captured_at,
+        )
+        try:
+            d = await self.authority.request(req)
+        except AuthorityError as exc:
+            self.queue.put_nowait(ReleaseFailed(cmd.request_id, exc.reason, exc.detail))
+            return
+        self.queue.put_nowait(
+            ReleaseDecided(d.request_id, d.decision, d.instruction_id, d.form_id, d.hint, d.declared_weight_kg)
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        snap = self.core.snapshot()
+        snap["name"] = self.config.name
+        snap["kind"] = self.config.kind
+        snap["direction"] = self.config.direction
+        snap["devices"] = {
+            "card_reader": self.card_reader.counters,
+            **({"weighbridge": self.weighbridge.counters} if self.weighbridge else {}),
+        }
+        snap["last_seq"] = self.site.journal.last_seq(self.id)
+        return snap
+
+
+class Site:
+    """Everything one gatectl process runs."""
+
+    def __init__(self, config: SiteConfig, now: Callable[[], datetime] | None = None) -> None:
+        self.config = config
+        self.tz = config.site.tz
+        self._now = now
+        self.journal = Journal(config.journal.path, config.site.id)
+        self.authorities = {}
+        for name, auth in config.authorities.items():
+            if auth.protocol == "http-json":
+                self.authorities[name] = HttpJsonAuthority(auth.url, auth.timeout_ms)
+        self.lanes: dict[str, LaneService] = {lane.id: LaneService(self, lane) for lane in config.lanes}
+        self.io: dict[str, IoModule] = {}
+        self._subscribers: list[Callable[[list[dict]], None]] = []
+        self._io_points: dict[str, list[tuple[LaneService, int, str]]] = {}
+        for lane in self.lanes.values():
+            for role, point in lane.config.points.items():
+                if point.kind == "di":
+                    self._io_points.setdefault(point.module, []).append((lane, point.address, role))
+        for name, mod in config.io_modules.items():
+            if mod.protocol != "modbus-tcp":
+                raise NotImplementedError(f"io module {name}: {mod.protocol} is not supported yet")
+            points = self._io_points.get(name, [])
+            count = max((addr for _, addr, _ in points), default=0) + 1
+            self.io[name] = IoModule(
+                name,
+                mod.host,
+                mod.port,
+                mod.unit,
+                mod.poll_ms,
+                count,
+                on_inputs=lambda values, snapshot, name=name: self._dispatch_inputs(name, values, snapshot),
+                on_health=lambda h, reason, name=name: self._module_health(name, h, reason),
+            )
+
+    def now(self) -> datetime:
+        return self._now() if self._now is not None else datetime.now(self.tz)
+
+    def subscribe(self, callback: Callable[[list[dict]], None]) -> None:
+        self._subscribers.append(callback)
+
+    def published(self, events: list[dict]) -> None:
+        for cb in self._subscribers:
+            cb(events)
+
+    @property
+    def running(self) -> bool:
+        return all(lane.core.running for lane in self.lanes.values())
+
+    def card_open_elsewhere(self, card: str, lane_id: str) -> str | None:
+        """S8 across lanes: the other lane whose open passage holds this card."""
+        for other in self.lanes.values():
+            p = other.core.passage
+            if other.id != lane_id and p is not None and p.card == card:
+                return other.id
+        return None
+
+    def _dispatch_inputs(self, module: str, values: dict[int, bool], snapshot: bool) -> None:
+        per_lane: dict[str, tuple[LaneService, dict[str, bool]]] = {}
+        for lane, address, role in self._io_points.get(module, []):
+            if address in values:
+                per_lane.setdefault(lane.id, (lane, {}))[1][role] = values[address]
+        for lane, mapped in per_lane.values():
+            lane.on_module_inputs(module, mapped, snapshot)
+
+    def _module_health(self, module: str, health: Health, reason: str) -> None:
+        for lane in self.lanes.values():
+            if module in lane._modules or any(
+                p.module == module for _, p in lane.config.points.items()
+            ):
+                lane._device_health(module, health, reason)
+
+    async def run(self, stop: asyncio.Event, started: Callable[[], None] | None = None) -> None:
+        tasks = [asyncio.create_task(m.run(), name=f"io:{n}") for n, m in self.io.items()]
+        tasks += [asyncio.create_task(lane.run(), name=f"lane:{lane.id}") for lane in self.lanes.values()]
+        if started is not None:
+            started()
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopper and task.exception() is not None:
+                    raise task.exception()
+        finally:
+            stopper.cancel()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for auth in self.authorities.values():
+                with contextlib.suppress(Exception):
+                    await auth.close()
+            self.journal.close()
