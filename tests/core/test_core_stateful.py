@@ -13,6 +13,7 @@ from collections import Counter
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -325,6 +326,19 @@ TestLaneCoreInvariants = LaneMachine.TestCase
 TestLaneCoreInvariants.settings = settings(
     max_examples=300,
     stateful_step_count=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+class LaneMachineSoak(LaneMachine):
+    """The same invariants over far more and longer sequences (opt-in: --soak)."""
+
+
+TestLaneCoreInvariantsSoak = pytest.mark.soak(LaneMachineSoak.TestCase)
+TestLaneCoreInvariantsSoak.settings = settings(
+    max_examples=20000,
+    stateful_step_count=200,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )

@@ -1,0 +1,18 @@
+"""Shared test options: long soak and fuzz runs are opt-in with --soak."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--soak", action="store_true", default=False, help="also run long soak and fuzz tests")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--soak"):
+        return
+    skip = pytest.mark.skip(reason="long run: opt in with --soak")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)
