@@ -1,0 +1,1233 @@
+"""Example-based scenarios of the lane core, one requirement or invariant each.
+
+Where tests/core/test_core_stateful.py throws random event sequences at the core, these
+walk the passages of DESIGN.md sections 3-4 step by step, with explicit Asia/Shanghai
+timestamps, and check the exact commands of every step (events journaled, pulses, release
+requests, authorisation commits, display texts, in order) and ``core.state`` afterwards.
+
+``Lane`` below plays the lane service the way ``gatectl.service.LaneService`` does: it
+carries out the commands in order, answers ``CommitAuthorisation`` at once from an
+in-memory set of consumed authorisations (appending ``authorisation.committed`` to the
+journal as the real journal does, in the same place), and keeps every journaled event as
+a dict so that ``gatectl.lane.recovery.fold`` can rebuild a crashed lane (S7).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Iterator
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from gatectl.lane import core as core_module
+from gatectl.lane.commands import CommitAuthorisation, Command, Display, Emit, Pulse, RequestRelease
+from gatectl.lane.core import LaneCore, LaneRules, LaneState
+from gatectl.lane.errors import LaneProtocolError
+from gatectl.lane.events import (
+    INPUT_POINTS,
+    AuthorisationCommitted,
+    AuthorisationRefused,
+    CardRead,
+    DeviceFault,
+    DeviceRecovered,
+    Event,
+    InputChanged,
+    InputsSnapshot,
+    Recovered,
+    ReleaseDecided,
+    ReleaseFailed,
+    Tick,
+    WeightStable,
+)
+from gatectl.lane.recovery import fold
+
+S = LaneState
+TZ = ZoneInfo("Asia/Shanghai")
+#: 09:00 Beijing time on a working day; every step below is T0 plus a few seconds.
+T0 = datetime(2026, 11, 27, 9, 0, tzinfo=TZ)
+
+CARD_A = "0100E2850E"
+CARD_B = "06008E6D5D"
+CARD_C = "3A00F1229B"
+
+BONDED = LaneRules(lane_id="B1-IN", kind="bonded", min_vehicle_kg=500.0)
+NO_WEIGHBRIDGE = replace(BONDED, has_weighbridge=False)
+NO_EXIT_LOOP = replace(BONDED, has_exit_loop=False)
+
+WELCOME = core_module.TEXT_WELCOME
+ASK_CARD = core_module.TEXT_CARD
+WEIGHING = core_module.TEXT_WEIGHING
+DECIDING = core_module.TEXT_DECIDING
+RELEASED = core_module.TEXT_RELEASED
+ONE_BY_ONE = core_module.TEXT_ONE_BY_ONE
+FORCED = core_module.TEXT_FORCED
+EMERGENCY = core_module.TEXT_EMERGENCY
+FAULT = core_module.TEXT_FAULT
+INTERRUPTED = core_module.TEXT_INTERRUPTED
+INSPECTION_AREA = "待检区"
+#: What the core returns when the cleared vehicle lets the barrier come down (S3).
+LOWERS = ["Pulse:close:lower", "barrier.lowered", f"Display:{ONE_BY_ONE}"]
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+# --------------------------------------------------------------------------- the service
+
+
+class Lane:
+    """One lane core and a minimal, synchronous lane service around it."""
+
+    def __init__(
+        self,
+        rules: LaneRules = BONDED,
+        *,
+        recovered: Recovered | None = None,
+        consumed: set[tuple[str, str]] | None = None,
+        journal: list[dict] | None = None,
+        ids: Iterator[int] | None = None,
+    ) -> None:
+        self.rules = rules
+        self._ids = ids if ids is not None else itertools.count(1)
+        self.core = LaneCore(rules, recovered=recovered, new_id=self.new_id)
+        self.journal: list[dict] = journal if journal is not None else []
+        self.consumed: set[tuple[str, str]] = consumed if consumed is not None else set()
+        self.journal_broken = False
+        self.requests: list[RequestRelease] = []
+        self.inputs = {p: False for p in INPUT_POINTS}
+
+    def new_id(self) -> str:
+        return f"id-{next(self._ids)}"
+
+    # The service's side: carry out commands in order, answer commits at once.
+
+    def feed(self, event: Event, now: datetime) -> list[Command]:
+        if isinstance(event, InputChanged):
+            self.inputs[event.point] = event.value
+        elif isinstance(event, InputsSnapshot):
+            self.inputs.update(event.values)
+        return self._execute(self.core.handle(event, now), now)
+
+    def _execute(self, commands: list[Command], now: datetime) -> list[Command]:
+        done: list[Command] = []
+        for cmd in commands:
+            done.append(cmd)
+            if isinstance(cmd, Emit):
+                self.journal.append({"type": cmd.type, "ts": cmd.ts.isoformat(), **cmd.data})
+            elif isinstance(cmd, RequestRelease):
+                self.requests.append(cmd)
+            elif isinstance(cmd, CommitAuthorisation):
+                done.extend(self._execute(self.core.handle(self._commit(cmd), now), now))
+        return done
+
+    def _commit(self, cmd: CommitAuthorisation) -> Event:
+        key = (cmd.kind, cmd.auth_id)
+        if self.journal_broken:
+            return AuthorisationRefused(cmd.kind, cmd.auth_id, "journal_error", "disk full")
+        if key in self.consumed:
+            return AuthorisationRefused(cmd.kind, cmd.auth_id, "replay", "consumed before")
+        self.consumed.add(key)
+        self.journal.append(
+            {
+                "type": "authorisation.committed",
+                "ts": cmd.ts.isoformat(),
+                "passage_id": cmd.passage_id,
+                "authorisation": {"kind": cmd.kind, "id": cmd.auth_id},
+            }
+        )
+        return AuthorisationCommitted(cmd.kind, cmd.auth_id)
+
+    # Shorthands for the steps of a scenario.
+
+    def start(self, now: datetime, **inputs: bool) -> list[Command]:
+        values = {p: False for p in INPUT_POINTS}
+        values["barrier_down"] = True
+        values.update(inputs)
+        return self.feed(InputsSnapshot(values), now)
+
+    def set(self, point: str, value: bool, now: datetime) -> list[Command]:
+        return self.feed(InputChanged(point, value), now)
+
+    def card(self, card: str, now: datetime, open_elsewhere: str | None = None) -> list[Command]:
+        return self.feed(CardRead(card, open_elsewhere), now)
+
+    def weight(self, kg: float, now: datetime) -> list[Command]:
+        return self.feed(WeightStable(kg), now)
+
+    def decide(self, decision: str, now: datetime, instruction_id: str | None = None, **kw) -> list[Command]:
+        return self.feed(ReleaseDecided(self.requests[-1].request_id, decision, instruction_id, **kw), now)
+
+    def tick(self, now: datetime) -> list[Command]:
+        return self.feed(Tick(), now)
+
+    def restart(self, now: datetime, **inputs: bool) -> tuple["Lane", list[Command]]:
+        """S7: a new core knowing only the journal (folded) and the live inputs."""
+        opened = [i for i, e in enumerate(self.journal) if e["type"] == "passage.opened"]
+        recovered = fold(self.journal[opened[-1] :]) if opened else None
+        lane = Lane(self.rules, recovered=recovered, consumed=self.consumed, journal=self.journal, ids=self._ids)
+        return lane, lane.start(now, **inputs)
+
+    # Reading what happened.
+
+    @property
+    def state(self) -> LaneState:
+        return self.core.state
+
+    def events(self, type_: str) -> list[dict]:
+        return [e for e in self.journal if e["type"] == type_]
+
+    def alarms(self, alarm: str | None = None) -> list[dict]:
+        return [e for e in self.events("alarm.raised") if alarm is None or e["alarm"] == alarm]
+
+
+def names(commands: list[Command]) -> list[str]:
+    """A compact, exact picture of a command list, in order."""
+    out = []
+    for c in commands:
+        if isinstance(c, Emit):
+            out.append(f"alarm.raised:{c.data['alarm']}" if c.type == "alarm.raised" else c.type)
+        elif isinstance(c, Pulse):
+            out.append(f"Pulse:{c.coil}:{c.reason}")
+        elif isinstance(c, RequestRelease):
+            out.append("RequestRelease")
+        elif isinstance(c, CommitAuthorisation):
+            out.append(f"Commit:{c.kind}")
+        elif isinstance(c, Display):
+            out.append(f"Display:{c.text}")
+        else:  # pragma: no cover - a new command type must be added here
+            raise AssertionError(f"unknown command {c!r}")
+    return out
+
+
+def emitted(commands: list[Command], type_: str) -> list[dict]:
+    return [c.data for c in commands if isinstance(c, Emit) and c.type == type_]
+
+
+def only(commands: list[Command], kind: type) -> list:
+    return [c for c in commands if isinstance(c, kind)]
+
+
+def open_pulses(commands: list[Command]) -> list[Pulse]:
+    return [c for c in only(commands, Pulse) if c.coil == "open"]
+
+
+# ------------------------------------------------------------------ scenario building blocks
+
+
+def up_to_deciding(lane: Lane, t: float = 1.0, card: str = CARD_A, kg: float = 31250.0) -> float:
+    """Arrival, card and (if the lane has one) a stable weight; returns the time of the last step."""
+    lane.set("arrival_loop", True, at(t))
+    lane.card(card, at(t + 1))
+    if lane.rules.has_weighbridge:
+        lane.weight(kg, at(t + 2))
+    assert lane.state is S.DECIDING
+    return t + 2
+
+
+def release(lane: Lane, t: float, instruction: str = "CMD-1") -> list[Command]:
+    out = lane.decide("release", at(t), instruction, form_id="HF-2026-1", hint=None)
+    assert lane.state is S.OPEN
+    return out
+
+
+def barrier_rises(lane: Lane, t: float) -> None:
+    lane.set("barrier_down", False, at(t))
+    lane.set("barrier_up", True, at(t + 1.5))
+
+
+def drive_through(lane: Lane, t: float) -> list[Command]:
+    """Arrival, safety and exit loops in order (safety only on a lane without an exit loop)."""
+    out: list[Command] = []
+    out += lane.set("safety_loop", True, at(t))
+    out += lane.set("arrival_loop", False, at(t + 0.5))
+    if lane.rules.has_exit_loop:
+        out += lane.set("exit_loop", True, at(t + 2))
+        out += lane.set("safety_loop", False, at(t + 2.5))
+        out += lane.set("exit_loop", False, at(t + 4))
+    else:
+        out += lane.set("safety_loop", False, at(t + 2.5))
+    return out
+
+
+def barrier_falls(lane: Lane, t: float) -> list[Command]:
+    out = lane.set("barrier_up", False, at(t))
+    out += lane.set("barrier_down", True, at(t + 1.5))
+    return out
+
+
+def full_passage(lane: Lane, t: float, card: str, instruction: str) -> float:
+    """One released vehicle from arrival to barrier down; returns the time it ends."""
+    t = up_to_deciding(lane, t, card)
+    release(lane, t + 1, instruction)
+    barrier_rises(lane, t + 1.2)
+    drive_through(lane, t + 3)
+    barrier_falls(lane, t + 8)
+    assert lane.state is S.IDLE
+    return t + 10
+
+
+@pytest.fixture
+def lane() -> Lane:
+    lane = Lane(BONDED)
+    assert names(lane.start(at(0))) == [f"Display:{WELCOME}"]
+    assert lane.state is S.IDLE
+    return lane
+
+
+# ============================================================== R3/R4: the happy paths
+
+
+def test_r3_r4_release_with_weighbridge_and_exit_loop_lifts_once_and_lowers_after_exit(lane: Lane) -> None:
+    """R3, R4, S1, S3: one card, one stable weight, one request, one authorisation, one lift."""
+    assert names(lane.set("arrival_loop", True, at(1))) == ["loop.changed", "passage.opened", f"Display:{ASK_CARD}"]
+    assert lane.state is S.PRESENT
+    passage_id = lane.events("passage.opened")[0]["passage_id"]
+
+    assert names(lane.card(CARD_A, at(2))) == ["card.read", f"Display:{WEIGHING}"]
+    assert lane.state is S.WEIGHING
+
+    # The truck still rolling onto the scale: below the lane's minimum, not a vehicle weight.
+    assert lane.weight(320.0, at(3)) == []
+    assert lane.state is S.WEIGHING and lane.requests == []
+
+    out = lane.weight(31250.0, at(4))
+    assert names(out) == ["weight.stable", f"Display:{DECIDING}", "release.requested", "RequestRelease"]
+    (req,) = only(out, RequestRelease)
+    assert (req.passage_id, req.card, req.gross_weight_kg, req.captured_at) == (passage_id, CARD_A, 31250.0, at(4))
+    assert lane.state is S.DECIDING
+
+    out = lane.decide("release", at(6), "CMD-1", form_id="HF-2026-1")
+    assert names(out) == [
+        "release.decided",
+        f"Display:{RELEASED}",
+        "Commit:release_instruction",
+        "Pulse:open:lift",
+        "barrier.lifted",
+    ]
+    (commit,) = only(out, CommitAuthorisation)
+    assert (commit.auth_id, commit.passage_id, commit.ts) == ("CMD-1", passage_id, at(6))
+    (pulse,) = only(out, Pulse)
+    assert pulse.authorisation == ("release_instruction", "CMD-1")
+    assert emitted(out, "barrier.lifted")[0]["authorisation"] == {"kind": "release_instruction", "id": "CMD-1"}
+    assert lane.state is S.OPEN
+    # S6: the journal recorded the authorisation before the coil was energised.
+    types = [e["type"] for e in lane.journal]
+    assert types.index("authorisation.committed") < types.index("barrier.lifted")
+
+    assert names(lane.set("barrier_down", False, at(6.2))) == ["barrier.position"]
+    assert names(lane.set("barrier_up", True, at(8))) == ["barrier.position"]
+    assert names(lane.set("safety_loop", True, at(9))) == ["loop.changed"]
+    assert names(lane.set("arrival_loop", False, at(9.5))) == ["loop.changed"]
+    assert names(lane.set("exit_loop", True, at(11))) == ["loop.changed"]
+    assert names(lane.set("safety_loop", False, at(11.5))) == ["loop.changed"]
+    assert lane.state is S.OPEN  # still on the exit loop: the boom stays up
+
+    out = lane.set("exit_loop", False, at(13))
+    assert names(out) == ["loop.changed", "passage.closed", *LOWERS]
+    (closed,) = emitted(out, "passage.closed")
+    assert closed["outcome"] == "passed"
+    assert closed["passage_id"] == passage_id
+    assert (closed["card"], closed["gross_weight_kg"], closed["decision"]) == (CARD_A, 31250.0, "release")
+    assert closed["authorisation"] == {"kind": "release_instruction", "id": "CMD-1"}
+    assert lane.state is S.LOWERING
+
+    assert names(lane.set("barrier_up", False, at(13.2))) == ["barrier.position"]
+    assert names(lane.set("barrier_down", True, at(15))) == ["barrier.position", f"Display:{WELCOME}"]
+    assert lane.state is S.IDLE
+    assert lane.core.passage is None and lane.core.lift is None
+
+    assert len(lane.requests) == 1
+    assert lane.alarms() == []
+    of_vehicle = [e for e in lane.journal if e["type"].startswith(("card.", "release.", "weight."))]
+    assert {e["passage_id"] for e in of_vehicle} == {passage_id}
+
+
+def test_r3_without_weighbridge_the_card_alone_starts_the_request() -> None:
+    """R3: a lane with no weighbridge asks the authority as soon as the card is read."""
+    lane = Lane(NO_WEIGHBRIDGE)
+    lane.start(at(0))
+    lane.set("arrival_loop", True, at(1))
+    out = lane.card(CARD_A, at(2))
+    assert names(out) == ["card.read", f"Display:{DECIDING}", "release.requested", "RequestRelease"]
+    (req,) = only(out, RequestRelease)
+    assert (req.card, req.gross_weight_kg) == (CARD_A, None)
+    assert lane.state is S.DECIDING
+
+    assert names(release(lane, 3)) == [
+        "release.decided",
+        f"Display:{RELEASED}",
+        "Commit:release_instruction",
+        "Pulse:open:lift",
+        "barrier.lifted",
+    ]
+    barrier_rises(lane, 3.2)
+    out = drive_through(lane, 6)
+    assert names(out)[-4:] == ["passage.closed", *LOWERS]
+    assert emitted(out, "passage.closed")[0]["outcome"] == "passed"
+    barrier_falls(lane, 11)
+    assert lane.state is S.IDLE
+
+
+def test_r3_s3_without_exit_loop_the_safety_loop_clearing_means_passed() -> None:
+    """S3: on a lane with no exit loop the vehicle has cleared when the safety loop clears."""
+    lane = Lane(NO_EXIT_LOOP)
+    lane.start(at(0))
+    t = up_to_deciding(lane, 1)
+    release(lane, t + 1)
+    barrier_rises(lane, t + 1.2)
+    assert names(lane.set("safety_loop", True, at(7))) == ["loop.changed"]
+    assert names(lane.set("arrival_loop", False, at(7.5))) == ["loop.changed"]
+    out = lane.set("safety_loop", False, at(9))
+    assert names(out) == ["loop.changed", "passage.closed", *LOWERS]
+    assert emitted(out, "passage.closed")[0]["outcome"] == "passed"
+    assert lane.state is S.LOWERING
+    barrier_falls(lane, 10)
+    assert lane.state is S.IDLE
+
+
+def test_r5_next_vehicle_waiting_on_arrival_loop_gets_its_passage_when_the_barrier_is_down(lane: Lane) -> None:
+    """R5: one at a time: the waiting vehicle's passage opens only once the barrier is down."""
+    t = up_to_deciding(lane, 1)
+    release(lane, t + 1)
+    barrier_rises(lane, t + 1.2)
+    drive_through(lane, 6)
+    assert names(lane.set("arrival_loop", True, at(10.5))) == ["loop.changed"]  # next truck, boom still coming down
+    assert lane.state is S.LOWERING and lane.core.passage is None
+    lane.set("barrier_up", False, at(11))
+    out = lane.set("barrier_down", True, at(12))
+    assert names(out) == ["barrier.position", f"Display:{WELCOME}", "passage.opened", f"Display:{ASK_CARD}"]
+    assert lane.state is S.PRESENT
+    assert len(lane.events("passage.opened")) == 2
+
+
+# ===================================================== cards read around the arrival loop
+
+
+def test_r4_card_read_just_before_the_arrival_loop_is_used(lane: Lane) -> None:
+    """R4: a reader firing a moment before the loop: the card, within its grace, is the vehicle's."""
+    assert lane.card(CARD_A, at(1)) == []
+    assert lane.state is S.IDLE and lane.events("card.read") == []
+    out = lane.set("arrival_loop", True, at(1 + 4.9))
+    assert names(out) == ["loop.changed", "passage.opened", f"Display:{ASK_CARD}", "card.read", f"Display:{WEIGHING}"]
+    assert emitted(out, "card.read")[0]["card"] == CARD_A
+    assert lane.state is S.WEIGHING
+
+
+def test_r4_card_read_before_the_grace_is_not_used(lane: Lane) -> None:
+    """R4: a card read too long before the vehicle arrived belongs to nobody."""
+    lane.card(CARD_A, at(1))
+    out = lane.set("arrival_loop", True, at(1 + 5.5))
+    assert names(out) == ["loop.changed", "passage.opened", f"Display:{ASK_CARD}"]
+    assert lane.state is S.PRESENT and lane.core.passage.card is None
+
+
+def test_r4_a_tick_after_the_grace_forgets_the_early_card(lane: Lane) -> None:
+    lane.card(CARD_A, at(1))
+    assert lane.core.next_deadline == at(6)
+    assert lane.tick(at(6.5)) == []
+    assert lane.core.next_deadline is None
+    lane.set("arrival_loop", True, at(7))
+    assert lane.state is S.PRESENT and lane.events("card.read") == []
+
+
+# =========================================================================== S8: cards
+
+
+def test_s8_rereads_of_the_same_card_are_idempotent() -> None:
+    """S8: five reads of one card: one card.read, one release request."""
+    lane = Lane(NO_WEIGHBRIDGE)
+    lane.start(at(0))
+    lane.set("arrival_loop", True, at(1))
+    first = lane.card(CARD_A, at(2))
+    assert names(first)[0] == "card.read"
+    for i in range(4):
+        assert lane.card(CARD_A, at(2.2 + i * 0.2)) == []
+    assert len(lane.events("card.read")) == 1
+    assert len(lane.requests) == 1
+    assert lane.state is S.DECIDING
+
+
+def test_s8_rereads_while_weighing_do_not_request_twice(lane: Lane) -> None:
+    lane.set("arrival_loop", True, at(1))
+    lane.card(CARD_A, at(2))
+    lane.weight(31250.0, at(3))
+    for i in range(4):
+        assert lane.card(CARD_A, at(3.5 + i)) == []
+    assert len(lane.events("card.read")) == 1 and len(lane.requests) == 1
+
+
+def test_s8_a_second_card_during_a_passage_is_refused_once_as_lane_busy(lane: Lane) -> None:
+    """S8, R5: the lane serves one vehicle; another card is refused, once, and changes nothing."""
+    up_to_deciding(lane, 1)
+    out = lane.card(CARD_B, at(4))
+    assert names(out) == ["card.refused"]
+    assert emitted(out, "card.refused")[0] == {
+        "card": CARD_B,
+        "reason": "lane_busy",
+        "passage_id": lane.core.passage.passage_id,
+    }
+    assert lane.card(CARD_B, at(4.5)) == []
+    assert lane.state is S.DECIDING and lane.core.passage.card == CARD_A
+    assert len(lane.requests) == 1
+
+
+def test_s8_a_card_open_on_another_lane_is_refused_and_not_asked_about(lane: Lane) -> None:
+    """S8: a card with an open passage elsewhere gets no passage and no request here."""
+    lane.set("arrival_loop", True, at(1))
+    out = lane.card(CARD_A, at(2), open_elsewhere="N2-OUT")
+    assert names(out) == ["card.refused", "Display:该卡在N2-OUT通道尚有未完成通行，请联系值班人员"]
+    assert emitted(out, "card.refused")[0]["reason"] == "open_elsewhere"
+    assert emitted(out, "card.refused")[0]["lane"] == "N2-OUT"
+    assert lane.card(CARD_A, at(2.5), open_elsewhere="N2-OUT") == []
+    assert lane.state is S.PRESENT and lane.core.passage.card is None
+    assert lane.requests == [] and lane.events("card.read") == []
+
+
+# ============================================================= R5/R6: hold, inspect, deny
+
+
+@pytest.mark.parametrize("decision", ["hold", "inspect", "deny"])
+def test_r6_not_released_sends_the_vehicle_to_the_inspection_area(lane: Lane, decision: str) -> None:
+    """R5, R6: no lift; the display names the inspection area; the passage closes as held."""
+    up_to_deciding(lane, 1)
+    out = lane.decide(decision, at(5), hint="申报重量不符")
+    held_text = f"申报重量不符；{core_module.TEXT_INSPECTION}"
+    assert names(out) == ["release.decided", f"Display:{held_text}", "passage.held"]
+    (text,) = [c.text for c in only(out, Display)]
+    assert INSPECTION_AREA in text
+    assert emitted(out, "passage.held")[0]["reason"] == decision
+    assert open_pulses(out) == [] and only(out, CommitAuthorisation) == []
+    assert lane.state is S.HELD
+
+    out = lane.set("arrival_loop", False, at(20))
+    assert names(out) == ["loop.changed", "passage.closed", f"Display:{WELCOME}"]
+    (closed,) = emitted(out, "passage.closed")
+    assert (closed["outcome"], closed["decision"], closed["reason"]) == ("held", decision, decision)
+    assert closed["authorisation"] is None
+    assert lane.state is S.IDLE and lane.core.passage is None
+
+    # The next vehicle gets a passage of its own, its own request, and may be released.
+    first = lane.events("passage.opened")[0]["passage_id"]
+    t = up_to_deciding(lane, 30, CARD_B)
+    second = lane.core.passage.passage_id
+    assert second != first
+    assert lane.requests[-1].passage_id == second and lane.requests[-1].card == CARD_B
+    assert names(release(lane, t + 1, "CMD-2"))[-2:] == ["Pulse:open:lift", "barrier.lifted"]
+
+
+def test_r6_hold_without_a_hint_still_names_the_inspection_area(lane: Lane) -> None:
+    up_to_deciding(lane, 1)
+    out = lane.decide("hold", at(5))
+    (text,) = [c.text for c in only(out, Display)]
+    assert INSPECTION_AREA in text
+    assert lane.state is S.HELD
+
+
+def test_r5_r6_held_vehicle_card_rereads_and_other_cards_change_nothing(lane: Lane) -> None:
+    up_to_deciding(lane, 1)
+    lane.decide("inspect", at(5))
+    assert lane.card(CARD_A, at(6)) == []
+    assert names(lane.card(CARD_B, at(7))) == ["card.refused"]
+    assert lane.state is S.HELD and lane.requests[-1].card == CARD_A and len(lane.requests) == 1
+
+
+def test_r5_vehicle_backing_out_before_the_decision_closes_backed_out_and_the_late_answer_is_ignored(
+    lane: Lane,
+) -> None:
+    """R5: a vehicle may back out; the late answer then changes nothing (h11: refused, no effect)."""
+    up_to_deciding(lane, 1)
+    out = lane.set("arrival_loop", False, at(4))
+    assert names(out) == ["loop.changed", "passage.closed", f"Display:{WELCOME}"]
+    assert emitted(out, "passage.closed")[0]["outcome"] == "backed_out"
+    assert lane.state is S.IDLE
+
+    before = lane.core.snapshot()
+    journal_len = len(lane.journal)
+    assert lane.decide("release", at(5), "CMD-1") == []
+    assert lane.feed(ReleaseFailed(lane.requests[-1].request_id, "timeout"), at(5.5)) == []
+    assert lane.core.snapshot() == before
+    assert lane.state is S.IDLE and len(lane.journal) == journal_len
+    assert ("release_instruction", "CMD-1") not in lane.consumed
+
+
+def test_r5_vehicle_backing_out_before_its_card_closes_backed_out(lane: Lane) -> None:
+    lane.set("arrival_loop", True, at(1))
+    out = lane.set("arrival_loop", False, at(3))
+    assert names(out) == ["loop.changed", "passage.closed", f"Display:{WELCOME}"]
+    assert emitted(out, "passage.closed")[0]["outcome"] == "backed_out"
+    assert lane.state is S.IDLE
+
+
+def test_r5_no_card_within_card_wait_holds(lane: Lane) -> None:
+    lane.set("arrival_loop", True, at(1))
+    assert lane.tick(at(60)) == []
+    out = lane.tick(at(61))
+    assert names(out) == [f"Display:{core_module.TEXT_NO_CARD}；{core_module.TEXT_INSPECTION}", "passage.held"]
+    assert emitted(out, "passage.held")[0]["reason"] == "no_card"
+    assert lane.state is S.HELD
+
+
+# =========================================================================== S5: fail closed
+
+
+def test_s5_authority_failure_holds_and_alarms(lane: Lane) -> None:
+    """S5: the authority failing is a hold plus an authority_unreachable alarm, never a lift."""
+    up_to_deciding(lane, 1)
+    out = lane.feed(ReleaseFailed(lane.requests[-1].request_id, "connection", "refused"), at(4))
+    assert names(out) == [
+        "release.failed",
+        "alarm.raised:authority_unreachable",
+        f"Display:{core_module.TEXT_NO_ANSWER}；{core_module.TEXT_INSPECTION}",
+        "passage.held",
+    ]
+    assert emitted(out, "passage.held")[0]["reason"] == "authority_connection"
+    assert lane.state is S.HELD
+    out = lane.set("arrival_loop", False, at(10))
+    assert emitted(out, "passage.closed")[0]["outcome"] == "held"
+
+
+def test_s5_no_answer_by_the_decision_deadline_holds_and_a_late_release_lifts_nothing(lane: Lane) -> None:
+    """S5: decision_wait (4 s) passes without an answer: hold; the late release is ignored."""
+    t = up_to_deciding(lane, 1)  # request at t=3
+    assert lane.core.next_deadline == at(t + 4)
+    assert lane.tick(at(t + 3.9)) == []
+    assert lane.state is S.DECIDING
+    out = lane.tick(at(t + 4))
+    assert names(out) == [
+        "release.failed",
+        "alarm.raised:authority_unreachable",
+        f"Display:{core_module.TEXT_NO_ANSWER}；{core_module.TEXT_INSPECTION}",
+        "passage.held",
+    ]
+    assert emitted(out, "release.failed")[0]["reason"] == "timeout"
+    assert lane.state is S.HELD
+
+    before = lane.core.snapshot()
+    assert lane.decide("release", at(t + 5), "CMD-1") == []
+    assert lane.state is S.HELD and lane.core.snapshot() == before
+    assert lane.consumed == set()
+
+
+def test_s5_device_fault_then_release_holds_without_committing_and_recovery_restores_release(lane: Lane) -> None:
+    """S5: a faulty device means no automatic lift; DeviceRecovered closes the fault."""
+    t = up_to_deciding(lane, 1)
+    out = lane.feed(DeviceFault("io1", "modbus timeout"), at(t + 0.5))
+    assert names(out) == ["fault.opened", "alarm.raised:device_fault"]
+    out = lane.decide("release", at(t + 1), "CMD-1")
+    assert names(out) == ["release.decided", f"Display:{FAULT}；{core_module.TEXT_INSPECTION}", "passage.held"]
+    assert emitted(out, "passage.held")[0]["reason"] == "device_fault"
+    assert only(out, CommitAuthorisation) == [] and open_pulses(out) == []
+    assert lane.state is S.HELD and lane.consumed == set()
+
+    out = lane.set("arrival_loop", False, at(10))
+    assert names(out) == ["loop.changed", "passage.closed", f"Display:{FAULT}"]
+    assert emitted(out, "passage.closed")[0]["reason"] == "device_fault"
+    assert lane.state is S.IDLE
+
+    out = lane.feed(DeviceRecovered("io1"), at(20))
+    assert names(out) == ["fault.closed", f"Display:{WELCOME}"]
+    assert lane.core.faults == {}
+    t = up_to_deciding(lane, 30, CARD_B)
+    out = release(lane, t + 1, "CMD-1")  # the instruction was never consumed: it may lift now
+    assert names(out)[-3:] == ["Commit:release_instruction", "Pulse:open:lift", "barrier.lifted"]
+
+
+def test_s5_a_fault_while_idle_shows_on_the_display(lane: Lane) -> None:
+    out = lane.feed(DeviceFault("card_reader", "port vanished"), at(1))
+    assert names(out) == ["fault.opened", "alarm.raised:device_fault", f"Display:{FAULT}"]
+    assert lane.feed(DeviceFault("card_reader", "port vanished"), at(2)) == []  # already open
+    assert lane.state is S.IDLE
+
+
+def test_s5_recovering_a_device_that_never_failed_changes_nothing(lane: Lane) -> None:
+    before = lane.core.snapshot()
+    assert lane.feed(DeviceRecovered("weighbridge"), at(1)) == []
+    assert lane.core.snapshot() == before
+
+
+# =============================================================== S1/S6: the journal decides
+
+
+def test_s1_a_replayed_instruction_is_refused_by_the_journal_and_lifts_nothing(lane: Lane) -> None:
+    """S1, S6: the journal refuses an instruction already consumed: replay alarm, hold, no pulse."""
+    lane.consumed.add(("release_instruction", "CMD-1"))
+    t = up_to_deciding(lane, 1)
+    out = lane.decide("release", at(t + 1), "CMD-1")
+    assert names(out) == [
+        "release.decided",
+        f"Display:{RELEASED}",
+        "Commit:release_instruction",
+        "alarm.raised:instruction_replay",
+        f"Display:放行指令已使用过，不予重复抬杆；{core_module.TEXT_INSPECTION}",
+        "passage.held",
+    ]
+    assert emitted(out, "alarm.raised")[0]["authorisation"] == {"kind": "release_instruction", "id": "CMD-1"}
+    assert open_pulses(out) == []
+    assert lane.state is S.HELD and lane.core.lift is None and lane.core.passage.authorisation is None
+
+
+def test_s6_a_journal_error_means_no_lift(lane: Lane) -> None:
+    """S6: the authorisation could not be recorded, so the coil is never energised."""
+    lane.journal_broken = True
+    t = up_to_deciding(lane, 1)
+    out = lane.decide("release", at(t + 1), "CMD-1")
+    assert names(out) == [
+        "release.decided",
+        f"Display:{RELEASED}",
+        "Commit:release_instruction",
+        "alarm.raised:journal_fault",
+        f"Display:{FAULT}；{core_module.TEXT_INSPECTION}",
+        "passage.held",
+    ]
+    assert emitted(out, "passage.held")[0]["reason"] == "journal_error"
+    assert only(out, Pulse) == []
+    assert lane.state is S.HELD and lane.events("authorisation.committed") == []
+
+
+def test_s1_the_same_instruction_offered_for_the_next_vehicle_is_refused_as_replay(lane: Lane) -> None:
+    """S1: each authorisation lifts at most once: CMD-1 for a second vehicle is a replay."""
+    end = full_passage(lane, 1, CARD_A, "CMD-1")
+    t = up_to_deciding(lane, end + 1, CARD_B)
+    out = lane.decide("release", at(t + 1), "CMD-1")
+    assert "alarm.raised:instruction_replay" in names(out)
+    assert open_pulses(out) == []
+    assert lane.state is S.HELD
+    assert sum(1 for e in lane.events("barrier.lifted")) == 1
+
+
+# ============================================================ S2: never lower onto a vehicle
+
+
+def lifted_and_through(lane: Lane) -> None:
+    t = up_to_deciding(lane, 1)
+    release(lane, t + 1)
+    barrier_rises(lane, t + 1.2)
+    drive_through(lane, 6)
+    assert lane.state is S.LOWERING
+
+
+def test_s2_safety_loop_occupied_while_lowering_raises_the_barrier_again(lane: Lane) -> None:
+    """S2: under the same authorisation, reason safety_reverse; S3: it is a second vehicle."""
+    lifted_and_through(lane)
+    lane.set("barrier_up", False, at(10.3))
+    out = lane.set("safety_loop", True, at(10.8))
+    assert names(out) == ["loop.changed", "Pulse:open:safety_reverse", "barrier.lifted", "alarm.raised:tailgating"]
+    (pulse,) = only(out, Pulse)
+    assert pulse.authorisation == ("release_instruction", "CMD-1")
+    assert emitted(out, "barrier.lifted")[0]["reason"] == "safety_reverse"
+    assert lane.state is S.OPEN
+
+    # It stays up while the thing is under the boom, however long it waits there.
+    lane.set("barrier_up", True, at(12))
+    assert lane.tick(at(30)) == []
+    assert lane.state is S.OPEN
+    out = lane.set("exit_loop", True, at(31))
+    out += lane.set("safety_loop", False, at(31.5))
+    assert only(out, Pulse) == []
+    out = lane.set("exit_loop", False, at(33))
+    assert names(out) == ["loop.changed", "Pulse:close:lower", "barrier.lowered"]
+    assert len(lane.alarms("tailgating")) == 1
+    assert lane.consumed == {("release_instruction", "CMD-1")}
+
+
+def test_s2_no_lower_while_the_vehicle_stands_on_the_safety_loop(lane: Lane) -> None:
+    """S2: a vehicle stopped under the boom: no close pulse, whatever time passes, until it clears."""
+    t = up_to_deciding(lane, 1)
+    release(lane, t + 1)
+    barrier_rises(lane, t + 1.2)
+    out = lane.set("safety_loop", True, at(7))
+    out += lane.set("arrival_loop", False, at(7.5))
+    for s in (10, 20, 60, 120):
+        out += lane.tick(at(s))
+    assert only(out, Pulse) == []
+    assert lane.state is S.OPEN
+    out = lane.set("exit_loop", True, at(121))
+    out += lane.set("safety_loop", False, at(122))
+    out += lane.set("exit_loop", False, at(123))
+    assert [c.coil for c in only(out, Pulse)] == ["close"]
+
+
+def test_s2_without_exit_loop_no_lower_until_the_safety_loop_clears() -> None:
+    lane = Lane(NO_EXIT_LOOP)
+    lane.start(at(0))
+    t = up_to_deciding(lane, 1)
+    release(lane, t + 1)
+    barrier_rises(lane, t + 1.2)
+    out = lane.set("safety_loop", True, at(7)) + lane.set("arrival_loop", False, at(7.5))
+    out += lane.tick(at(60))
+    assert only(out, Pulse) == [] and lane.state is S.OPEN
+    assert names(lane.set("safety_loop", False, at(61)))[2] == "Pulse:close:lower"
+
+
+# ================================================================== S3: tailgating
+
+
+def test_s3_two_vehicles_under_one_lift_raise_exactly_one_tailgating_alarm(lane: Lane) -> None:
+    """S3: the exit loop cycles twice under one lift: one tailgating alarm, then the barrier lowers."""
+    t = up_to_deciding(lane, 1)
+    release(lane, t + 1)
+    barrier_rises(lane, t + 1.2)
+    out: list[Command] = []
+    out += lane.set("safety_loop", True, at(7))  # first truck
+    out += lane.set("arrival_loop", False, at(7.5))
+    out += lane.set("exit_loop", True, at(8))
+    out += lane.set("safety_loop", False, at(8.5))
+    out += lane.set("arrival_loop", True, at(8.6))  # second truck, close behind, no card
+    out += lane.set("safety_loop", True, at(8.8))
+    out += lane.set("exit_loop", False, at(9))  # first truck out: the second is under the boom
+    assert only(out, Pulse) == [] and lane.alarms("tailgating") == []
+    out += lane.set("arrival_loop", False, at(9.2))
+    out += lane.set("exit_loop", True, at(9.5))
+    out += lane.set("safety_loop", False, at(10))
+    last = lane.set("exit_loop", False, at(11))
+    assert names(last) == [
+        "loop.changed",
+        "alarm.raised:tailgating",
+        "passage.closed",
+        "Pulse:close:lower",
+        "barrier.lowered",
+        f"Display:{ONE_BY_ONE}",
+    ]
+    (alarm,) = lane.alarms("tailgating")
+    assert alarm["authorisation"] == {"kind": "release_instruction", "id": "CMD-1"} and alarm["vehicles"] == 2
+    assert len(lane.events("passage.opened")) == 1  # the tailgater got no passage of its own
+    assert len(lane.events("barrier.lifted")) == 1
+
+
+def test_s3_three_vehicles_under_one_lift_still_one_alarm(lane: Lane) -> None:
+    t = up_to_deciding(lane, 1)
+    release(lane, t + 1)
+    barrier_rises(lane, t + 1.2)
+    lane.set("safety_loop", True, at(7))
+    lane.set("arrival_loop", False, at(7.2))
+    now = 7.5
+    for _ in range(3):
+        lane.set("exit_loop", True, at(now))
+        lane.set("safety_loop", True, at(now + 0.1))  # the next one already under the boom
+        lane.set("exit_loop", False, at(now + 0.3))
+        now += 1
+    assert lane.state is S.OPEN
+    lane.set("exit_loop", True, at(now))
+    lane.set("safety_loop", False, at(now + 0.1))
+    lane.set("exit_loop", False, at(now + 0.3))
+    assert lane.state is S.LOWERING
+    assert len(lane.alarms("tailgating")) == 1
+
+
+# ===================================================================== S4: forced passage
+
+
+def test_s4_safety_loop_in_idle_is_a_forced_passage(lane: Lane) -> None:
+    """S4: through the barrier line with no lift in progress."""
+    out = lane.set("safety_loop", True, at(1))
+    assert names(out) == ["loop.changed", "alarm.raised:forced_passage", f"Display:{FORCED}"]
+    assert emitted(out, "alarm.raised")[0] == {"alarm": "forced_passage", "loop": "safety_loop", "state": "idle"}
+    assert lane.state is S.IDLE and only(out, Pulse) == []
+
+
+def test_s4_exit_loop_in_idle_is_a_forced_passage(lane: Lane) -> None:
+    out = lane.set("exit_loop", True, at(1))
+    assert names(out) == ["loop.changed", "alarm.raised:forced_passage", f"Display:{FORCED}"]
+    assert emitted(out, "alarm.raised")[0]["loop"] == "exit_loop"
+
+
+def test_s4_held_vehicle_driving_under_the_boom_is_a_forced_passage(lane: Lane) -> None:
+    """S4, R8: a held vehicle that drives on instead of backing out."""
+    up_to_deciding(lane, 1)
+    lane.decide("deny", at(5))
+    out = lane.set("safety_loop", True, at(7))
+    assert names(out) == ["loop.changed", "alarm.raised:forced_passage", f"Display:{FORCED}"]
+    alarm = emitted(out, "alarm.raised")[0]
+    assert (alarm["loop"], alarm["state"], alarm["passage_id"]) == ("safety_loop", "held", lane.core.passage.passage_id)
+    assert lane.state is S.HELD and only(out, Pulse) == []
+
+
+def test_s4_a_vehicle_reaching_the_safety_loop_while_deciding_is_a_forced_passage(lane: Lane) -> None:
+    up_to_deciding(lane, 1)
+    out = lane.set("safety_loop", True, at(4))
+    assert "alarm.raised:forced_passage" in names(out)
+    assert lane.state is S.DECIDING
+
+
+# ============================================================ lifted vehicle that reverses
+
+
+def test_s3_lifted_vehicle_that_reverses_away_lowers_after_backout_wait(lane: Lane) -> None:
+    """S3: off the arrival loop with nothing entered: no lower at once; after backout_wait it is gone."""
+    t = up_to_deciding(lane, 1)
+    release(lane, t + 1)
+    barrier_rises(lane, t + 1.2)
+    assert names(lane.set("arrival_loop", False, at(10))) == ["loop.changed"]
+    assert lane.state is S.OPEN
+    assert lane.core.next_deadline == at(15)
+    assert lane.tick(at(14.9)) == []
+    out = lane.tick(at(15))
+    assert names(out) == ["passage.closed", *LOWERS]
+    closed = emitted(out, "passage.closed")[0]
+    assert (closed["outcome"], closed["reason"]) == ("backed_out", "left_after_lift")
+    assert lane.state is S.LOWERING
+    barrier_falls(lane, 16)
+    assert lane.state is S.IDLE
+
+
+def test_s3_lifted_vehicle_crossing_the_gap_between_loops_is_a_normal_pass(lane: Lane) -> None:
+    """S3: off the arrival loop, onto the safety loop within backout_wait: a normal pass."""
+    t = up_to_deciding(lane, 1)
+    release(lane, t + 1)
+    barrier_rises(lane, t + 1.2)
+    lane.set("arrival_loop", False, at(10))
+    assert names(lane.set("safety_loop", True, at(13))) == ["loop.changed"]
+    assert lane.tick(at(16)) == []  # past the backout deadline: nothing
+    assert lane.state is S.OPEN
+    lane.set("exit_loop", True, at(17))
+    lane.set("safety_loop", False, at(17.5))
+    out = lane.set("exit_loop", False, at(19))
+    assert emitted(out, "passage.closed")[0]["outcome"] == "passed"
+    assert lane.state is S.LOWERING
+
+
+def test_s3_lifted_vehicle_that_comes_back_onto_the_arrival_loop_cancels_the_backout_timer(lane: Lane) -> None:
+    t = up_to_deciding(lane, 1)
+    release(lane, t + 1)
+    barrier_rises(lane, t + 1.2)
+    lane.set("arrival_loop", False, at(10))
+    lane.set("arrival_loop", True, at(12))
+    assert lane.tick(at(20)) == []
+    assert lane.state is S.OPEN and lane.core.passage is not None
+
+
+# ============================================================ R11: emergency vehicles
+
+
+def test_r11_emergency_button_in_idle_lifts_at_once_and_alarms(lane: Lane) -> None:
+    """R11, S1: the emergency release is its own authorisation, committed before the pulse."""
+    out = lane.set("emergency_button", True, at(1))
+    assert names(out) == [
+        "passage.opened",
+        "alarm.raised:emergency_release",
+        f"Display:{EMERGENCY}",
+        "Commit:emergency",
+        "Pulse:open:lift",
+        "barrier.lifted",
+    ]
+    (commit,) = only(out, CommitAuthorisation)
+    (pulse,) = only(out, Pulse)
+    assert pulse.authorisation == ("emergency", commit.auth_id)
+    alarm = emitted(out, "alarm.raised")[0]
+    assert alarm["authorisation"] == {"kind": "emergency", "id": commit.auth_id}
+    assert emitted(out, "passage.opened")[0]["emergency"] is True
+    assert lane.state is S.OPEN
+
+    # Holding the button down is not a second press; releasing it does nothing either.
+    assert lane.set("emergency_button", True, at(1.5)) == []
+    assert lane.feed(InputsSnapshot({**lane.inputs, "emergency_button": True}), at(1.7)) == []
+    assert lane.set("emergency_button", False, at(2)) == []
+
+    barrier_rises(lane, 2.1)
+    lane.set("arrival_loop", True, at(5))
+    out = drive_through(lane, 6)
+    (closed,) = emitted(out, "passage.closed")
+    assert closed["outcome"] == "emergency"
+    assert closed["authorisation"] == {"kind": "emergency", "id": commit.auth_id}
+    assert [p.coil for p in only(out, Pulse)] == ["close"]
+    barrier_falls(lane, 11)
+    assert lane.state is S.IDLE
+    assert len(lane.events("barrier.lifted")) == 1 and lane.alarms("forced_passage") == []
+
+
+def test_r11_emergency_while_held_lifts_for_the_held_vehicle(lane: Lane) -> None:
+    """R11: the guard releases a held police vehicle: the passage closes as emergency."""
+    up_to_deciding(lane, 1)
+    lane.decide("hold", at(5))
+    passage_id = lane.core.passage.passage_id
+    out = lane.set("emergency_button", True, at(8))
+    assert names(out) == [
+        "alarm.raised:emergency_release",
+        f"Display:{EMERGENCY}",
+        "Commit:emergency",
+        "Pulse:open:lift",
+        "barrier.lifted",
+    ]
+    assert only(out, CommitAuthorisation)[0].passage_id == passage_id
+    assert lane.state is S.OPEN
+    barrier_rises(lane, 8.1)
+    out = drive_through(lane, 11)
+    assert emitted(out, "passage.closed")[0]["outcome"] == "emergency"
+    assert emitted(out, "passage.closed")[0]["passage_id"] == passage_id
+    assert lane.state is S.LOWERING
+
+
+def test_r11_emergency_while_deciding_ignores_the_late_answer(lane: Lane) -> None:
+    up_to_deciding(lane, 1)
+    lane.set("emergency_button", True, at(4))
+    assert lane.state is S.OPEN
+    before = lane.core.snapshot()
+    assert lane.decide("release", at(5), "CMD-1") == []
+    assert lane.core.snapshot() == before
+    assert ("release_instruction", "CMD-1") not in lane.consumed
+
+
+def test_r11_second_press_while_open_alarms_but_does_not_lift_again(lane: Lane) -> None:
+    lane.set("emergency_button", True, at(1))
+    lane.set("emergency_button", False, at(2))
+    out = lane.set("emergency_button", True, at(3))
+    assert names(out) == ["alarm.raised:emergency_release"]
+    assert emitted(out, "alarm.raised")[0]["note"] == "barrier_already_up"
+    assert len(lane.events("barrier.lifted")) == 1
+
+
+# ================================================================ R10: manual lift button
+
+
+def test_r10_manual_lift_without_approval_is_refused_and_logged(lane: Lane) -> None:
+    """R10: no approval, no lift; the refused attempt is journaled."""
+    out = lane.set("manual_lift_button", True, at(1))
+    assert names(out) == ["manual_lift.refused"]
+    assert emitted(out, "manual_lift.refused")[0]["reason"] == "no_valid_approval"
+    assert lane.state is S.IDLE
+    assert lane.set("manual_lift_button", False, at(2)) == []
+
+
+def test_r10_manual_lift_while_held_is_refused(lane: Lane) -> None:
+    up_to_deciding(lane, 1)
+    lane.decide("deny", at(5))
+    out = lane.set("manual_lift_button", True, at(6))
+    assert names(out) == ["manual_lift.refused"]
+    assert lane.state is S.HELD and lane.consumed == set()
+
+
+# ====================================================================== R9: travel timeout
+
+
+def test_r9_barrier_that_never_reaches_up_opens_a_fault_and_closes_it_on_arrival(lane: Lane) -> None:
+    """R9: lift commanded, the up limit never comes within travel_timeout: barrier fault."""
+    t = up_to_deciding(lane, 1)
+    release(lane, t + 1)  # lift at t=4, travel_timeout 6 s
+    lane.set("barrier_down", False, at(4.3))
+    assert lane.tick(at(9.9)) == []
+    out = lane.tick(at(10))
+    assert names(out) == ["fault.opened", "alarm.raised:barrier_fault"]
+    assert emitted(out, "fault.opened")[0]["reason"] == "travel_timeout_up"
+    assert lane.core.faults == {"barrier": "travel_timeout_up"}
+    assert lane.tick(at(20)) == []  # raised once
+    out = lane.set("barrier_up", True, at(21))
+    assert names(out) == ["barrier.position", "fault.closed"]
+    assert lane.core.faults == {} and lane.state is S.OPEN
+
+
+def test_r9_barrier_that_never_reaches_down_opens_a_fault(lane: Lane) -> None:
+    lifted_and_through(lane)  # lowered at t=10
+    lane.set("barrier_up", False, at(10.2))
+    out = lane.tick(at(16))
+    assert names(out) == ["fault.opened", "alarm.raised:barrier_fault"]
+    assert emitted(out, "fault.opened")[0]["reason"] == "travel_timeout_down"
+    out = lane.set("barrier_down", True, at(17))
+    assert names(out) == ["barrier.position", "fault.closed", f"Display:{WELCOME}"]
+    assert lane.state is S.IDLE
+
+
+# ======================================================================== S7: restarts
+
+
+def test_s7_crash_right_after_the_lift_never_lifts_again_and_the_vehicle_passes(lane: Lane) -> None:
+    """S7: the consumed authorisation is recovered as a lift in progress; no open pulse ever."""
+    t = up_to_deciding(lane, 1)
+    release(lane, t + 1, "CMD-7")
+    passage_id = lane.core.passage.passage_id
+    # Crash. The barrier finished rising while the daemon was down.
+    lane, out = lane.restart(at(10), barrier_up=True, barrier_down=False, arrival_loop=True)
+    assert names(out) == ["lane.recovered", f"Display:{RELEASED}"]
+    assert emitted(out, "lane.recovered")[0]["authorisation"] == {"kind": "release_instruction", "id": "CMD-7"}
+    assert lane.state is S.OPEN and lane.core.passage.passage_id == passage_id
+
+    out = drive_through(lane, 11)
+    out += barrier_falls(lane, 16)
+    assert open_pulses(out) == []
+    assert [p.reason for p in only(out, Pulse)] == ["lower"]
+    (closed,) = emitted(out, "passage.closed")
+    assert (closed["outcome"], closed["passage_id"]) == ("passed", passage_id)
+    assert closed["authorisation"] == {"kind": "release_instruction", "id": "CMD-7"}
+    assert lane.state is S.IDLE
+    assert len(lane.events("barrier.lifted")) == 1
+
+
+def test_s7_crash_after_commit_with_barrier_still_down_holds_as_lift_interrupted(lane: Lane) -> None:
+    """S7: committed but the coil never moved: the authorisation is spent; no lift, hold."""
+    t = up_to_deciding(lane, 1)
+    lane.decide("release", at(t + 1), "CMD-8")
+    # The crash came between the journal commit and the pulse: drop what followed the commit.
+    cut = next(i for i, e in enumerate(lane.journal) if e["type"] == "authorisation.committed")
+    del lane.journal[cut + 1 :]
+    lane, out = lane.restart(at(10), arrival_loop=True)
+    assert names(out) == ["lane.recovered", f"Display:{INTERRUPTED}", "passage.held"]
+    assert emitted(out, "passage.held")[0]["reason"] == "lift_interrupted"
+    assert only(out, Pulse) == [] and only(out, CommitAuthorisation) == []
+    assert lane.state is S.HELD and lane.core.lift is None
+
+    # The same instruction offered again cannot lift either (the journal has it consumed).
+    assert lane.card(CARD_A, at(11)) == []
+    out = lane.set("arrival_loop", False, at(20))
+    closed = emitted(out, "passage.closed")[0]
+    assert (closed["outcome"], closed["reason"]) == ("held", "lift_interrupted")
+    assert lane.state is S.IDLE
+
+
+def test_s7_crash_while_deciding_asks_again_with_a_new_request_id() -> None:
+    """S7: nothing decided before the crash: ask again, as a new request, once."""
+    lane = Lane(NO_WEIGHBRIDGE)
+    lane.start(at(0))
+    up_to_deciding(lane, 1)
+    old = lane.requests[-1]
+    lane, out = lane.restart(at(10), arrival_loop=True)
+    assert names(out) == ["lane.recovered", f"Display:{DECIDING}", "release.requested", "RequestRelease"]
+    (req,) = only(out, RequestRelease)
+    assert req.request_id != old.request_id
+    assert (req.passage_id, req.card) == (old.passage_id, CARD_A)
+    assert lane.state is S.DECIDING
+    assert lane.events("card.read").__len__() == 1  # not read again: recovered
+
+    # The answer to the request from before the crash is no longer awaited.
+    before = lane.core.snapshot()
+    assert lane.feed(ReleaseDecided(old.request_id, "release", "CMD-OLD"), at(11)) == []
+    assert lane.core.snapshot() == before
+    out = lane.decide("release", at(12), "CMD-9")
+    assert names(out)[-2:] == ["Pulse:open:lift", "barrier.lifted"]
+
+
+def test_s7_crash_while_deciding_with_a_weighbridge_waits_for_a_fresh_weight(lane: Lane) -> None:
+    up_to_deciding(lane, 1)
+    old = lane.requests[-1]
+    lane, out = lane.restart(at(10), arrival_loop=True)
+    assert names(out) == ["lane.recovered", f"Display:{WEIGHING}"]
+    assert lane.state is S.WEIGHING
+    out = lane.weight(31200.0, at(11))
+    (req,) = only(out, RequestRelease)
+    assert req.request_id != old.request_id and req.gross_weight_kg == 31200.0
+
+
+def test_s7_crash_while_deciding_and_the_vehicle_gone_closes_backed_out(lane: Lane) -> None:
+    up_to_deciding(lane, 1)
+    lane, out = lane.restart(at(10))
+    assert names(out) == ["lane.recovered", "passage.closed", f"Display:{WELCOME}"]
+    closed = emitted(out, "passage.closed")[0]
+    assert (closed["outcome"], closed["reason"]) == ("backed_out", "daemon_restart")
+    assert lane.state is S.IDLE and lane.requests == []
+
+
+def test_s7_crash_while_held_by_the_authority_stays_held(lane: Lane) -> None:
+    """S7, R6: a vehicle held by the authority's decision is still held after a restart."""
+    up_to_deciding(lane, 1)
+    lane.decide("inspect", at(5), hint="布控查验")
+    lane, out = lane.restart(at(10), arrival_loop=True)
+    assert names(out) == ["lane.recovered", f"Display:布控查验；{core_module.TEXT_INSPECTION}"]
+    assert lane.state is S.HELD and lane.requests == []
+    out = lane.set("arrival_loop", False, at(20))
+    assert emitted(out, "passage.closed")[0]["outcome"] == "held"
+    assert lane.state is S.IDLE
+
+
+def test_s7_journal_whose_last_passage_closed_starts_idle(lane: Lane) -> None:
+    end = full_passage(lane, 1, CARD_A, "CMD-1")
+    lane, out = lane.restart(at(end + 5))
+    assert names(out) == [f"Display:{WELCOME}"]
+    assert lane.state is S.IDLE and lane.core.passage is None
+
+
+def test_s7_empty_journal_with_a_vehicle_waiting_opens_a_passage() -> None:
+    lane = Lane(BONDED)
+    out = lane.start(at(0), arrival_loop=True)
+    assert names(out) == [f"Display:{WELCOME}", "passage.opened", f"Display:{ASK_CARD}"]
+    assert lane.state is S.PRESENT
+
+
+def test_s7_inputs_changing_before_the_first_snapshot_only_record_values() -> None:
+    """STARTING: nothing is decided before the first full reading of the inputs."""
+    lane = Lane(BONDED)
+    assert lane.set("safety_loop", True, at(0)) == []
+    assert lane.set("emergency_button", True, at(0.1)) == []
+    assert lane.state is S.STARTING
+    assert lane.core.next_deadline is None
+
+
+# ===================================================== refused and impossible events
+
+
+@pytest.fixture
+def deciding(lane: Lane) -> Lane:
+    up_to_deciding(lane, 1)
+    return lane
+
+
+def test_naive_datetime_is_a_protocol_error_and_changes_nothing(deciding: Lane) -> None:
+    before = deciding.core.snapshot()
+    with pytest.raises(LaneProtocolError):
+        naive = datetime(2026, 11, 27, 9, 1)
+        deciding.core.handle(ReleaseDecided(deciding.requests[-1].request_id, "release", "CMD-1"), naive)
+    assert deciding.state is S.DECIDING and deciding.core.snapshot() == before
+    assert deciding.consumed == set()
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: InputChanged("barrier_half_way", True),
+        lambda: InputsSnapshot({"arrival_loop": True, "boom_broken": True}),
+        lambda: CardRead("0100e2850e"),
+        lambda: CardRead(""),
+        lambda: ReleaseDecided("id-1", "release"),
+        lambda: ReleaseDecided("id-1", "release", ""),
+        lambda: ReleaseDecided("id-1", "maybe"),
+    ],
+    ids=["unknown-point", "unknown-point-in-snapshot", "lowercase-card", "empty-card", "release-no-instruction",
+         "release-empty-instruction", "unknown-decision"],
+)
+def test_malformed_events_are_refused_at_birth(build) -> None:
+    """Events are checked when built: an adapter building a bad one is a gatectl bug."""
+    with pytest.raises(LaneProtocolError):
+        build()
+
+
+def test_commit_of_something_never_asked_is_a_protocol_error_and_changes_nothing(deciding: Lane) -> None:
+    before = deciding.core.snapshot()
+    with pytest.raises(LaneProtocolError):
+        deciding.core.handle(AuthorisationCommitted("release_instruction", "CMD-1"), at(5))
+    with pytest.raises(LaneProtocolError):
+        deciding.core.handle(AuthorisationRefused("release_instruction", "CMD-1", "replay"), at(5))
+    assert deciding.state is S.DECIDING and deciding.core.snapshot() == before
+
+
+def test_commit_of_a_different_authorisation_than_asked_is_a_protocol_error() -> None:
+    """The journal answers the CommitAuthorisation it was given, not another one."""
+    lane = Lane(NO_WEIGHBRIDGE)
+    lane.start(at(0))
+    up_to_deciding(lane, 1)
+    out = lane.core.handle(ReleaseDecided(lane.requests[-1].request_id, "release", "CMD-1"), at(4))
+    assert names(out)[-1] == "Commit:release_instruction"
+    assert lane.state is S.AUTHORISING
+    before = lane.core.snapshot()
+    with pytest.raises(LaneProtocolError):
+        lane.core.handle(AuthorisationCommitted("release_instruction", "CMD-2"), at(4))
+    with pytest.raises(LaneProtocolError):
+        lane.core.handle(AuthorisationCommitted("emergency", "CMD-1"), at(4))
+    assert lane.state is S.AUTHORISING and lane.core.snapshot() == before
+    out = lane.core.handle(AuthorisationCommitted("release_instruction", "CMD-1"), at(4))
+    assert names(out) == ["Pulse:open:lift", "barrier.lifted"]
+
+
+def test_an_event_the_core_has_no_rule_for_is_a_protocol_error(lane: Lane) -> None:
+    before = lane.core.snapshot()
+    with pytest.raises(LaneProtocolError):
+        lane.core.handle(Event(), at(1))
+    assert lane.core.snapshot() == before
+
+
+def test_answers_to_unknown_requests_change_nothing(deciding: Lane) -> None:
+    """R3: only the answer to this passage's own request counts."""
+    before = deciding.core.snapshot()
+    assert deciding.feed(ReleaseDecided("stranger", "release", "CMD-X"), at(4)) == []
+    assert deciding.feed(ReleaseFailed("stranger", "timeout"), at(4)) == []
+    assert deciding.core.snapshot() == before and deciding.state is S.DECIDING
