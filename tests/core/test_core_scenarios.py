@@ -9,7 +9,8 @@ requests, authorisation commits, display texts, in order) and ``core.state`` aft
 carries out the commands in order, answers ``CommitAuthorisation`` at once from an
 in-memory set of consumed authorisations (appending ``authorisation.committed`` to the
 journal as the real journal does, in the same place), and keeps every journaled event as
-a dict so that ``gatectl.lane.recovery.fold`` can rebuild a crashed lane (S7).
+a dict so that ``gatectl.lane.recovery.fold`` and ``last_lift`` can rebuild a crashed lane
+from the events since its last ``passage.opened``, as ``Journal.recover`` does (S7).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from gatectl.lane.events import (
     Tick,
     WeightStable,
 )
-from gatectl.lane.recovery import fold
+from gatectl.lane.recovery import fold, last_lift
 
 S = LaneState
 TZ = ZoneInfo("Asia/Shanghai")
@@ -87,13 +88,14 @@ class Lane:
         rules: LaneRules = BONDED,
         *,
         recovered: Recovered | None = None,
+        last_lift: tuple[str, str] | None = None,
         consumed: set[tuple[str, str]] | None = None,
         journal: list[dict] | None = None,
         ids: Iterator[int] | None = None,
     ) -> None:
         self.rules = rules
         self._ids = ids if ids is not None else itertools.count(1)
-        self.core = LaneCore(rules, recovered=recovered, new_id=self.new_id)
+        self.core = LaneCore(rules, recovered=recovered, last_lift=last_lift, new_id=self.new_id)
         self.journal: list[dict] = journal if journal is not None else []
         self.consumed: set[tuple[str, str]] = consumed if consumed is not None else set()
         self.journal_broken = False
@@ -165,10 +167,22 @@ class Lane:
         return self.feed(Tick(), now)
 
     def restart(self, now: datetime, **inputs: bool) -> tuple["Lane", list[Command]]:
-        """S7: a new core knowing only the journal (folded) and the live inputs."""
+        """S7: a new core knowing only the journal and the live inputs.
+
+        As ``Journal.recover`` does: the window is the lane's events since its last
+        ``passage.opened`` (none if it never opened one); ``fold`` rebuilds the open
+        passage from it and ``last_lift`` names what a barrier found up is up for.
+        """
         opened = [i for i, e in enumerate(self.journal) if e["type"] == "passage.opened"]
-        recovered = fold(self.journal[opened[-1] :]) if opened else None
-        lane = Lane(self.rules, recovered=recovered, consumed=self.consumed, journal=self.journal, ids=self._ids)
+        window = self.journal[opened[-1] :] if opened else []
+        lane = Lane(
+            self.rules,
+            recovered=fold(window),
+            last_lift=last_lift(window),
+            consumed=self.consumed,
+            journal=self.journal,
+            ids=self._ids,
+        )
         return lane, lane.start(now, **inputs)
 
     # Reading what happened.
@@ -301,12 +315,13 @@ def test_r3_r4_release_with_weighbridge_and_exit_loop_lifts_once_and_lowers_afte
     assert lane.state is S.DECIDING
 
     out = lane.decide("release", at(6), "CMD-1", form_id="HF-2026-1")
+    # The release text is shown only once the journal has committed the authorisation.
     assert names(out) == [
         "release.decided",
-        f"Display:{RELEASED}",
         "Commit:release_instruction",
         "Pulse:open:lift",
         "barrier.lifted",
+        f"Display:{RELEASED}",
     ]
     (commit,) = only(out, CommitAuthorisation)
     assert (commit.auth_id, commit.passage_id, commit.ts) == ("CMD-1", passage_id, at(6))
@@ -359,10 +374,10 @@ def test_r3_without_weighbridge_the_card_alone_starts_the_request() -> None:
 
     assert names(release(lane, 3)) == [
         "release.decided",
-        f"Display:{RELEASED}",
         "Commit:release_instruction",
         "Pulse:open:lift",
         "barrier.lifted",
+        f"Display:{RELEASED}",
     ]
     barrier_rises(lane, 3.2)
     out = drive_through(lane, 6)
@@ -516,7 +531,7 @@ def test_r6_not_released_sends_the_vehicle_to_the_inspection_area(lane: Lane, de
     second = lane.core.passage.passage_id
     assert second != first
     assert lane.requests[-1].passage_id == second and lane.requests[-1].card == CARD_B
-    assert names(release(lane, t + 1, "CMD-2"))[-2:] == ["Pulse:open:lift", "barrier.lifted"]
+    assert names(release(lane, t + 1, "CMD-2"))[-3:] == ["Pulse:open:lift", "barrier.lifted", f"Display:{RELEASED}"]
 
 
 def test_r6_hold_without_a_hint_still_names_the_inspection_area(lane: Lane) -> None:
@@ -633,7 +648,7 @@ def test_s5_device_fault_then_release_holds_without_committing_and_recovery_rest
     assert lane.core.faults == {}
     t = up_to_deciding(lane, 30, CARD_B)
     out = release(lane, t + 1, "CMD-1")  # the instruction was never consumed: it may lift now
-    assert names(out)[-3:] == ["Commit:release_instruction", "Pulse:open:lift", "barrier.lifted"]
+    assert names(out)[-4:] == ["Commit:release_instruction", "Pulse:open:lift", "barrier.lifted", f"Display:{RELEASED}"]
 
 
 def test_s5_a_fault_while_idle_shows_on_the_display(lane: Lane) -> None:
@@ -657,9 +672,9 @@ def test_s1_a_replayed_instruction_is_refused_by_the_journal_and_lifts_nothing(l
     lane.consumed.add(("release_instruction", "CMD-1"))
     t = up_to_deciding(lane, 1)
     out = lane.decide("release", at(t + 1), "CMD-1")
+    # The journal refused it, so the vehicle is never told it is released.
     assert names(out) == [
         "release.decided",
-        f"Display:{RELEASED}",
         "Commit:release_instruction",
         "alarm.raised:instruction_replay",
         f"Display:放行指令已使用过，不予重复抬杆；{core_module.TEXT_INSPECTION}",
@@ -677,7 +692,6 @@ def test_s6_a_journal_error_means_no_lift(lane: Lane) -> None:
     out = lane.decide("release", at(t + 1), "CMD-1")
     assert names(out) == [
         "release.decided",
-        f"Display:{RELEASED}",
         "Commit:release_instruction",
         "alarm.raised:journal_fault",
         f"Display:{FAULT}；{core_module.TEXT_INSPECTION}",
@@ -909,10 +923,10 @@ def test_r11_emergency_button_in_idle_lifts_at_once_and_alarms(lane: Lane) -> No
     assert names(out) == [
         "passage.opened",
         "alarm.raised:emergency_release",
-        f"Display:{EMERGENCY}",
         "Commit:emergency",
         "Pulse:open:lift",
         "barrier.lifted",
+        f"Display:{EMERGENCY}",
     ]
     (commit,) = only(out, CommitAuthorisation)
     (pulse,) = only(out, Pulse)
@@ -947,17 +961,19 @@ def test_r11_emergency_while_held_lifts_for_the_held_vehicle(lane: Lane) -> None
     out = lane.set("emergency_button", True, at(8))
     assert names(out) == [
         "alarm.raised:emergency_release",
-        f"Display:{EMERGENCY}",
         "Commit:emergency",
         "Pulse:open:lift",
         "barrier.lifted",
+        f"Display:{EMERGENCY}",
     ]
     assert only(out, CommitAuthorisation)[0].passage_id == passage_id
     assert lane.state is S.OPEN
     barrier_rises(lane, 8.1)
     out = drive_through(lane, 11)
-    assert emitted(out, "passage.closed")[0]["outcome"] == "emergency"
-    assert emitted(out, "passage.closed")[0]["passage_id"] == passage_id
+    (closed,) = emitted(out, "passage.closed")
+    assert (closed["outcome"], closed["passage_id"]) == ("emergency", passage_id)
+    # Released: the hold no longer describes the passage.
+    assert "reason" not in closed
     assert lane.state is S.LOWERING
 
 
@@ -1095,18 +1111,26 @@ def test_s7_crash_while_deciding_asks_again_with_a_new_request_id() -> None:
     assert lane.feed(ReleaseDecided(old.request_id, "release", "CMD-OLD"), at(11)) == []
     assert lane.core.snapshot() == before
     out = lane.decide("release", at(12), "CMD-9")
-    assert names(out)[-2:] == ["Pulse:open:lift", "barrier.lifted"]
+    assert names(out)[-3:] == ["Pulse:open:lift", "barrier.lifted", f"Display:{RELEASED}"]
 
 
-def test_s7_crash_while_deciding_with_a_weighbridge_waits_for_a_fresh_weight(lane: Lane) -> None:
+def test_s7_crash_while_deciding_with_a_weighbridge_asks_again_at_once_with_the_journaled_weight(lane: Lane) -> None:
+    """S7: weight journaled, nothing decided: ask again at once (new request_id), no fresh weight needed."""
     up_to_deciding(lane, 1)
     old = lane.requests[-1]
     lane, out = lane.restart(at(10), arrival_loop=True)
-    assert names(out) == ["lane.recovered", f"Display:{WEIGHING}"]
-    assert lane.state is S.WEIGHING
-    out = lane.weight(31200.0, at(11))
+    assert names(out) == ["lane.recovered", f"Display:{DECIDING}", "release.requested", "RequestRelease"]
+    assert lane.state is S.DECIDING
     (req,) = only(out, RequestRelease)
-    assert req.request_id != old.request_id and req.gross_weight_kg == 31200.0
+    assert req.request_id != old.request_id
+    assert (req.passage_id, req.card, req.gross_weight_kg) == (old.passage_id, CARD_A, 31250.0)
+    assert len(lane.events("weight.stable")) == 1  # recovered, not weighed again
+    # A weight settling now changes nothing: the request is out.
+    assert lane.weight(31200.0, at(11)) == []
+    assert lane.requests == [req]  # the restarted lane's requests: this one only
+    # The answer to the request from before the crash is no longer awaited.
+    assert lane.feed(ReleaseDecided(old.request_id, "release", "CMD-OLD"), at(11.5)) == []
+    assert lane.state is S.DECIDING and ("release_instruction", "CMD-OLD") not in lane.consumed
 
 
 def test_s7_crash_while_deciding_and_the_vehicle_gone_closes_backed_out(lane: Lane) -> None:
@@ -1215,7 +1239,7 @@ def test_commit_of_a_different_authorisation_than_asked_is_a_protocol_error() ->
         lane.core.handle(AuthorisationCommitted("emergency", "CMD-1"), at(4))
     assert lane.state is S.AUTHORISING and lane.core.snapshot() == before
     out = lane.core.handle(AuthorisationCommitted("release_instruction", "CMD-1"), at(4))
-    assert names(out) == ["Pulse:open:lift", "barrier.lifted"]
+    assert names(out) == ["Pulse:open:lift", "barrier.lifted", f"Display:{RELEASED}"]
 
 
 def test_an_event_the_core_has_no_rule_for_is_a_protocol_error(lane: Lane) -> None:
@@ -1231,3 +1255,499 @@ def test_answers_to_unknown_requests_change_nothing(deciding: Lane) -> None:
     assert deciding.feed(ReleaseDecided("stranger", "release", "CMD-X"), at(4)) == []
     assert deciding.feed(ReleaseFailed("stranger", "timeout"), at(4)) == []
     assert deciding.core.snapshot() == before and deciding.state is S.DECIDING
+
+
+# ============================================ R12, S6: what the vehicle is told, and when
+
+
+def test_r12_s6_the_authoritys_hint_is_shown_only_after_the_journal_committed(lane: Lane) -> None:
+    """R12, S6: the release text (here the authority's own hint) follows the commit and the lift."""
+    t = up_to_deciding(lane, 1)
+    out = lane.decide("release", at(t + 1), "CMD-1", hint="请走2号道")
+    assert names(out) == [
+        "release.decided",
+        "Commit:release_instruction",
+        "Pulse:open:lift",
+        "barrier.lifted",
+        "Display:请走2号道",
+    ]
+    assert lane.core.display == "请走2号道"
+    assert lane.state is S.OPEN
+
+
+def test_r11_s6_emergency_refused_by_the_journal_never_shows_the_emergency_text(lane: Lane) -> None:
+    """R11, S6: the journal could not record the emergency release: no lift, and no text saying it lifted."""
+    lane.journal_broken = True
+    out = lane.set("emergency_button", True, at(1))
+    assert names(out)[:4] == [
+        "passage.opened",
+        "alarm.raised:emergency_release",
+        "Commit:emergency",
+        "alarm.raised:journal_fault",
+    ]
+    assert f"Display:{EMERGENCY}" not in names(out)
+    assert only(out, Pulse) == []
+    assert lane.events("barrier.lifted") == [] and lane.core.lift is None
+
+
+# ================================================ R3, R7: a weight is one vehicle's
+
+
+def test_r3_the_previous_vehicles_weight_is_not_reused_for_the_next(lane: Lane) -> None:
+    """R3: the stable weight of a vehicle that passed belongs to its passage; the next one is weighed afresh."""
+    end = full_passage(lane, 1, CARD_A, "CMD-1")  # weighed 31250 kg
+    assert lane.core.last_weight_kg is None
+    lane.set("arrival_loop", True, at(end + 1))
+    out = lane.card(CARD_B, at(end + 2))
+    assert names(out) == ["card.read", f"Display:{WEIGHING}"]
+    assert lane.state is S.WEIGHING and len(lane.requests) == 1
+    out = lane.weight(18400.0, at(end + 3))
+    (req,) = only(out, RequestRelease)
+    assert (req.card, req.gross_weight_kg) == (CARD_B, 18400.0)
+
+
+def test_r3_a_held_vehicles_weight_is_not_reused_for_the_next(lane: Lane) -> None:
+    up_to_deciding(lane, 1)
+    lane.decide("inspect", at(5))
+    lane.set("arrival_loop", False, at(8))
+    lane.set("arrival_loop", True, at(20))
+    out = lane.card(CARD_B, at(21))
+    assert names(out) == ["card.read", f"Display:{WEIGHING}"]
+    assert lane.state is S.WEIGHING and len(lane.requests) == 1
+
+
+def test_r3_a_weight_settled_before_the_card_is_the_vehicles_own(lane: Lane) -> None:
+    """R3: the truck settles on the scale, then presents its card: that weight is used at once."""
+    lane.set("arrival_loop", True, at(1))
+    assert lane.weight(31250.0, at(2)) == []
+    out = lane.card(CARD_A, at(3))
+    assert names(out) == [
+        "card.read",
+        f"Display:{WEIGHING}",
+        "weight.stable",
+        f"Display:{DECIDING}",
+        "release.requested",
+        "RequestRelease",
+    ]
+    assert only(out, RequestRelease)[0].gross_weight_kg == 31250.0
+
+
+def test_s5_no_stable_weight_within_weigh_wait_holds(lane: Lane) -> None:
+    """S5: a card but no stable weight within weigh_wait (60 s): held, nothing asked."""
+    lane.set("arrival_loop", True, at(1))
+    lane.card(CARD_A, at(2))
+    assert lane.core.next_deadline == at(62)
+    assert lane.tick(at(61.9)) == []
+    out = lane.tick(at(62))
+    assert names(out) == [f"Display:{core_module.TEXT_NO_WEIGHT}；{core_module.TEXT_INSPECTION}", "passage.held"]
+    assert emitted(out, "passage.held")[0]["reason"] == "no_stable_weight"
+    assert lane.state is S.HELD and lane.requests == []
+    # A weight settling now is too late for this passage.
+    assert lane.weight(31250.0, at(63)) == []
+    assert lane.state is S.HELD and lane.requests == []
+    out = lane.set("arrival_loop", False, at(70))
+    closed = emitted(out, "passage.closed")[0]
+    assert (closed["outcome"], closed["reason"]) == ("held", "no_stable_weight")
+
+
+def test_s5_weighbridge_fault_while_weighing_holds_at_once(lane: Lane) -> None:
+    """S5: the weighbridge fails while the vehicle waits to be weighed: held now, not after weigh_wait."""
+    lane.set("arrival_loop", True, at(1))
+    lane.card(CARD_A, at(2))
+    out = lane.feed(DeviceFault("weighbridge", "port vanished"), at(3))
+    assert names(out) == [
+        "fault.opened",
+        "alarm.raised:device_fault",
+        f"Display:{FAULT}；{core_module.TEXT_INSPECTION}",
+        "passage.held",
+    ]
+    assert emitted(out, "passage.held")[0]["reason"] == "device_fault"
+    assert lane.state is S.HELD
+    assert lane.weight(31250.0, at(4)) == [] and lane.requests == []
+
+
+def test_s5_card_read_while_the_weighbridge_is_faulty_holds_at_once(lane: Lane) -> None:
+    lane.feed(DeviceFault("weighbridge", "port vanished"), at(0.5))
+    lane.set("arrival_loop", True, at(1))
+    out = lane.card(CARD_A, at(2))
+    assert names(out) == [
+        "card.read",
+        f"Display:{WEIGHING}",
+        f"Display:{FAULT}；{core_module.TEXT_INSPECTION}",
+        "passage.held",
+    ]
+    assert emitted(out, "passage.held")[0]["reason"] == "device_fault"
+    assert lane.state is S.HELD and lane.requests == []
+
+
+# ================================================ S3: a lift nobody drives through
+
+
+def test_s3_lifted_vehicle_backing_off_the_safety_loop_closes_backed_out_and_lowers_after_backout_wait(
+    lane: Lane,
+) -> None:
+    """S3: it reached the safety loop, never the exit loop, and reversed away: after backout_wait, lower."""
+    t = up_to_deciding(lane, 1)
+    release(lane, t + 1)
+    barrier_rises(lane, t + 1.2)
+    lane.set("safety_loop", True, at(7))
+    lane.set("arrival_loop", False, at(7.5))
+    lane.set("arrival_loop", True, at(9))  # reversing
+    assert names(lane.set("safety_loop", False, at(9.5))) == ["loop.changed"]
+    assert lane.state is S.OPEN and lane.core.next_deadline is None  # still on the arrival loop
+    assert names(lane.set("arrival_loop", False, at(11))) == ["loop.changed"]
+    assert lane.core.next_deadline == at(16)
+    assert lane.tick(at(15.9)) == []
+    out = lane.tick(at(16))
+    assert names(out) == ["passage.closed", *LOWERS]
+    closed = emitted(out, "passage.closed")[0]
+    assert (closed["outcome"], closed["reason"]) == ("backed_out", "left_after_lift")
+    barrier_falls(lane, 17)
+    assert lane.state is S.IDLE
+    assert lane.alarms() == [] and len(lane.events("barrier.lifted")) == 1
+
+
+def test_r11_s3_emergency_lift_nobody_uses_lowers_after_backout_wait(lane: Lane) -> None:
+    """R11, S3: the guard pressed emergency but no vehicle came: the boom does not stay up."""
+    lane.set("emergency_button", True, at(1))
+    barrier_rises(lane, 1.1)
+    assert lane.core.next_deadline == at(6)
+    assert lane.tick(at(5.9)) == []
+    out = lane.tick(at(6))
+    assert names(out) == ["passage.closed", *LOWERS]
+    closed = emitted(out, "passage.closed")[0]
+    assert (closed["outcome"], closed["reason"]) == ("backed_out", "left_after_lift")
+    assert closed["authorisation"]["kind"] == "emergency"
+    barrier_falls(lane, 7)
+    assert lane.state is S.IDLE
+
+
+# ============================================ R4, S8: cards read outside a passage
+
+
+def test_s8_card_open_elsewhere_read_just_before_the_arrival_loop_stays_refused(lane: Lane) -> None:
+    """S8: the early read keeps its open_elsewhere; applied when the passage opens, it is refused."""
+    assert lane.card(CARD_A, at(1), open_elsewhere="N2-OUT") == []
+    out = lane.set("arrival_loop", True, at(3))
+    assert names(out) == [
+        "loop.changed",
+        "passage.opened",
+        f"Display:{ASK_CARD}",
+        "card.refused",
+        "Display:该卡在N2-OUT通道尚有未完成通行，请联系值班人员",
+    ]
+    refused = emitted(out, "card.refused")[0]
+    assert (refused["reason"], refused["lane"]) == ("open_elsewhere", "N2-OUT")
+    assert lane.state is S.PRESENT and lane.core.passage.card is None
+    assert lane.events("card.read") == [] and lane.requests == []
+
+
+def test_r4_the_card_of_the_vehicle_that_just_passed_is_not_given_to_the_next(lane: Lane) -> None:
+    """R4: the leaving vehicle's card, re-read as it drives off, is nobody's next card."""
+    t = up_to_deciding(lane, 1)
+    release(lane, t + 1)
+    barrier_rises(lane, t + 1.2)
+    drive_through(lane, 6)  # passage closed at t=10, lowering
+    assert lane.card(CARD_A, at(10.5)) == []
+    lane.set("barrier_up", False, at(11))
+    lane.set("barrier_down", True, at(12))
+    assert lane.card(CARD_A, at(12.5)) == []  # still in the field, barrier down: still ignored
+    out = lane.set("arrival_loop", True, at(13))
+    assert names(out) == ["loop.changed", "passage.opened", f"Display:{ASK_CARD}"]
+    assert lane.state is S.PRESENT and lane.core.passage.card is None
+    assert len(lane.events("card.read")) == 1
+
+
+def test_r4_the_next_vehicles_own_card_read_while_the_barrier_lowers_is_used(lane: Lane) -> None:
+    t = up_to_deciding(lane, 1)
+    release(lane, t + 1)
+    barrier_rises(lane, t + 1.2)
+    drive_through(lane, 6)
+    lane.card(CARD_A, at(10.2))  # the leaving vehicle: ignored
+    assert lane.card(CARD_B, at(10.5)) == []  # the next one: kept
+    lane.set("arrival_loop", True, at(11))
+    lane.set("barrier_up", False, at(11.2))
+    out = lane.set("barrier_down", True, at(12))
+    assert names(out) == [
+        "barrier.position",
+        f"Display:{WELCOME}",
+        "passage.opened",
+        f"Display:{ASK_CARD}",
+        "card.read",
+        f"Display:{WEIGHING}",
+    ]
+    assert emitted(out, "card.read")[0]["card"] == CARD_B
+
+
+# ================================================================ S4, R8: forced passage
+
+
+def test_s4_one_forced_passage_alarm_per_vehicle(lane: Lane) -> None:
+    """S4, R8: a vehicle crossing safety then exit loop is one forced passage, one alarm."""
+    assert "alarm.raised:forced_passage" in names(lane.set("safety_loop", True, at(1)))
+    assert names(lane.set("exit_loop", True, at(2))) == ["loop.changed"]
+    assert names(lane.set("safety_loop", False, at(2.5))) == ["loop.changed"]
+    assert names(lane.set("exit_loop", False, at(4))) == ["loop.changed"]
+    assert len(lane.alarms("forced_passage")) == 1
+    # The next vehicle doing the same is a forced passage of its own.
+    assert "alarm.raised:forced_passage" in names(lane.set("safety_loop", True, at(10)))
+    assert len(lane.alarms("forced_passage")) == 2
+    assert lane.state is S.IDLE and lane.events("barrier.lifted") == []
+
+
+def test_s4_a_vehicle_going_through_while_deciding_closes_its_passage_as_forced(lane: Lane) -> None:
+    """S4, R8: not backed_out when it leaves the arrival loop forwards; forced once every loop is clear."""
+    up_to_deciding(lane, 1)
+    passage_id = lane.core.passage.passage_id
+    out = lane.set("safety_loop", True, at(4))
+    assert names(out) == ["loop.changed", "alarm.raised:forced_passage", f"Display:{FORCED}"]
+    assert names(lane.set("arrival_loop", False, at(4.5))) == ["loop.changed"]
+    assert names(lane.set("exit_loop", True, at(5))) == ["loop.changed"]
+    assert names(lane.set("safety_loop", False, at(5.5))) == ["loop.changed"]
+    out = lane.set("exit_loop", False, at(7))
+    assert names(out) == ["loop.changed", "passage.closed", f"Display:{WELCOME}"]
+    closed = emitted(out, "passage.closed")[0]
+    assert (closed["outcome"], closed["passage_id"], closed["card"]) == ("forced", passage_id, CARD_A)
+    assert lane.state is S.IDLE and len(lane.alarms("forced_passage")) == 1
+    # The authority's answer comes too late to lift anything.
+    assert lane.decide("release", at(8), "CMD-1") == []
+    assert lane.consumed == set() and lane.events("barrier.lifted") == []
+
+
+def test_s4_a_held_vehicle_driving_through_closes_as_forced(lane: Lane) -> None:
+    up_to_deciding(lane, 1)
+    lane.decide("deny", at(5))
+    lane.set("safety_loop", True, at(7))
+    lane.set("arrival_loop", False, at(7.5))
+    lane.set("exit_loop", True, at(8))
+    lane.set("safety_loop", False, at(8.5))
+    out = lane.set("exit_loop", False, at(10))
+    closed = emitted(out, "passage.closed")[0]
+    assert (closed["outcome"], closed["decision"]) == ("forced", "deny")
+    assert "reason" not in closed
+    assert lane.state is S.IDLE and len(lane.alarms("forced_passage")) == 1
+
+
+# ======================================================== S7: restarts, round two
+
+
+def _crash_after_commit_before_pulse(lane: Lane, t: float, instruction: str) -> None:
+    lane.decide("release", at(t), instruction)
+    cut = next(i for i, e in enumerate(lane.journal) if e["type"] == "authorisation.committed")
+    del lane.journal[cut + 1 :]
+
+
+def test_s7_restart_while_the_barrier_rises_with_the_vehicle_on_arrival_opens_without_a_new_lift(
+    lane: Lane,
+) -> None:
+    """S7: both limits off (the boom in travel), vehicle waiting: OPEN, no open pulse, it passes."""
+    t = up_to_deciding(lane, 1)
+    release(lane, t + 1, "CMD-7")
+    lane, out = lane.restart(at(5), arrival_loop=True, barrier_down=False, barrier_up=False)
+    assert names(out) == ["lane.recovered", f"Display:{RELEASED}"]
+    assert lane.state is S.OPEN and only(out, Pulse) == []
+    out = lane.set("barrier_up", True, at(6))
+    out += drive_through(lane, 7)
+    out += barrier_falls(lane, 12)
+    assert open_pulses(out) == []
+    (closed,) = emitted(out, "passage.closed")
+    assert closed["outcome"] == "passed"
+    assert lane.state is S.IDLE
+    assert len(lane.events("barrier.lifted")) == 1 and lane.consumed == {("release_instruction", "CMD-7")}
+
+
+def test_s7_restart_with_the_vehicle_on_the_exit_loop_lowers_once_it_clears(lane: Lane) -> None:
+    """S7: the exit loop occupied at restart counts as the exit reached: clearing it is the pass."""
+    t = up_to_deciding(lane, 1)
+    release(lane, t + 1, "CMD-7")
+    barrier_rises(lane, t + 1.2)
+    lane.set("safety_loop", True, at(7))
+    lane.set("arrival_loop", False, at(7.5))
+    lane.set("exit_loop", True, at(8))
+    lane.set("safety_loop", False, at(8.5))
+    lane, out = lane.restart(at(9), barrier_up=True, barrier_down=False, exit_loop=True)
+    assert names(out) == ["lane.recovered", f"Display:{RELEASED}"]
+    assert lane.state is S.OPEN
+    out = lane.set("exit_loop", False, at(10))
+    assert names(out) == ["loop.changed", "passage.closed", *LOWERS]
+    assert emitted(out, "passage.closed")[0]["outcome"] == "passed"
+    barrier_falls(lane, 10.2)
+    assert lane.state is S.IDLE and len(lane.events("barrier.lifted")) == 1
+
+
+def test_s7_restart_with_the_barrier_up_and_nobody_there_lowers_after_backout_wait(lane: Lane) -> None:
+    """S7, S3: an authorised passage, boom up, no vehicle on any loop: closed as left, lowered."""
+    t = up_to_deciding(lane, 1)
+    release(lane, t + 1, "CMD-7")
+    barrier_rises(lane, t + 1.2)
+    lane.set("arrival_loop", False, at(6))
+    lane, out = lane.restart(at(8), barrier_up=True, barrier_down=False)
+    assert names(out) == ["lane.recovered", f"Display:{RELEASED}"]
+    assert lane.state is S.OPEN and lane.core.next_deadline == at(13)
+    assert lane.tick(at(12.9)) == []
+    out = lane.tick(at(13))
+    assert names(out) == ["passage.closed", *LOWERS]
+    closed = emitted(out, "passage.closed")[0]
+    assert (closed["outcome"], closed["reason"]) == ("backed_out", "left_after_lift")
+    assert open_pulses(out) == []
+    barrier_falls(lane, 14)
+    assert lane.state is S.IDLE
+
+
+def test_s7_restart_with_an_authorised_passage_nobody_there_and_the_barrier_down_closes_unobserved(
+    lane: Lane,
+) -> None:
+    t = up_to_deciding(lane, 1)
+    _crash_after_commit_before_pulse(lane, t + 1, "CMD-7")
+    lane, out = lane.restart(at(10))
+    assert names(out) == ["lane.recovered", "passage.closed", f"Display:{WELCOME}"]
+    closed = emitted(out, "passage.closed")[0]
+    assert (closed["outcome"], closed["reason"]) == ("backed_out", "recovered_unobserved")
+    assert only(out, Pulse) == [] and lane.state is S.IDLE
+
+
+def test_s7_restart_after_a_closed_passage_with_the_barrier_up_lowers_it(lane: Lane) -> None:
+    """S7: the passage closed and the close pulse was lost in the crash: lower, no alarm (it was a lift)."""
+    lifted_and_through(lane)  # closed and lowering at t=10
+    lane, out = lane.restart(at(11), barrier_up=True, barrier_down=False)
+    assert names(out) == LOWERS
+    (pulse,) = only(out, Pulse)
+    assert pulse.authorisation == ("release_instruction", "CMD-1")
+    assert lane.alarms("barrier_fault") == [] and lane.core.faults == {}
+    out = barrier_falls(lane, 11.2)
+    assert names(out) == ["barrier.position", "barrier.position", f"Display:{WELCOME}"]
+    assert lane.state is S.IDLE
+
+
+def test_s7_restart_after_a_closed_passage_with_the_barrier_up_waits_for_the_safety_loop(lane: Lane) -> None:
+    """S7, S2: something under the boom at restart: the close pulse waits until it has cleared."""
+    lifted_and_through(lane)
+    lane, out = lane.restart(at(11), barrier_up=True, barrier_down=False, safety_loop=True)
+    assert only(out, Pulse) == [] and lane.state is S.OPEN
+    out = lane.set("safety_loop", False, at(12))
+    assert names(out) == ["loop.changed", *LOWERS]
+
+
+def test_s7_barrier_up_at_restart_with_no_lift_in_the_journal_is_a_barrier_fault() -> None:
+    """S7, R9: nothing in the journal explains the boom being up: lower it and raise a barrier fault."""
+    lane = Lane(BONDED)
+    out = lane.start(at(0), barrier_up=True, barrier_down=False)
+    assert names(out) == ["fault.opened", "alarm.raised:barrier_fault", *LOWERS]
+    assert emitted(out, "fault.opened")[0] == {"device": "barrier", "reason": "up_without_lift"}
+    assert emitted(out, "alarm.raised")[0]["reason"] == "up_without_lift"
+    assert open_pulses(out) == []
+    barrier_falls(lane, 1)
+    assert lane.state is S.IDLE
+
+
+def test_s7_barrier_up_at_restart_after_a_held_passage_is_a_barrier_fault(lane: Lane) -> None:
+    """S7: the last passage was held and never lifted: the boom found up is up for nothing."""
+    up_to_deciding(lane, 1)
+    lane.decide("deny", at(5))
+    lane.set("arrival_loop", False, at(8))
+    lane, out = lane.restart(at(10), barrier_up=True, barrier_down=False)
+    assert names(out) == ["fault.opened", "alarm.raised:barrier_fault", *LOWERS]
+
+
+def _hold_by(lane: Lane, how: str) -> None:
+    """Bring a fresh lane's first vehicle to HELD in one of the ways the core holds."""
+    if how == "no_card":
+        lane.set("arrival_loop", True, at(1))
+        lane.tick(at(61))
+        return
+    if how == "no_stable_weight":
+        lane.set("arrival_loop", True, at(1))
+        lane.card(CARD_A, at(2))
+        lane.tick(at(62))
+        return
+    if how == "device_fault_weighing":
+        lane.set("arrival_loop", True, at(1))
+        lane.card(CARD_A, at(2))
+        lane.feed(DeviceFault("weighbridge", "port vanished"), at(3))
+        return
+    t = up_to_deciding(lane, 1)
+    if how in ("hold", "inspect", "deny"):
+        lane.decide(how, at(t + 1))
+    elif how == "authority_timeout":
+        lane.tick(at(t + 4))
+    elif how == "authority_connection":
+        lane.feed(ReleaseFailed(lane.requests[-1].request_id, "connection", "refused"), at(t + 1))
+    elif how == "device_fault_release":
+        lane.feed(DeviceFault("io1", "modbus timeout"), at(t + 0.5))
+        lane.decide("release", at(t + 1), "CMD-1")
+    elif how == "instruction_replay":
+        lane.consumed.add(("release_instruction", "CMD-1"))
+        lane.decide("release", at(t + 1), "CMD-1")
+    elif how == "journal_error":
+        lane.journal_broken = True
+        lane.decide("release", at(t + 1), "CMD-1")
+    else:  # pragma: no cover
+        raise AssertionError(how)
+
+
+HOLDS = {
+    "no_card": "no_card",
+    "no_stable_weight": "no_stable_weight",
+    "device_fault_weighing": "device_fault",
+    "hold": "hold",
+    "inspect": "inspect",
+    "deny": "deny",
+    "authority_timeout": "authority_timeout",
+    "authority_connection": "authority_connection",
+    "device_fault_release": "device_fault",
+    "instruction_replay": "instruction_replay",
+    "journal_error": "journal_error",
+}
+
+
+@pytest.mark.parametrize("how", list(HOLDS))
+def test_s7_every_hold_survives_a_restart(lane: Lane, how: str) -> None:
+    """S7, R6: whatever held the vehicle holds it after a restart: HELD, no request, no lift."""
+    _hold_by(lane, how)
+    assert lane.state is S.HELD and lane.core.passage.hold_reason == HOLDS[how]
+    requests_before = list(lane.requests)
+    lane.journal_broken = False
+    lane, out = lane.restart(at(100), arrival_loop=True)
+    assert names(out)[0] == "lane.recovered"
+    assert only(out, RequestRelease) == [] and only(out, CommitAuthorisation) == [] and only(out, Pulse) == []
+    assert lane.state is S.HELD and lane.core.passage.hold_reason == HOLDS[how]
+    assert INSPECTION_AREA in lane.core.display
+    # The answer to a request from before the crash cannot reopen the decision.
+    if requests_before:
+        assert lane.feed(ReleaseDecided(requests_before[-1].request_id, "release", "CMD-9"), at(101)) == []
+    # A card now is a re-read (nothing) or, for a vehicle held without one, refused as lane_busy.
+    assert names(lane.card(CARD_A, at(102))) in ([], ["card.refused"])
+    assert lane.weight(31250.0, at(103)) == []
+    assert lane.tick(at(200)) == []
+    assert lane.state is S.HELD and lane.requests == [] and ("release_instruction", "CMD-9") not in lane.consumed
+    out = lane.set("arrival_loop", False, at(210))
+    closed = emitted(out, "passage.closed")[0]
+    assert (closed["outcome"], closed["reason"]) == ("held", HOLDS[how])
+    assert lane.state is S.IDLE and lane.events("barrier.lifted") == []
+
+
+def test_s7_lift_interrupted_survives_a_second_restart(lane: Lane) -> None:
+    t = up_to_deciding(lane, 1)
+    _crash_after_commit_before_pulse(lane, t + 1, "CMD-8")
+    lane, _ = lane.restart(at(10), arrival_loop=True)
+    lane, out = lane.restart(at(20), arrival_loop=True)
+    assert names(out) == ["lane.recovered", f"Display:{INTERRUPTED}", "passage.held"]
+    assert lane.state is S.HELD and lane.core.passage.hold_reason == "lift_interrupted"
+    assert only(out, Pulse) == [] and lane.requests == []
+
+
+def test_s5_s7_a_release_after_restart_cannot_lift_a_vehicle_held_for_a_device_fault(lane: Lane) -> None:
+    """S5, S7: held for a fault after the authority said release; after a restart nothing asks or lifts again."""
+    t = up_to_deciding(lane, 1)
+    lane.feed(DeviceFault("io1", "modbus timeout"), at(t + 0.5))
+    lane.decide("release", at(t + 1), "CMD-1")
+    old = lane.requests[-1]
+    assert lane.state is S.HELD
+    lane, out = lane.restart(at(10), arrival_loop=True)
+    assert only(out, RequestRelease) == [] and lane.state is S.HELD
+    # The authority's release, offered again (a retry of the same request), changes nothing.
+    assert lane.feed(ReleaseDecided(old.request_id, "release", "CMD-1"), at(11)) == []
+    # Nor does the device coming back.
+    lane.feed(DeviceRecovered("io1"), at(12))
+    assert lane.state is S.HELD and lane.requests == [] and lane.consumed == set()
+    assert lane.events("barrier.lifted") == []
