@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from gatectl.lane.events import Recovered
-from gatectl.lane.recovery import fold
+from gatectl.lane.recovery import fold, last_lift
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -210,15 +210,16 @@ class Journal:
     def last_seq(self, lane_id: str) -> int:
         return self._seq.get(lane_id, 0)
 
-    def recover(self, lane_id: str) -> Recovered | None:
-        """The lane's open passage as its events describe it (S7), or None."""
+    def recover(self, lane_id: str) -> tuple[Recovered | None, tuple[str, str] | None]:
+        """The lane's open passage as its events describe it, and the last lift's
+        authorisation (S7); both from the events since the lane's last passage opened."""
         row = self._db.execute(
-            "SELECT opened_seq FROM passages WHERE lane_id = ? AND closed_at IS NULL ORDER BY opened_seq DESC LIMIT 1",
-            (lane_id,),
+            "SELECT opened_seq FROM passages WHERE lane_id = ? ORDER BY opened_seq DESC LIMIT 1", (lane_id,)
         ).fetchone()
         if row is None:
-            return None
-        return fold(self.events(lane_id, since_seq=row[0] - 1))
+            return None, None
+        events = self.events(lane_id, since_seq=row[0] - 1)
+        return fold(events), last_lift(events)
 
     def consumed(self, kind: str, auth_id: str) -> bool:
         row = self._db.execute("SELECT 1 FROM authorisations WHERE kind = ? AND auth_id = ?", (kind, auth_id)).fetchone()

@@ -70,8 +70,8 @@ class LaneService:
         self.id = lane.id
         self.log = log.bind(lane=lane.id)
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
-        recovered = site.journal.recover(lane.id)
-        self.core = LaneCore(lane_rules(lane, site.config), recovered=recovered)
+        recovered, last_lift = site.journal.recover(lane.id)
+        self.core = LaneCore(lane_rules(lane, site.config), recovered=recovered, last_lift=last_lift)
         self.authority = site.authorities.get(lane.authority) if lane.authority else None
         self._unwritten: list[PendingEvent] = []
         self._journal_faulty = False

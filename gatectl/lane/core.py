@@ -84,11 +84,23 @@ TEXT_INSPECTION = "请驶入待检区，打开箱门等候海关查验"
 TEXT_NO_ANSWER = "海关系统无应答，暂不放行"
 TEXT_FAULT = "设备故障，暂停自动放行，请联系值班人员"
 TEXT_NO_CARD = "未读到IC卡，暂不放行"
+TEXT_NO_WEIGHT = "未能稳定称重，暂不放行"
 TEXT_NO_AUTHORITY = "本通道未配置放行系统，暂不放行"
 TEXT_EMERGENCY = "特种车辆紧急放行"
 TEXT_ONE_BY_ONE = "请勿跟车，一车一杆"
 TEXT_FORCED = "闯卡报警！已通知海关及园区管理方"
 TEXT_INTERRUPTED = "抬杆中断，请联系值班人员"
+
+HOLD_TEXTS = {
+    "no_authority": TEXT_NO_AUTHORITY,
+    "device_fault": TEXT_FAULT,
+    "journal_error": TEXT_FAULT,
+    "instruction_replay": "放行指令已使用过，不予重复抬杆",
+    "no_card": TEXT_NO_CARD,
+    "no_stable_weight": TEXT_NO_WEIGHT,
+    "lift_interrupted": TEXT_INTERRUPTED,
+    "forced_passage": TEXT_FORCED,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +121,8 @@ class LaneRules:
     #: A lifted vehicle off the arrival loop that reaches no other loop in this time
     #: has backed out, and the barrier lowers.
     backout_wait: timedelta = timedelta(seconds=5)
+    #: A vehicle with its card read but no stable weight after this is held.
+    weigh_wait: timedelta = timedelta(seconds=60)
     #: A card read just before the vehicle reaches the arrival loop still counts.
     card_grace: timedelta = timedelta(seconds=5)
 
@@ -127,6 +141,8 @@ class Passage:
     authorisation: tuple[str, str] | None = None
     lifted: bool = False
     hold_reason: str | None = None
+    forced: bool = False  # went through the barrier line without a lift (S4)
+    left_scale: bool = False  # off the arrival loop (and the weighbridge) since weighed
     refused_cards: set[str] = field(default_factory=set)
 
 
@@ -153,6 +169,7 @@ class LaneCore:
         self,
         rules: LaneRules,
         recovered: Recovered | None = None,
+        last_lift: tuple[str, str] | None = None,
         new_id: Callable[[], str] = _new_id,
     ) -> None:
         self.rules = rules
@@ -165,7 +182,10 @@ class LaneCore:
         self.last_weight_kg: float | None = None
         self._new_id = new_id
         self._recovered = recovered
-        self._pending_card: tuple[str, datetime] | None = None
+        self._last_lift = last_lift
+        self._pending_card: tuple[CardRead, datetime] | None = None
+        self._leaving_card: str | None = None
+        self._deferred: list[InputChanged] = []
         self._pending_outcome = "passed"
         self._deadline: datetime | None = None  # state deadline (card wait, decision)
         self._travel_deadline: datetime | None = None
@@ -264,20 +284,21 @@ class LaneCore:
     def _open_passage(self) -> None:
         assert self._now is not None and self.passage is None
         self.passage = Passage(passage_id=self._new_id(), opened_at=self._now)
+        self._leaving_card = None
         self._emit("passage.opened", card=None)
         self._goto(S.PRESENT)
         self._deadline = self._now + self.rules.card_wait
         self._show(TEXT_CARD)
         if self._pending_card is not None:
-            card, seen = self._pending_card
+            read, seen = self._pending_card
             self._pending_card = None
             if self._now - seen <= self.rules.card_grace:
-                self._accept_card(card)
+                self._on_card(read)
 
     def _close_passage(self, outcome: str, **data) -> None:
         p = self.passage
         assert p is not None
-        if p.hold_reason and "reason" not in data:
+        if p.hold_reason and "reason" not in data and outcome == "held":
             data["reason"] = p.hold_reason
         self._emit(
             "passage.closed",
@@ -288,18 +309,30 @@ class LaneCore:
             authorisation=_auth_json(p.authorisation),
             **data,
         )
+        if p.card is not None:
+            # Its card may still be read as it drives or backs away: it is nobody's next card.
+            self._leaving_card = p.card
         self.passage = None
+
+    def _to_idle(self) -> None:
+        self._goto(S.IDLE)
+        self._show_idle()
+        if self.inputs["arrival_loop"]:
+            self._open_passage()
 
     def _accept_card(self, card: str) -> None:
         p = self.passage
-        assert p is not None and p.card is None
+        assert p is not None and p.card is None and self._now is not None
         p.card = card
         self._emit("card.read", card=card)
         self._deadline = None
         if self.rules.has_weighbridge:
             self._goto(S.WEIGHING)
+            self._deadline = self._now + self.rules.weigh_wait
             self._show(TEXT_WEIGHING)
-            if self.last_weight_kg is not None and self.last_weight_kg >= self.rules.min_vehicle_kg:
+            if "weighbridge" in self.faults:
+                self._hold("device_fault")
+            elif self.last_weight_kg is not None and self.last_weight_kg >= self.rules.min_vehicle_kg:
                 self._weight_ready(self.last_weight_kg)
         else:
             self._request_release()
@@ -308,6 +341,8 @@ class LaneCore:
         p = self.passage
         assert p is not None
         p.weight_kg = kg
+        # A weight is one vehicle's: the next one must be weighed afresh.
+        self.last_weight_kg = None
         self._emit("weight.stable", gross_weight_kg=kg)
         self._request_release()
 
@@ -316,7 +351,7 @@ class LaneCore:
         assert p is not None and p.card is not None and p.request_id is None
         assert self._now is not None
         if not self.rules.has_authority:
-            self._hold("no_authority", TEXT_NO_AUTHORITY)
+            self._hold("no_authority")
             return
         p.request_id = self._new_id()
         self._goto(S.DECIDING)
@@ -333,18 +368,27 @@ class LaneCore:
             )
         )
 
-    def _hold(self, reason: str, text: str) -> None:
+    def _hold_text(self, reason: str) -> str:
+        p = self.passage
+        if reason in ("hold", "inspect", "deny"):
+            text = (p.hint if p is not None else None) or "不予放行"
+        elif reason.startswith("authority_"):
+            text = TEXT_NO_ANSWER
+        else:
+            text = HOLD_TEXTS.get(reason, TEXT_FAULT)
+        return f"{text}；{TEXT_INSPECTION}"
+
+    def _hold(self, reason: str) -> None:
         """Not released: show why, send the vehicle to the inspection area, wait for it to back out."""
         p = self.passage
         assert p is not None
         p.hold_reason = reason
         self._goto(S.HELD)
-        self._show(f"{text}；{TEXT_INSPECTION}")
+        self._show(self._hold_text(reason))
         self._emit("passage.held", reason=reason, display=self.display)
         if not self.inputs["arrival_loop"]:
             self._close_passage("held")
-            self._goto(S.IDLE)
-            self._show_idle()
+            self._to_idle()
 
     def _show_idle(self) -> None:
         self._show(TEXT_FAULT if self.faults else TEXT_WELCOME)
@@ -367,11 +411,13 @@ class LaneCore:
         self._goto(S.OPEN)
         self._out.append(Pulse("open", p.authorisation, "lift"))
         self._emit("barrier.lifted", authorisation=_auth_json(p.authorisation), reason="lift")
+        self._show(TEXT_EMERGENCY if self.lift.outcome == "emergency" else (p.hint or TEXT_RELEASED))
         if not self.inputs["barrier_up"]:
             self._travel_deadline = self._now + self.rules.travel_timeout
+        self._check_open()
 
     def _lower(self) -> None:
-        """Lower once clear; never while the safety loop is occupied (S2)."""
+        """Lower; never while the safety loop is occupied (S2)."""
         assert self.lift is not None and self._now is not None
         if self.inputs["safety_loop"]:
             return
@@ -379,7 +425,30 @@ class LaneCore:
         self._out.append(Pulse("close", self.lift.authorisation, "lower"))
         self._emit("barrier.lowered", authorisation=_auth_json(self.lift.authorisation))
         self._show(TEXT_ONE_BY_ONE)
-        self._travel_deadline = None if self.inputs["barrier_down"] else self._now + self.rules.travel_timeout
+        if self.inputs["barrier_down"] and not self.inputs["barrier_up"]:
+            # Already down (it never rose, or fell by itself): no edge will come to wait for.
+            self._travel_deadline = None
+            self.lift = None
+            self._to_idle()
+            return
+        self._travel_deadline = self._now + self.rules.travel_timeout
+
+    def _check_open(self) -> None:
+        """While lifted: lower once the vehicle has cleared (S3), or once nobody is on
+        any loop for ``backout_wait`` (it reversed away, or never came)."""
+        lift = self.lift
+        assert lift is not None and self._now is not None and self.state is S.OPEN
+        passed = lift.entered and self._vehicle_loops_clear() and (lift.exit_seen or not self.rules.has_exit_loop)
+        if passed:
+            self._deadline = None
+            if self.passage is not None:
+                self._close_passage(lift.outcome)
+            self._lower()
+        elif self._vehicle_loops_clear() and not self.inputs["arrival_loop"]:
+            if self._deadline is None:
+                self._deadline = self._now + self.rules.backout_wait
+        else:
+            self._deadline = None
 
     def _count_vehicle_out(self) -> None:
         """A vehicle left the loops under the current lift (S3)."""
@@ -389,14 +458,6 @@ class LaneCore:
         if lift.vehicles >= 2 and not lift.tailgating_raised:
             lift.tailgating_raised = True
             self._alarm("tailgating", authorisation=_auth_json(lift.authorisation), vehicles=lift.vehicles)
-
-    def _vehicle_cleared(self) -> None:
-        """The authorised vehicle is through: close its passage and lower (S3)."""
-        lift = self.lift
-        assert lift is not None
-        if self.passage is not None:
-            self._close_passage(lift.outcome)
-        self._lower()
 
     # ------------------------------------------------------------- handlers
 
@@ -418,11 +479,23 @@ class LaneCore:
         """First reading of the inputs: rebuild from the journal and the live inputs (S7)."""
         assert self._now is not None
         rec, self._recovered = self._recovered, None
+        barrier_not_down = not self.inputs["barrier_down"] or self.inputs["barrier_up"]
         if rec is None:
-            self._goto(S.IDLE)
-            self._show_idle()
-            if self.inputs["arrival_loop"]:
-                self._open_passage()
+            if barrier_not_down:
+                # Up (or moving) with no open passage: lower it once nobody is under it.
+                if self._last_lift is None:
+                    self._emit("fault.opened", device="barrier", reason="up_without_lift")
+                    self.faults["barrier"] = "up_without_lift"
+                    self._alarm("barrier_fault", reason="up_without_lift")
+                auth = self._last_lift or ("none", "barrier_found_up")
+                self.lift = Lift(authorisation=auth, outcome="passed", entered=True)
+                self.lift.exit_seen = True
+                self._goto(S.OPEN)
+                self._check_open()
+                if self.state is S.OPEN and self._vehicle_loops_clear():
+                    self._lower()
+                return
+            self._to_idle()
             return
         p = Passage(
             passage_id=rec.passage_id,
@@ -434,70 +507,67 @@ class LaneCore:
             hint=rec.hint,
             authorisation=rec.authorisation,
             lifted=rec.lifted,
+            hold_reason=rec.hold_reason,
         )
         self.passage = p
         self._emit("lane.recovered", card=p.card, authorisation=_auth_json(p.authorisation))
         if p.authorisation is not None:
             # Consumed before the crash: it never lifts again, whatever happened to the coil.
             outcome = {"emergency": "emergency", "approval": "manual"}.get(p.authorisation[0], "passed")
-            self.lift = Lift(authorisation=p.authorisation, outcome=outcome)
             p.lifted = True
-            if self.inputs["barrier_up"] or not self._vehicle_loops_clear():
-                self._goto(S.OPEN)
+            if barrier_not_down or not self._vehicle_loops_clear():
+                self.lift = Lift(authorisation=p.authorisation, outcome=outcome)
                 self.lift.entered = not self._vehicle_loops_clear()
+                self.lift.exit_seen = self.inputs["exit_loop"]
+                self._goto(S.OPEN)
                 self._show(TEXT_RELEASED)
+                self._check_open()
             elif self.inputs["arrival_loop"]:
                 # Barrier down with the vehicle still before it: the lift was lost.
-                self.lift = None
                 self._goto(S.HELD)
                 p.hold_reason = "lift_interrupted"
                 self._show(TEXT_INTERRUPTED)
                 self._emit("passage.held", reason="lift_interrupted", display=self.display)
             else:
-                self.lift = None
-                self._close_passage(outcome, reason="recovered_unobserved")
-                self._goto(S.IDLE)
-                self._show_idle()
+                # Nobody there and the barrier down: whatever happened was not seen.
+                self._close_passage("backed_out", reason="recovered_unobserved")
+                self._to_idle()
             return
-        if p.decision is not None and p.decision != "release":
+        if p.hold_reason is not None:
             self._goto(S.HELD)
-            p.hold_reason = p.decision
-            self._show(f"{p.hint or ''}；{TEXT_INSPECTION}".lstrip("；"))
+            self._show(self._hold_text(p.hold_reason))
             if not self.inputs["arrival_loop"]:
                 self._close_passage("held")
-                self._goto(S.IDLE)
-                self._show_idle()
+                self._to_idle()
             return
         if not self.inputs["arrival_loop"]:
             self._close_passage("backed_out", reason="daemon_restart")
-            self._goto(S.IDLE)
-            self._show_idle()
+            self._to_idle()
             return
         # Decided nothing yet: ask again. The journal still guarantees one lift per
         # instruction, so a second answer naming the same instruction is safe.
         p.request_id = None
         p.decision = None
+        p.hint = None
         self._goto(S.PRESENT)
         if p.card is None:
             self._deadline = self._now + self.rules.card_wait
             self._show(TEXT_CARD)
             return
-        card, p.card = p.card, None
-        self._accept_card_recovered(card)
-
-    def _accept_card_recovered(self, card: str) -> None:
-        p = self.passage
-        assert p is not None
-        p.card = card
-        if self.rules.has_weighbridge:
+        if self.rules.has_weighbridge and p.weight_kg is None:
             self._goto(S.WEIGHING)
+            self._deadline = self._now + self.rules.weigh_wait
             self._show(TEXT_WEIGHING)
-        else:
-            self._request_release()
+            return
+        self._request_release()
 
     def _on_input(self, ev: InputChanged) -> None:
         if self.state is S.STARTING:
             self.inputs[ev.point] = ev.value
+            return
+        if self.state is S.AUTHORISING:
+            # The journal's answer comes next; what else this poll saw waits for it.
+            self._deferred.append(ev)
             return
         before = self.inputs[ev.point]
         if before == ev.value:
@@ -508,8 +578,6 @@ class LaneCore:
             self._emit("loop.changed", loop=point, occupied=on)
         if point == "arrival_loop":
             self._on_arrival(on)
-            if on and self.state is S.OPEN:
-                self._deadline = None
         elif point in ("safety_loop", "exit_loop"):
             self._on_vehicle_loop(point, on)
         elif point in ("barrier_up", "barrier_down"):
@@ -521,68 +589,74 @@ class LaneCore:
 
     def _on_arrival(self, on: bool) -> None:
         st = self.state
+        if not on and self.passage is not None:
+            self.passage.left_scale = True
+        if st is S.OPEN:
+            self._check_open()
+            return
         if on:
             if st is S.IDLE:
                 self._open_passage()
             return
         # The vehicle left the arrival loop.
-        if st in (S.PRESENT, S.WEIGHING, S.DECIDING):
+        p = self.passage
+        if p is not None and p.forced:
+            if self._vehicle_loops_clear():
+                self._close_passage("forced")
+                self._to_idle()
+        elif st in (S.PRESENT, S.WEIGHING, S.DECIDING):
             self._close_passage("backed_out")
-            self._goto(S.IDLE)
-            self._show_idle()
+            self._to_idle()
         elif st is S.HELD:
             self._close_passage("held")
-            self._goto(S.IDLE)
-            self._show_idle()
-        elif st is S.OPEN and self.lift is not None and not self.lift.entered:
-            # Off the arrival loop but not yet on the safety loop: a gap between loops, or
-            # a vehicle reversing away. Only time tells; never lower onto it at once.
-            assert self._now is not None
-            self._deadline = self._now + self.rules.backout_wait
+            self._to_idle()
 
     def _on_vehicle_loop(self, point: str, on: bool) -> None:
         st = self.state
+        if st is S.OPEN:
+            lift = self.lift
+            assert lift is not None
+            if on:
+                lift.entered = True
+                lift.exit_seen = lift.exit_seen or point == "exit_loop"
+            elif point == ("exit_loop" if self.rules.has_exit_loop else "safety_loop"):
+                self._count_vehicle_out()
+            self._check_open()
+            return
+        if st is S.LOWERING:
+            lift = self.lift
+            assert lift is not None and self._now is not None
+            if not on:
+                return
+            if point == "safety_loop":
+                # S2: something is under the boom while it comes down: rise again.
+                self._goto(S.OPEN)
+                self._out.append(Pulse("open", lift.authorisation, "safety_reverse"))
+                self._emit("barrier.lifted", authorisation=_auth_json(lift.authorisation), reason="safety_reverse")
+                if not self.inputs["barrier_up"]:
+                    self._travel_deadline = self._now + self.rules.travel_timeout
+            lift.entered = True
+            lift.exit_seen = lift.exit_seen or point == "exit_loop"
+            # The lift's own vehicle had cleared, so this is a second vehicle (S3).
+            if not lift.tailgating_raised:
+                lift.tailgating_raised = True
+                self._alarm("tailgating", authorisation=_auth_json(lift.authorisation), vehicles=2)
+            return
+        p = self.passage
         if on:
-            if st is S.OPEN:
-                assert self.lift is not None
-                self.lift.entered = True
-                self._deadline = None
-                if point == "exit_loop":
-                    self.lift.exit_seen = True
-            elif st is S.LOWERING:
-                assert self.lift is not None and self._now is not None
-                if point == "safety_loop":
-                    # S2: something is under the boom while it comes down: rise again.
-                    self._goto(S.OPEN)
-                    self._out.append(Pulse("open", self.lift.authorisation, "safety_reverse"))
-                    self._emit(
-                        "barrier.lifted", authorisation=_auth_json(self.lift.authorisation), reason="safety_reverse"
-                    )
-                    self._travel_deadline = None if self.inputs["barrier_up"] else self._now + self.rules.travel_timeout
-                self.lift.entered = True
-                self.lift.exit_seen = self.lift.exit_seen or point == "exit_loop"
-                # A second vehicle under a lift whose vehicle already cleared (S3).
-                if not self.lift.tailgating_raised:
-                    self.lift.tailgating_raised = True
-                    self._alarm("tailgating", authorisation=_auth_json(self.lift.authorisation), vehicles=2)
-            else:
-                # S4: through the barrier line with no lift in progress.
+            other = "exit_loop" if point == "safety_loop" else "safety_loop"
+            if not self.inputs[other]:
+                # S4, R8: at the barrier line with no lift in progress.
                 self._alarm("forced_passage", loop=point, state=st.value)
                 self._show(TEXT_FORCED)
+            if p is not None and st is not S.AUTHORISING:
+                p.forced = True
             return
-        # A vehicle loop cleared.
-        if st is not S.OPEN or self.lift is None:
-            return
-        lift = self.lift
-        counting_loop = "exit_loop" if self.rules.has_exit_loop else "safety_loop"
-        if point == counting_loop:
-            self._count_vehicle_out()
-        if not self._vehicle_loops_clear() or not lift.entered:
-            return
-        if self.rules.has_exit_loop and not lift.exit_seen:
-            # Back off the safety loop without reaching the exit loop: not through yet.
-            return
-        self._vehicle_cleared()
+        if p is not None and p.forced and self._vehicle_loops_clear():
+            # Through (or backed off the line): either way its passage is over; a vehicle
+            # now on the arrival loop is another one and gets a passage of its own.
+            self._close_passage("forced")
+            self._to_idle()
 
     def _on_limit(self, point: str, on: bool) -> None:
         self._emit("barrier.position", limit=point, on=on)
@@ -593,21 +667,18 @@ class LaneCore:
             self._travel_deadline = None
             self._clear_fault("barrier")
             self.lift = None
-            self._goto(S.IDLE)
-            self._show_idle()
-            if self.inputs["arrival_loop"]:
-                self._open_passage()
+            self._to_idle()
 
     def _on_emergency(self) -> None:
         """R11: lift at once, hold up until the vehicle clears, alarm."""
         st = self.state
-        auth_id = self._new_id()
         if st is S.OPEN:
             # Already up: it stays up until the vehicle under it clears.
             self._alarm("emergency_release", authorisation=None, note="barrier_already_up")
             return
         if st is S.AUTHORISING:
             return
+        auth_id = self._new_id()
         if self.passage is None:
             assert self._now is not None
             self.passage = Passage(passage_id=self._new_id(), opened_at=self._now)
@@ -616,8 +687,8 @@ class LaneCore:
                 self.lift = None
         p = self.passage
         p.request_id = None  # any late answer of the authority is ignored now
+        p.hold_reason = None
         self._alarm("emergency_release", authorisation={"kind": "emergency", "id": auth_id}, account_pending=True)
-        self._show(TEXT_EMERGENCY)
         self._authorise("emergency", auth_id, "emergency")
 
     def _on_card(self, ev: CardRead) -> None:
@@ -626,10 +697,12 @@ class LaneCore:
         if p is not None and p.card == ev.card:
             return  # S8: a re-read of the card already in this passage changes nothing
         if st in (S.IDLE, S.OPEN, S.LOWERING, S.STARTING):
+            if ev.card == self._leaving_card:
+                return  # the vehicle that just went through, still in the reader's field
             # Readers often fire a moment before the loop does, or while the vehicle
             # ahead is still passing: keep it briefly for the next passage.
             assert self._now is not None
-            self._pending_card = (ev.card, self._now)
+            self._pending_card = (ev, self._now)
             return
         if p is None:
             return
@@ -647,6 +720,9 @@ class LaneCore:
         self._accept_card(ev.card)
 
     def _on_weight(self, ev: WeightStable) -> None:
+        p = self.passage
+        if p is not None and p.weight_kg is not None and not p.left_scale and ev.kg >= self.rules.min_vehicle_kg:
+            return  # the weighed vehicle settling again, not the next one
         self.last_weight_kg = ev.kg
         if self.state is S.WEIGHING and ev.kg >= self.rules.min_vehicle_kg:
             self._weight_ready(ev.kg)
@@ -667,14 +743,16 @@ class LaneCore:
             declared_weight_kg=ev.declared_weight_kg,
         )
         if ev.decision != "release":
-            self._hold(ev.decision, ev.hint or "不予放行")
+            self._hold(ev.decision)
+            return
+        if p.forced:
+            self._hold("forced_passage")
             return
         if self.faults:
             # S5: fail closed while a device the lane needs is faulty.
-            self._hold("device_fault", TEXT_FAULT)
+            self._hold("device_fault")
             return
         assert ev.instruction_id is not None
-        self._show(ev.hint or TEXT_RELEASED)
         self._authorise("release_instruction", ev.instruction_id, "passed")
 
     def _on_failed(self, ev: ReleaseFailed) -> None:
@@ -688,13 +766,14 @@ class LaneCore:
         assert p is not None
         self._emit("release.failed", request_id=p.request_id, reason=reason, detail=detail)
         self._alarm("authority_unreachable", reason=reason, detail=detail)
-        self._hold(f"authority_{reason}", TEXT_NO_ANSWER)
+        self._hold(f"authority_{reason}")
 
     def _on_committed(self, ev: AuthorisationCommitted) -> None:
         p = self.passage
         if self.state is not S.AUTHORISING or p is None or p.authorisation != (ev.kind, ev.auth_id):
             raise LaneProtocolError(f"unexpected commit of {ev.kind}:{ev.auth_id} in {self.state}")
         self._lift()
+        self._replay_deferred()
 
     def _on_refused(self, ev: AuthorisationRefused) -> None:
         p = self.passage
@@ -703,11 +782,20 @@ class LaneCore:
         p.authorisation = None
         if ev.reason == "replay":
             self._alarm("instruction_replay", authorisation={"kind": ev.kind, "id": ev.auth_id})
-            self._hold("instruction_replay", "放行指令已使用过，不予重复抬杆")
+            self._hold("instruction_replay")
         else:
             # S6: the journal could not record it, so nothing lifts.
             self._alarm("journal_fault", detail=ev.detail)
-            self._hold("journal_error", TEXT_FAULT)
+            self._hold("journal_error")
+        self._replay_deferred()
+
+    def _replay_deferred(self) -> None:
+        deferred, self._deferred = self._deferred, []
+        for i, ev in enumerate(deferred):
+            self._on_input(ev)
+            if self.state is S.AUTHORISING:
+                self._deferred = deferred[i + 1 :] + self._deferred
+                return
 
     def _on_fault(self, ev: DeviceFault) -> None:
         if ev.device in self.faults:
@@ -715,7 +803,9 @@ class LaneCore:
         self.faults[ev.device] = ev.reason
         self._emit("fault.opened", device=ev.device, reason=ev.reason)
         self._alarm("device_fault", device=ev.device, reason=ev.reason)
-        if self.state in (S.IDLE, S.STARTING):
+        if self.state is S.WEIGHING and ev.device == "weighbridge":
+            self._hold("device_fault")
+        elif self.state is S.IDLE:
             self._show_idle()
 
     def _on_recovered(self, ev: DeviceRecovered) -> None:
@@ -745,15 +835,16 @@ class LaneCore:
             return
         self._deadline = None
         if self.state is S.PRESENT:
-            self._hold("no_card", TEXT_NO_CARD)
+            self._hold("no_card")
+        elif self.state is S.WEIGHING:
+            self._hold("no_stable_weight")
         elif self.state is S.DECIDING:
             self._authority_failed("timeout", "no answer in time")
-        elif self.state is S.OPEN and self.lift is not None and not self.lift.entered:
-            if not self.inputs["arrival_loop"] and self._vehicle_loops_clear():
-                # Lifted, but the vehicle reversed away instead of driving through.
-                if self.passage is not None:
-                    self._close_passage("backed_out", reason="left_after_lift")
-                self._lower()
+        elif self.state is S.OPEN and self._vehicle_loops_clear() and not self.inputs["arrival_loop"]:
+            # Lifted, but nobody drove through: the vehicle reversed away (or never came).
+            if self.passage is not None:
+                self._close_passage("backed_out", reason="left_after_lift")
+            self._lower()
 
     _HANDLERS: dict[type, Callable[["LaneCore", Event], None]] = {
         InputsSnapshot: _on_snapshot,

@@ -8,7 +8,7 @@ only ``LaneCore.handle`` decides what they mean.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Mapping
 
 from gatectl.lane.errors import LaneProtocolError
@@ -163,4 +163,4 @@ class Recovered:
     hint: str | None = None
     authorisation: tuple[str, str] | None = None
     lifted: bool = False
-    extra: dict = field(default_factory=dict)
+    hold_reason: str | None = None

@@ -30,6 +30,7 @@ def fold(events: Iterable[Mapping[str, Any]]) -> Recovered | None:
             rec["request_id"] = ev["request_id"]
             rec.pop("decision", None)
             rec.pop("hint", None)
+            rec.pop("hold_reason", None)
         elif t == "release.decided":
             rec["decision"] = ev["decision"]
             rec["hint"] = ev.get("hint")
@@ -38,6 +39,8 @@ def fold(events: Iterable[Mapping[str, Any]]) -> Recovered | None:
             rec["authorisation"] = (auth["kind"], auth["id"])
         elif t == "barrier.lifted":
             rec["lifted"] = True
+        elif t == "passage.held":
+            rec["hold_reason"] = ev["reason"]
         elif t == "passage.closed":
             rec = None
     return None if rec is None else Recovered(**rec)
@@ -45,3 +48,12 @@ def fold(events: Iterable[Mapping[str, Any]]) -> Recovered | None:
 
 def _ts(value: Any) -> str:
     return value if isinstance(value, str) else value.isoformat()
+
+
+def last_lift(events: Iterable[Mapping[str, Any]]) -> tuple[str, str] | None:
+    """The authorisation of the last lift in ``events``: what a barrier found up is up for."""
+    found = None
+    for ev in events:
+        if ev["type"] == "barrier.lifted" and ev.get("authorisation"):
+            found = (ev["authorisation"]["kind"], ev["authorisation"]["id"])
+    return found

@@ -1,0 +1,229 @@
+"""``gatectl demo``: a whole simulated site and the real daemon, live in the terminal.
+
+The simulators (IO module with moving barriers, card readers and weighbridges on ptys,
+an HTTP release authority) speak the real wire formats; the daemon talks to them
+exactly as it would to hardware. Traffic is scripted: mostly released trucks, some
+held, an occasional tailgater or forced passage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import sys
+import tempfile
+from collections import deque
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from gatectl import logs
+from gatectl.config import load_config
+
+KINDS_ZH = {
+    "bonded": "保税",
+    "ecommerce_9610": "9610",
+    "non_bonded": "非保税",
+    "administrative": "行政",
+    "personnel": "人员",
+}
+STATE_ZH = {
+    "starting": "启动中",
+    "idle": "空闲",
+    "present": "车辆到达",
+    "weighing": "称重中",
+    "deciding": "核验中",
+    "authorising": "授权中",
+    "open": "已抬杆",
+    "lowering": "落杆中",
+    "held": "不予放行",
+}
+STATE_STYLE = {"open": "bold green", "held": "bold red", "deciding": "yellow", "lowering": "cyan"}
+ALARM_ZH = {
+    "forced_passage": "闯卡",
+    "tailgating": "跟车",
+    "barrier_fault": "道闸故障",
+    "instruction_replay": "指令重复",
+    "emergency_release": "紧急放行",
+    "device_fault": "设备故障",
+    "authority_unreachable": "海关系统无应答",
+    "journal_fault": "日志故障",
+}
+QUIET_EVENTS = {"loop.changed", "barrier.position"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def describe(ev: dict) -> str:
+    """One line for a person reading the event stream."""
+    t = ev["type"]
+    if t == "card.read":
+        return f"刷卡 {ev['card']}"
+    if t == "weight.stable":
+        return f"称重 {ev['gross_weight_kg']:.0f} kg"
+    if t == "release.requested":
+        return "请求海关放行指令"
+    if t == "release.decided":
+        return f"海关指令 {ev['decision']} {ev.get('instruction_id') or ''} {ev.get('hint') or ''}".strip()
+    if t == "barrier.lifted":
+        auth = ev.get("authorisation") or {}
+        return f"抬杆 ({auth.get('kind')} {auth.get('id')}) {'' if ev.get('reason') == 'lift' else '安全回抬'}"
+    if t == "barrier.lowered":
+        return "落杆"
+    if t == "passage.closed":
+        return f"通行结束: {ev['outcome']}" + (f" ({ev['reason']})" if ev.get("reason") else "")
+    if t == "passage.held":
+        return f"不予放行: {ev['reason']}"
+    if t == "alarm.raised":
+        return f"报警: {ALARM_ZH.get(ev['alarm'], ev['alarm'])}"
+    if t == "manual_lift.refused":
+        return "手动抬杆被拒绝: 无有效审批"
+    if t in ("fault.opened", "fault.closed"):
+        return f"{'故障' if t == 'fault.opened' else '恢复'}: {ev['device']} {ev.get('reason', '')}"
+    if t == "card.refused":
+        return f"拒绝卡 {ev['card']} ({ev['reason']})"
+    return t
+
+
+class View:
+    def __init__(self, site, sim, api_url: str) -> None:
+        self.site = site
+        self.sim = sim
+        self.api_url = api_url
+        self.recent: deque[dict] = deque(maxlen=14)
+        self.counts: dict[str, int] = {}
+        site.subscribe(self.on_events)
+
+    def on_events(self, events: list[dict]) -> None:
+        for ev in events:
+            if ev["type"] == "passage.closed":
+                self.counts[ev["outcome"]] = self.counts.get(ev["outcome"], 0) + 1
+            if ev["type"] == "alarm.raised":
+                self.counts["alarms"] = self.counts.get("alarms", 0) + 1
+            if ev["type"] not in QUIET_EVENTS:
+                self.recent.append(ev)
+
+    def render(self):
+        lanes = Table(expand=True, title="卡口通道 Lanes", title_style="bold")
+        for col in ("通道", "状态", "线圈 到达/安全/出口", "道闸", "IC卡", "重量 kg", "海关指令", "显示屏"):
+            lanes.add_column(col, overflow="fold")
+        for lane in self.site.lanes.values():
+            snap = lane.core.snapshot()
+            inputs = snap["inputs"]
+            loops = " ".join("●" if inputs[p] else "○" for p in ("arrival_loop", "safety_loop", "exit_loop"))
+            barrier = "▲ 抬起" if inputs["barrier_up"] else ("▼ 落下" if inputs["barrier_down"] else "↕ 运动中")
+            p = snap["passage"] or {}
+            state = snap["state"]
+            faults = ", ".join(snap["faults"])
+            lanes.add_row(
+                f"{lane.id}\n{KINDS_ZH.get(lane.config.kind, lane.config.kind)} {'进' if lane.config.direction == 'in' else '出'}",
+                Text(STATE_ZH.get(state, state) + (f"\n故障:{faults}" if faults else ""), STATE_STYLE.get(state, "")),
+                loops,
+                barrier,
+                p.get("card") or "",
+                f"{p['weight_kg']:.0f}" if p.get("weight_kg") else "",
+                p.get("decision") or "",
+                snap["display"],
+            )
+        events = Table(expand=True, title="事件 Events (journal)", title_style="bold", show_lines=False)
+        for col in ("时间", "通道", "seq", "事件"):
+            events.add_column(col)
+        for ev in reversed(self.recent):
+            style = "bold red" if ev["type"] == "alarm.raised" else ("green" if ev["type"] == "barrier.lifted" else "")
+            events.add_row(ev["ts"][11:19], ev["lane_id"], str(ev["seq"]), Text(describe(ev), style))
+        totals = "  ".join(f"{k}: {v}" for k, v in sorted(self.counts.items())) or "—"
+        footer = Text(f"通行统计 {totals}\nAPI {self.api_url}/api/v1/lanes   Ctrl-C 退出", style="dim")
+        return Panel(Group(lanes, events, footer), title="gatectl demo — 昆明综合保税区 (simulated site)")
+
+
+async def run_demo(args) -> int:
+    from gatectl.api import start_api
+    from gatectl.service import Site
+    from simulators.site import LaneSpec, SimulatedSite
+
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="gatectl-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    specs = [
+        LaneSpec("B1-IN", "保税货物进区1号", "bonded", "in", "K001"),
+        LaneSpec("E1-OUT", "跨境电商9610出区", "ecommerce_9610", "out", "K002"),
+        LaneSpec("N1-IN", "非保税进区", "non_bonded", "in", "K003", exit_loop=False),
+        LaneSpec("B2-OUT", "保税货物出区2号", "bonded", "out", "K004"),
+        LaneSpec("E2-IN", "跨境电商9610进区", "ecommerce_9610", "in", "K005"),
+        LaneSpec("N2-OUT", "非保税出区", "non_bonded", "out", "K006", exit_loop=False),
+    ][: max(1, min(args.lanes, 6))]
+    sim = SimulatedSite(workdir, specs, travel_s=1.4)
+    await sim.start()
+    port = _free_port()
+    cfg_path = sim.write_config(
+        workdir / "site.yaml", journal_path=str(workdir / "gatectl.db"), api_listen=f"127.0.0.1:{port}"
+    )
+    config = load_config(cfg_path)
+    site = Site(config)
+    runner = await start_api(site)
+    api_url = f"http://127.0.0.1:{port}"
+    stop = asyncio.Event()
+    traffic_stop = asyncio.Event()
+    daemon = asyncio.create_task(site.run(stop))
+    rng = random.Random(args.seed)
+    traffic = asyncio.create_task(sim.run_traffic(traffic_stop, rng))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + args.duration if args.duration else None
+    console = Console()
+    view = View(site, sim, api_url)
+    if args.plain:
+        site.subscribe(
+            lambda evs: [
+                print(f"{e['ts'][11:19]} {e['lane_id']:7} #{e['seq']:<4} {describe(e)}", flush=True)
+                for e in evs
+                if e["type"] not in QUIET_EVENTS
+            ]
+        )
+    print(f"gatectl demo: config {cfg_path}, journal {workdir / 'gatectl.db'}, API {api_url}", file=sys.stderr)
+    try:
+        if args.plain:
+            while deadline is None or loop.time() < deadline:
+                if daemon.done():
+                    break
+                await asyncio.sleep(0.25)
+        else:
+            with Live(view.render(), console=console, refresh_per_second=4, screen=False) as live:
+                while deadline is None or loop.time() < deadline:
+                    if daemon.done():
+                        break
+                    live.update(view.render())
+                    await asyncio.sleep(0.25)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        pass
+    finally:
+        traffic_stop.set()
+        traffic.cancel()
+        await asyncio.gather(traffic, return_exceptions=True)
+        stop.set()
+        await asyncio.gather(daemon, return_exceptions=True)
+        await runner.cleanup()
+        await sim.stop()
+    if daemon.done() and not daemon.cancelled() and daemon.exception() is not None:
+        print(f"daemon failed: {daemon.exception()!r}", file=sys.stderr)
+        return 1
+    print(f"通行统计 {view.counts}", file=sys.stderr)
+    return 0
+
+
+def main(args) -> int:
+    logs.configure(json=False, level=40)  # the view shows what matters; only errors in the log
+    try:
+        return asyncio.run(run_demo(args))
+    except KeyboardInterrupt:
+        return 0
+
+
+__all__ = ["main", "describe", "View"]
