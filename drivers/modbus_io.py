@@ -151,6 +151,12 @@ class ModbusTcpBus:
             try:
                 async with asyncio.timeout(self.request_timeout_s):
                     response = await call(client)
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # pymodbus waits with asyncio.wait_for, which on 3.11 can drop a
+                    # cancellation that lands as the answer arrives; honour it here, or
+                    # the poll loop would run on after its lane stopped.
+                    raise asyncio.CancelledError
             except TimeoutError:
                 reason = (
                     f"{what}: no answer within {self.request_timeout_s:g} s"

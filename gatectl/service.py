@@ -45,6 +45,22 @@ log = structlog.get_logger("gatectl.service")
 DECISION_MARGIN = timedelta(seconds=1)
 
 
+async def cancel_all(tasks) -> None:
+    """Cancel ``tasks`` and wait for them, cancelling again any that swallowed it.
+
+    Libraries waiting with ``asyncio.wait_for`` on Python 3.11 can lose a cancellation
+    that lands as their future completes; a stop must not hang on that.
+    """
+    pending = {t for t in tasks if not t.done()}
+    for _ in range(50):
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.2)
+    log.error("tasks did not stop", tasks=[t.get_name() for t in pending])
+
+
 def lane_rules(lane: LaneConfig, site: SiteConfig) -> LaneRules:
     timeout_ms = 3000
     if lane.authority is not None:
@@ -144,9 +160,7 @@ class LaneService:
                 event = await self._next_event()
                 await self.handle(event)
         finally:
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await cancel_all(self._tasks)
 
     async def _next_event(self) -> Event:
         deadline = self.core.next_deadline
@@ -364,9 +378,7 @@ class Site:
                     raise task.exception()
         finally:
             stopper.cancel()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_all(tasks)
             for auth in self.authorities.values():
                 with contextlib.suppress(Exception):
                     await auth.close()

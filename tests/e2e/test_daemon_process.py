@@ -1,0 +1,191 @@
+"""The daemon as an operator runs it: ``gatectl run`` in its own process, killed for real."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from gatectl.config import load_config
+from simulators.site import SimulatedSite
+
+from .conftest import BONDED, wait_until, write_site_config
+
+TRUCK_CARD = "0100E2850E"
+
+
+class Daemon:
+    def __init__(self, config_path: Path, log_path: Path) -> None:
+        self.config_path = config_path
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+        self.api = f"http://{load_config(config_path).local_api.listen}"
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gatectl", "run", "--config", str(self.config_path)],
+            stdout=log,
+            stderr=log,
+        )
+        log.close()
+
+    async def health(self) -> int | None:
+        try:
+            async with aiohttp.ClientSession() as s, s.get(self.api + "/api/v1/health") as r:
+                return r.status
+        except aiohttp.ClientError:
+            return None
+
+    async def wait_healthy(self) -> None:
+        for _ in range(300):
+            if await self.health() == 200:
+                return
+            assert self.proc is not None and self.proc.poll() is None, self.log_path.read_text()
+            await asyncio.sleep(0.05)
+        raise AssertionError("daemon never became healthy:\n" + self.log_path.read_text())
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(20)
+
+    def events(self) -> list[dict]:
+        out = subprocess.run(
+            [sys.executable, "-m", "gatectl", "events", "--config", str(self.config_path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+@pytest.fixture
+async def sim(tmp_path: Path):
+    site = SimulatedSite(tmp_path, [BONDED], travel_s=0.2, speed=5.0, weigh_interval_s=0.05)
+    await site.start()
+    try:
+        yield site
+    finally:
+        await site.stop()
+
+
+@pytest.fixture
+def daemon(sim: SimulatedSite, tmp_path: Path):
+    d = Daemon(write_site_config(sim, tmp_path), tmp_path / "daemon.log")
+    try:
+        yield d
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait(10)
+
+
+async def test_kill9_right_after_lift_then_restart_never_lifts_again(sim: SimulatedSite, daemon: Daemon) -> None:
+    """S7, S1: kill -9 right after the lift; the restarted daemon rebuilds the passage from
+    the journal and the live inputs, never lifts that authorisation again, lowers once the
+    vehicle has cleared, and never reuses a seq."""
+    sim.authority.script(TRUCK_CARD, "release")
+    lane = sim.lane("B1-IN")
+    daemon.start()
+    await daemon.wait_healthy()
+    lane.set_loop("arrival", True)
+    lane.weigh(31250)
+    await asyncio.sleep(0.3)
+    lane.reader.present(TRUCK_CARD)
+    await wait_until(lambda: lane.opens == 1)
+    daemon.kill9()
+    await wait_until(lambda: lane.barrier.position == "up")
+
+    daemon.start()
+    await daemon.wait_healthy()
+    lane.reader.present(TRUCK_CARD)  # still in the reader's field: changes nothing
+    for loop, on in [("safety", True), ("arrival", False), ("exit", True), ("safety", False), ("exit", False)]:
+        if loop == "arrival":
+            lane.weigh(0)
+        lane.set_loop(loop, on)
+        await asyncio.sleep(0.15)
+    await wait_until(lambda: lane.barrier.position == "down")
+    assert (lane.opens, lane.closes) == (1, 1)
+    assert len(sim.authority.requests) == 1
+    assert daemon.terminate() == 0
+
+    events = daemon.events()
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1)), "seq contiguous, never reused"
+    assert len({e["event_id"] for e in events}) == len(events)
+    lifts = [e for e in events if e["type"] == "barrier.lifted" and e["reason"] == "lift"]
+    assert len(lifts) == 1
+    assert [e["type"] for e in events].count("lane.recovered") == 1
+    closed = [e for e in events if e["type"] == "passage.closed"]
+    assert [c["outcome"] for c in closed] == ["passed"]
+    assert closed[0]["authorisation"] == lifts[0]["authorisation"]
+
+
+async def test_health_503_until_every_lane_runs_and_sigterm_exits_0(sim: SimulatedSite, daemon: Daemon) -> None:
+    """CONTRACT 6 and 7: health answers 503 while a lane cannot read its inputs, 200 once
+    every lane runs; SIGTERM stops the daemon cleanly with exit code 0."""
+    await sim.io.stop()
+    daemon.start()
+    for _ in range(300):
+        if await daemon.health() == 503:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("no 503 while the IO module is away")
+    await sim.io.start()
+    await daemon.wait_healthy()
+    assert daemon.terminate() == 0
+    log = daemon.log_path.read_text(encoding="utf-8")
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    assert any(line.get("event") == "stopped" for line in lines), "structured JSON log with a clean stop"
+
+
+def test_check_config_lists_every_problem_with_path_and_line(tmp_path: Path) -> None:
+    """CONTRACT 1, 7: a broken config exits 2 and names each problem's YAML path and line."""
+    example = Path(__file__).resolve().parents[2] / "config" / "site.example.yaml"
+    text = example.read_text(encoding="utf-8")
+    text = text.replace("pulse_ms: 300", "pulse_ms: -5", 1)
+    text = text.replace("poll_ms: 50", "poll_msec: 50", 1)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text, encoding="utf-8")
+    out = subprocess.run(
+        [sys.executable, "-m", "gatectl", "check-config", "--config", str(bad)], capture_output=True, text=True
+    )
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert any("bad.yaml:" in line and "barrier.pulse_ms" in line for line in lines), out.stderr
+    assert any("bad.yaml:" in line and "poll_msec" in line for line in lines), out.stderr
+    for line in lines:
+        location = line.split(" ", 1)[0]
+        assert location.startswith(f"{bad}:") and location.rsplit(":", 1)[1].isdigit(), line
+    ok = subprocess.run(
+        [sys.executable, "-m", "gatectl", "check-config", "--config", str(example)], capture_output=True, text=True
+    )
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_demo_runs_a_whole_site(tmp_path: Path) -> None:
+    """The demo a newcomer runs: simulators and the daemon, vehicles released and lifted."""
+    out = subprocess.run(
+        [sys.executable, "-m", "gatectl", "demo", "--plain", "--duration", "30", "--lanes", "2", "--seed", "7",
+         "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert out.returncode == 0, out.stderr
+    assert "抬杆" in out.stdout and "通行结束: passed" in out.stdout, out.stdout[-2000:]
