@@ -66,6 +66,15 @@ def _free_port() -> int:
 def describe(ev: dict) -> str:
     """One line for a person reading the event stream."""
     t = ev["type"]
+    if t == "passage.opened":
+        return "紧急车辆到达" if ev.get("emergency") else "车辆到达"
+    if t == "authorisation.committed":
+        auth = ev["authorisation"]
+        return f"授权已记入日志 ({auth['kind']} {auth['id']})"
+    if t == "lane.recovered":
+        return "重启后恢复通行状态"
+    if t == "release.failed":
+        return f"海关系统无应答 ({ev['reason']})"
     if t == "card.read":
         return f"刷卡 {ev['card']}"
     if t == "weight.stable":
