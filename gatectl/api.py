@@ -1,21 +1,62 @@
-"""Local HTTP API (CONTRACT section 6): health, lane states and journaled events."""
+"""Local HTTP API (CONTRACT section 6): health, lane states, journaled events, orders.
+
+Every POST needs ``Authorization: Bearer <local_api.token>``: 401 without, 403 wrong, and
+with no token configured every POST is refused. Invalid input is answered 4xx with the
+reason in JSON and changes nothing.
+"""
 
 from __future__ import annotations
 
+import hmac
+import json
+
 from aiohttp import web
 
+from gatectl.lane.errors import LaneProtocolError
+from gatectl.lane.events import SpotCheckOrdered
 from gatectl.service import Site
 
 SITE_KEY = web.AppKey("site", Site)
 
 
 def make_app(site: Site) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[require_token])
     app[SITE_KEY] = site
     app.router.add_get("/api/v1/health", health)
     app.router.add_get("/api/v1/lanes", lanes)
     app.router.add_get("/api/v1/events", events)
+    app.router.add_post("/api/v1/lanes/{lane}/spot-checks", spot_checks)
     return app
+
+
+def error(status: int, reason: str, **extra) -> web.Response:
+    return web.json_response({"error": reason, **extra}, status=status)
+
+
+@web.middleware
+async def require_token(request: web.Request, handler):
+    if request.method in ("POST", "PUT", "PATCH", "DELETE"):
+        token = request.app[SITE_KEY].config.local_api.token
+        given = request.headers.get("Authorization", "")
+        if token is None:
+            return error(403, "no local_api.token is configured: this API accepts no changes")
+        if not given.startswith("Bearer "):
+            return error(401, "missing bearer token", hint="Authorization: Bearer <local_api.token>")
+        if not hmac.compare_digest(given[len("Bearer "):].encode(), token.encode()):
+            return error(403, "wrong bearer token")
+    return await handler(request)
+
+
+async def json_body(request: web.Request) -> dict:
+    try:
+        body = json.loads(await request.text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": f"body is not JSON: {exc}"}), content_type="application/json"
+        ) from exc
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text=json.dumps({"error": "body must be a JSON object"}), content_type="application/json")
+    return body
 
 
 async def health(request: web.Request) -> web.Response:
@@ -37,25 +78,56 @@ async def events(request: web.Request) -> web.Response:
         since = int(request.query["since_seq"]) if request.query.get("since_seq") else None
         limit = min(int(request.query.get("limit", "1000")), 10000)
     except ValueError:
-        return web.json_response({"error": "since_seq and limit must be integers"}, status=400)
+        return error(400, "since_seq and limit must be integers")
     if lane is not None and lane not in site.lanes:
-        return web.json_response({"error": f"unknown lane {lane!r}"}, status=404)
+        return error(404, f"unknown lane {lane!r}")
     return web.json_response({"events": site.journal.events(lane, since, limit)})
+
+
+async def spot_checks(request: web.Request) -> web.Response:
+    """R7: customs spot checks: {"hold_next": N} | {"fraction": 0.1} | {"clear": true}."""
+    site = request.app[SITE_KEY]
+    lane = site.lanes.get(request.match_info["lane"])
+    if lane is None:
+        return error(404, f"unknown lane {request.match_info['lane']!r}")
+    body = await json_body(request)
+    try:
+        order = spot_check_order(body, source="local_api")
+    except ValueError as exc:
+        return error(422, str(exc))
+    await lane.submit(order)
+    return web.json_response(
+        {"lane_id": lane.id, "hold_next": lane.core.spot_hold_next, "fraction": lane.core.spot_fraction}
+    )
+
+
+def spot_check_order(body: dict, source: str) -> SpotCheckOrdered:
+    """Validate a spot-check order (local API or MQTT) into the core's event."""
+    keys = set(body) - {"lane_id"}
+    if len(keys) != 1 or not keys <= {"hold_next", "fraction", "clear"}:
+        raise ValueError('give exactly one of "hold_next", "fraction" or "clear"')
+    (key,) = keys
+    value = body[key]
+    if key == "hold_next" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ValueError("hold_next must be a whole number >= 0")
+    if key == "fraction" and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1):
+        raise ValueError("fraction must be a number from 0 to 1")
+    if key == "clear" and value is not True:
+        raise ValueError("clear must be true")
+    try:
+        return SpotCheckOrdered(
+            hold_next=value if key == "hold_next" else None,
+            fraction=float(value) if key == "fraction" else None,
+            clear=key == "clear",
+            source=source,
+        )
+    except LaneProtocolError as exc:
+        raise ValueError(str(exc)) from exc
 
 
 async def start_api(site: Site) -> web.AppRunner:
     runner = web.AppRunner(make_app(site), access_log=None)
     await runner.setup()
     api = site.config.local_api
-    tcp = web.TCPSite(runner, api.host, api.port)
-    await tcp.start()
+    await web.TCPSite(runner, api.host, api.port).start()
     return runner
-
-
-def bound_port(runner: web.AppRunner) -> int:
-    """The port actually listened on (the config may say 0 in tests)."""
-    for s in runner.sites:
-        server = getattr(s, "_server", None)
-        if server is not None and server.sockets:
-            return server.sockets[0].getsockname()[1]
-    raise RuntimeError("API not listening")

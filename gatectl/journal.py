@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from gatectl.lane.events import Recovered
-from gatectl.lane.recovery import fold, last_lift
+from gatectl.lane.recovery import fold, last_lift, spot_checks
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -56,6 +56,21 @@ CREATE TABLE IF NOT EXISTS passages (
 CREATE INDEX IF NOT EXISTS passages_open ON passages (lane_id, closed_at);
 CREATE INDEX IF NOT EXISTS passages_opened ON passages (opened_at);
 
+-- Everything sent outward that must arrive: written with the events of the same step,
+-- delivered in id order per target, kept until acknowledged.
+CREATE TABLE IF NOT EXISTS outbox (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    target       TEXT NOT NULL,
+    lane_id      TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    payload      TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    last_error   TEXT,
+    delivered_at TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (target, delivered_at, id);
+
 CREATE TABLE IF NOT EXISTS authorisations (
     kind         TEXT NOT NULL,
     auth_id      TEXT NOT NULL,
@@ -73,6 +88,16 @@ class JournalError(Exception):
 
 class AuthorisationReplay(JournalError):
     """The authorisation was already consumed by an earlier lift."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """Something to deliver outward (e.g. a pass confirmation to ``authority:jg2``)."""
+
+    target: str
+    kind: str
+    payload: dict[str, Any]
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +133,7 @@ class Journal:
         lane_id: str,
         events: Iterable[PendingEvent],
         authorisation: tuple[str, str, str | None, datetime] | None = None,
+        outbox: Iterable[OutboxItem] = (),
     ) -> list[dict[str, Any]]:
         """Record ``events`` (and, if given, consume ``authorisation``) atomically.
 
@@ -160,6 +186,12 @@ class Journal:
                     )
                     self._project(body)
                     written.append(body)
+                for item in outbox:
+                    db.execute(
+                        "INSERT INTO outbox (target, lane_id, kind, payload, created_at) VALUES (?, ?, ?, ?, ?)",
+                        (item.target, lane_id, item.kind, json.dumps(item.payload, ensure_ascii=False),
+                         item.created_at.isoformat()),
+                    )
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -220,6 +252,43 @@ class Journal:
             return None, None
         events = self.events(lane_id, since_seq=row[0] - 1)
         return fold(events), last_lift(events)
+
+    def spot_checks(self, lane_id: str) -> tuple[int, float]:
+        """Spot-check orders in force on the lane: (hold next N, random share) (R7)."""
+        row = self._db.execute(
+            "SELECT body FROM events WHERE lane_id = ? AND type IN ('spot_check.ordered', 'spot_check.applied')"
+            " ORDER BY seq DESC LIMIT 1",
+            (lane_id,),
+        ).fetchone()
+        return spot_checks([json.loads(row[0])]) if row else (0, 0.0)
+
+    # ---------------------------------------------------------------- outbox
+
+    def outbox_next(self, target: str, limit: int = 50) -> list[dict[str, Any]]:
+        """Undelivered items for ``target``, oldest first."""
+        cur = self._db.execute(
+            "SELECT id, lane_id, kind, payload, attempts FROM outbox"
+            " WHERE target = ? AND delivered_at IS NULL ORDER BY id LIMIT ?",
+            (target, limit),
+        )
+        return [
+            {"id": i, "lane_id": lane, "kind": kind, "payload": json.loads(payload), "attempts": attempts}
+            for i, lane, kind, payload, attempts in cur
+        ]
+
+    def outbox_delivered(self, item_id: int, at: datetime) -> None:
+        self._db.execute("UPDATE outbox SET delivered_at = ?, attempts = attempts + 1 WHERE id = ?", (at.isoformat(), item_id))
+
+    def outbox_failed(self, item_id: int, error: str) -> None:
+        self._db.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE id = ?", (error[:500], item_id))
+
+    def outbox_depth(self, target: str | None = None) -> int:
+        sql = "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL"
+        args: tuple = ()
+        if target is not None:
+            sql += " AND target = ?"
+            args = (target,)
+        return self._db.execute(sql, args).fetchone()[0]
 
     def consumed(self, kind: str, auth_id: str) -> bool:
         row = self._db.execute("SELECT 1 FROM authorisations WHERE kind = ? AND auth_id = ?", (kind, auth_id)).fetchone()

@@ -21,9 +21,18 @@ from drivers.modbus_io import IoModule, IoModuleError
 from drivers.serial_device import CardReader, Weighbridge
 from gatectl.authorities.base import AuthorityError, PassRequest
 from gatectl.authorities.http_json import HttpJsonAuthority
+from gatectl.outbox import OutboxSender
 from gatectl.config import LaneConfig, SiteConfig
-from gatectl.journal import AuthorisationReplay, Journal, JournalError, PendingEvent
-from gatectl.lane.commands import CommitAuthorisation, Command, Display, Emit, Pulse, RequestRelease
+from gatectl.journal import AuthorisationReplay, Journal, JournalError, OutboxItem, PendingEvent
+from gatectl.lane.commands import (
+    CommitAuthorisation,
+    Command,
+    ConfirmPassage,
+    Display,
+    Emit,
+    Pulse,
+    RequestRelease,
+)
 from gatectl.lane.core import LaneCore, LaneRules
 from gatectl.lane.events import (
     AuthorisationCommitted,
@@ -61,6 +70,19 @@ async def cancel_all(tasks) -> None:
     log.error("tasks did not stop", tasks=[t.get_name() for t in pending])
 
 
+def make_authority(cfg):
+    """The client for one configured release authority."""
+    if cfg.protocol == "http-json":
+        return HttpJsonAuthority(cfg.url, cfg.timeout_ms)
+    if cfg.protocol == "gather-xml":
+        from gatectl.authorities.gather_xml import GatherXmlAuthority
+
+        return GatherXmlAuthority(
+            cfg.host, cfg.port, cfg.area_id, cfg.timeout_ms, list(cfg.release_codes), byte_order=cfg.byte_order
+        )
+    raise ValueError(f"unknown authority protocol {cfg.protocol!r}")
+
+
 def lane_rules(lane: LaneConfig, site: SiteConfig) -> LaneRules:
     timeout_ms = 3000
     if lane.authority is not None:
@@ -68,14 +90,18 @@ def lane_rules(lane: LaneConfig, site: SiteConfig) -> LaneRules:
     return LaneRules(
         lane_id=lane.id,
         kind=lane.kind,
-        has_authority=lane.authority is not None
-        and site.authorities[lane.authority].protocol == "http-json",
+        has_authority=lane.authority is not None,
         has_weighbridge=lane.weighbridge is not None,
         has_exit_loop=lane.points.exit_loop is not None,
         min_vehicle_kg=lane.weighbridge.min_vehicle_kg if lane.weighbridge else 0.0,
         card_wait=timedelta(milliseconds=lane.barrier.card_wait_ms),
         decision_wait=timedelta(milliseconds=timeout_ms) + DECISION_MARGIN,
         travel_timeout=timedelta(milliseconds=lane.barrier.travel_timeout_ms),
+        open_hours=None if lane.open_hours == "always" else tuple((w.start, w.end) for w in lane.open_hours),
+        tz=site.site.tz,
+        whitelist={v.card: v.curb_weight_kg for v in site.administrative_vehicles},
+        curb_tolerance_kg=lane.curb_weight_tolerance_kg,
+        staff={m.card: m.name for m in site.staff},
     )
 
 
@@ -87,9 +113,15 @@ class LaneService:
         self.log = log.bind(lane=lane.id)
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
         recovered, last_lift = site.journal.recover(lane.id)
-        self.core = LaneCore(lane_rules(lane, site.config), recovered=recovered, last_lift=last_lift)
+        self.core = LaneCore(
+            lane_rules(lane, site.config),
+            recovered=recovered,
+            last_lift=last_lift,
+            spot_check=site.journal.spot_checks(lane.id),
+        )
         self.authority = site.authorities.get(lane.authority) if lane.authority else None
         self._unwritten: list[PendingEvent] = []
+        self._unsent: list[OutboxItem] = []
         self._journal_faulty = False
         self._pulse_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
@@ -157,10 +189,27 @@ class LaneService:
             self._spawn(coro)
         try:
             while True:
-                event = await self._next_event()
-                await self.handle(event)
+                item = await self._next_event()
+                if isinstance(item, tuple):
+                    event, done = item
+                    try:
+                        await self.handle(event)
+                    except Exception as exc:
+                        if not done.done():
+                            done.set_exception(exc)
+                        raise
+                    if not done.done():
+                        done.set_result(None)
+                else:
+                    await self.handle(item)
         finally:
             await cancel_all(self._tasks)
+
+    async def submit(self, event: Event) -> None:
+        """Hand the core an order from outside (API, MQTT) and wait until it was handled."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((event, done))  # type: ignore[arg-type]
+        await done
 
     async def _next_event(self) -> Event:
         deadline = self.core.next_deadline
@@ -184,6 +233,22 @@ class LaneService:
         for cmd in commands:
             if isinstance(cmd, Emit):
                 self._unwritten.append(PendingEvent(cmd.type, cmd.ts, cmd.data))
+            elif isinstance(cmd, ConfirmPassage):
+                self._unsent.append(
+                    OutboxItem(
+                        f"authority:{self.config.authority}",
+                        "pass_confirmation",
+                        {
+                            "request_id": cmd.request_id,
+                            "instruction_id": cmd.instruction_id,
+                            "lane_id": self.id,
+                            "result": cmd.result,
+                            "passed_at": cmd.passed_at.isoformat(),
+                            "gross_weight_kg": cmd.gross_weight_kg,
+                        },
+                        cmd.passed_at,
+                    )
+                )
             elif isinstance(cmd, Display):
                 self.log.info("display", text=cmd.text)
             elif isinstance(cmd, CommitAuthorisation):
@@ -199,31 +264,29 @@ class LaneService:
 
     def _commit(self, cmd: CommitAuthorisation) -> Event:
         """S6: the authorisation is durable before any coil moves, or nothing moves."""
-        pending, self._unwritten = self._unwritten, []
         try:
             written = self.site.journal.write(
-                self.id, pending, authorisation=(cmd.kind, cmd.auth_id, cmd.passage_id, cmd.ts)
+                self.id,
+                self._unwritten,
+                authorisation=(cmd.kind, cmd.auth_id, cmd.passage_id, cmd.ts),
+                outbox=self._unsent,
             )
         except AuthorisationReplay as exc:
-            self._unwritten = pending + self._unwritten
             self.log.error("authorisation replay", kind=cmd.kind, id=cmd.auth_id)
             return AuthorisationRefused(cmd.kind, cmd.auth_id, "replay", str(exc))
         except JournalError as exc:
-            self._unwritten = pending + self._unwritten
             self.log.error("authorisation not recorded", kind=cmd.kind, id=cmd.auth_id, error=str(exc))
             return AuthorisationRefused(cmd.kind, cmd.auth_id, "journal_error", str(exc))
-        self.site.published(written)
+        self._written(written)
         return AuthorisationCommitted(cmd.kind, cmd.auth_id)
 
     def _flush(self) -> None:
-        if not self._unwritten:
+        if not self._unwritten and not self._unsent:
             return
-        pending, self._unwritten = self._unwritten, []
         try:
-            written = self.site.journal.write(self.id, pending)
+            written = self.site.journal.write(self.id, self._unwritten, outbox=self._unsent)
         except JournalError as exc:
             # Keep them, in order, for the next write; the lane fails closed meanwhile.
-            self._unwritten = pending + self._unwritten
             if not self._journal_faulty:
                 self._journal_faulty = True
                 self.log.error("journal write failed", error=str(exc), pending=len(self._unwritten))
@@ -233,7 +296,14 @@ class LaneService:
             self._journal_faulty = False
             self.log.info("journal writable again")
             self.queue.put_nowait(DeviceRecovered("journal"))
+        self._written(written)
+
+    def _written(self, written: list[dict]) -> None:
+        had_outbox = bool(self._unsent)
+        self._unwritten, self._unsent = [], []
         self.site.published(written)
+        if had_outbox:
+            self.site.outbox_added()
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
@@ -300,10 +370,13 @@ class Site:
         self.tz = config.site.tz
         self._now = now
         self.journal = Journal(config.journal.path, config.site.id)
-        self.authorities = {}
-        for name, auth in config.authorities.items():
-            if auth.protocol == "http-json":
-                self.authorities[name] = HttpJsonAuthority(auth.url, auth.timeout_ms)
+        self.authorities = {name: make_authority(auth) for name, auth in config.authorities.items()}
+        self.outbox: dict[str, OutboxSender] = {}
+        for name, auth in self.authorities.items():
+            if any(lane.authority == name for lane in config.lanes):
+                self.outbox[f"authority:{name}"] = OutboxSender(
+                    self.journal, f"authority:{name}", self._confirmer(auth), self.now
+                )
         self.lanes: dict[str, LaneService] = {lane.id: LaneService(self, lane) for lane in config.lanes}
         self.io: dict[str, IoModule] = {}
         self._subscribers: list[Callable[[list[dict]], None]] = []
@@ -330,6 +403,26 @@ class Site:
 
     def now(self) -> datetime:
         return self._now() if self._now is not None else datetime.now(self.tz)
+
+    @staticmethod
+    def _confirmer(authority):
+        async def deliver(kind: str, payload: dict) -> None:
+            if kind != "pass_confirmation":
+                raise ValueError(f"cannot deliver {kind} to an authority")
+            await authority.confirm(
+                request_id=payload["request_id"],
+                instruction_id=payload["instruction_id"],
+                lane_id=payload["lane_id"],
+                result=payload["result"],
+                passed_at=datetime.fromisoformat(payload["passed_at"]),
+                gross_weight_kg=payload["gross_weight_kg"],
+            )
+
+        return deliver
+
+    def outbox_added(self) -> None:
+        for sender in self.outbox.values():
+            sender.wake()
 
     def subscribe(self, callback: Callable[[list[dict]], None]) -> None:
         self._subscribers.append(callback)
@@ -367,6 +460,7 @@ class Site:
 
     async def run(self, stop: asyncio.Event, started: Callable[[], None] | None = None) -> None:
         tasks = [asyncio.create_task(m.run(), name=f"io:{n}") for n, m in self.io.items()]
+        tasks += [asyncio.create_task(s.run(), name=f"outbox:{t}") for t, s in self.outbox.items()]
         tasks += [asyncio.create_task(lane.run(), name=f"lane:{lane.id}") for lane in self.lanes.values()]
         if started is not None:
             started()

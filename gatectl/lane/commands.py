@@ -64,3 +64,18 @@ class Display(Command):
     """Text for the lane display and the guard's screen (R6, R12), Chinese."""
 
     text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmPassage(Command):
+    """Tell the release authority what became of its release (CONTRACT 3.1).
+
+    Written to the journal's outbox with the events of the same step, and delivered from
+    there until the authority acknowledges it, across restarts.
+    """
+
+    request_id: str
+    instruction_id: str | None
+    result: Literal["passed", "not_passed"]
+    passed_at: datetime
+    gross_weight_kg: float | None

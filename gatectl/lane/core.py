@@ -23,10 +23,19 @@ from __future__ import annotations
 import enum
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Callable
+import random
+from datetime import datetime, time, timedelta, tzinfo
+from typing import Callable, Mapping
 
-from gatectl.lane.commands import CommitAuthorisation, Command, Display, Emit, Pulse, RequestRelease
+from gatectl.lane.commands import (
+    CommitAuthorisation,
+    Command,
+    ConfirmPassage,
+    Display,
+    Emit,
+    Pulse,
+    RequestRelease,
+)
 from gatectl.lane.errors import LaneProtocolError
 from gatectl.lane.events import (
     INPUT_POINTS,
@@ -41,6 +50,7 @@ from gatectl.lane.events import (
     Recovered,
     ReleaseDecided,
     ReleaseFailed,
+    SpotCheckOrdered,
     Tick,
     WeightStable,
 )
@@ -90,6 +100,8 @@ TEXT_EMERGENCY = "特种车辆紧急放行"
 TEXT_ONE_BY_ONE = "请勿跟车，一车一杆"
 TEXT_FORCED = "闯卡报警！已通知海关及园区管理方"
 TEXT_INTERRUPTED = "抬杆中断，请联系值班人员"
+TEXT_CLOSED = "本通道现为非开放时间，暂停自动放行"
+TEXT_GUARD = "请联系值班保安"
 
 HOLD_TEXTS = {
     "no_authority": TEXT_NO_AUTHORITY,
@@ -100,6 +112,11 @@ HOLD_TEXTS = {
     "no_stable_weight": TEXT_NO_WEIGHT,
     "lift_interrupted": TEXT_INTERRUPTED,
     "forced_passage": TEXT_FORCED,
+    "closed_hours": TEXT_CLOSED,
+    "not_registered": "未登记车辆，暂不放行",
+    "admin_overweight": "行政车辆严禁夹带货物，车重超出登记整备质量",
+    "not_staff": "非登记人员卡，暂不放行",
+    "spot_check": "海关抽查",
 }
 
 
@@ -125,6 +142,16 @@ class LaneRules:
     weigh_wait: timedelta = timedelta(seconds=60)
     #: A card read just before the vehicle reaches the arrival loop still counts.
     card_grace: timedelta = timedelta(seconds=5)
+    #: R2: daily windows (minutes from midnight, site time, end excluded, may run past
+    #: midnight) when the lane releases automatically; None means always.
+    open_hours: tuple[tuple[int, int], ...] | None = None
+    #: Site time zone for open hours; ``now`` is converted to it.
+    tz: tzinfo | None = None
+    #: R7: administrative lanes release registered cards: card -> curb weight (kg).
+    whitelist: Mapping[str, float] = field(default_factory=dict)
+    curb_tolerance_kg: float = 300.0
+    #: Personnel lanes release staff cards: card -> name.
+    staff: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -143,6 +170,7 @@ class Passage:
     hold_reason: str | None = None
     forced: bool = False  # went through the barrier line without a lift (S4)
     left_scale: bool = False  # off the arrival loop (and the weighbridge) since weighed
+    instruction_id: str | None = None
     refused_cards: set[str] = field(default_factory=set)
 
 
@@ -171,6 +199,8 @@ class LaneCore:
         recovered: Recovered | None = None,
         last_lift: tuple[str, str] | None = None,
         new_id: Callable[[], str] = _new_id,
+        spot_check: tuple[int, float] = (0, 0.0),
+        rand: Callable[[], float] = random.random,
     ) -> None:
         self.rules = rules
         self.state = S.STARTING
@@ -186,6 +216,9 @@ class LaneCore:
         self._pending_card: tuple[CardRead, datetime] | None = None
         self._leaving_card: str | None = None
         self._deferred: list[InputChanged] = []
+        self.spot_hold_next, self.spot_fraction = spot_check
+        self._rand = rand
+        self._hours_deadline: datetime | None = None
         self._pending_outcome = "passed"
         self._deadline: datetime | None = None  # state deadline (card wait, decision)
         self._travel_deadline: datetime | None = None
@@ -197,7 +230,7 @@ class LaneCore:
     @property
     def next_deadline(self) -> datetime | None:
         """When the core next wants a ``Tick``, if ever."""
-        times = [t for t in (self._deadline, self._travel_deadline) if t is not None]
+        times = [t for t in (self._deadline, self._travel_deadline, self._hours_deadline) if t is not None]
         if self._pending_card is not None:
             times.append(self._pending_card[1] + self.rules.card_grace)
         return min(times) if times else None
@@ -300,6 +333,17 @@ class LaneCore:
         assert p is not None
         if p.hold_reason and "reason" not in data and outcome == "held":
             data["reason"] = p.hold_reason
+        if p.decision == "release" and p.request_id is not None and self._now is not None:
+            # CONTRACT 3.1: tell the authority what became of its release, via the outbox.
+            self._out.append(
+                ConfirmPassage(
+                    request_id=p.request_id,
+                    instruction_id=p.instruction_id,
+                    result="passed" if outcome == "passed" else "not_passed",
+                    passed_at=self._now,
+                    gross_weight_kg=p.weight_kg,
+                )
+            )
         self._emit(
             "passage.closed",
             outcome=outcome,
@@ -320,6 +364,29 @@ class LaneCore:
         if self.inputs["arrival_loop"]:
             self._open_passage()
 
+    def is_open_at(self, now: datetime) -> bool:
+        """R2: whether the lane releases automatically at ``now``."""
+        hours = self.rules.open_hours
+        if hours is None:
+            return True
+        local = now.astimezone(self.rules.tz) if self.rules.tz is not None else now
+        minute = local.hour * 60 + local.minute
+        return any(
+            (start <= minute < end) if start < end else (minute >= start or minute < end) for start, end in hours
+        )
+
+    def _next_hours_change(self, now: datetime) -> datetime | None:
+        hours = self.rules.open_hours
+        if hours is None:
+            return None
+        local = now.astimezone(self.rules.tz) if self.rules.tz is not None else now
+        minute = local.hour * 60 + local.minute
+        bounds = sorted({b % 1440 for w in hours for b in w})
+        later = [b for b in bounds if b > minute]
+        day = local.date() if later else local.date() + timedelta(days=1)
+        b = later[0] if later else bounds[0]
+        return datetime.combine(day, time(b // 60, b % 60), tzinfo=local.tzinfo)
+
     def _accept_card(self, card: str) -> None:
         p = self.passage
         assert p is not None and p.card is None and self._now is not None
@@ -335,7 +402,7 @@ class LaneCore:
             elif self.last_weight_kg is not None and self.last_weight_kg >= self.rules.min_vehicle_kg:
                 self._weight_ready(self.last_weight_kg)
         else:
-            self._request_release()
+            self._decide()
 
     def _weight_ready(self, kg: float) -> None:
         p = self.passage
@@ -344,7 +411,70 @@ class LaneCore:
         # A weight is one vehicle's: the next one must be weighed afresh.
         self.last_weight_kg = None
         self._emit("weight.stable", gross_weight_kg=kg)
-        self._request_release()
+        self._decide()
+
+    def _decide(self) -> None:
+        """Card (and weight) known: who says whether this vehicle may pass (R1)?"""
+        p = self.passage
+        assert p is not None and p.card is not None and self._now is not None
+        if not self.is_open_at(self._now):
+            self._hold("closed_hours")  # R2: nothing is released automatically
+            return
+        kind = self.rules.kind
+        if kind == "administrative":
+            curb = self.rules.whitelist.get(p.card)
+            if curb is None:
+                self._local_decision("hold", "not_registered")
+            elif p.weight_kg is not None and p.weight_kg > curb + self.rules.curb_tolerance_kg:
+                # R7: an administrative vehicle heavier than registered carries goods.
+                self._local_decision("hold", "admin_overweight", curb_weight_kg=curb)
+            else:
+                self._local_decision("release", "whitelist")
+        elif kind == "personnel":
+            if p.card in self.rules.staff:
+                self._local_decision("release", "staff_card", name=self.rules.staff[p.card])
+            else:
+                self._local_decision("hold", "not_staff")
+        else:
+            self._request_release()
+
+    def _local_decision(self, decision: str, basis: str, **data) -> None:
+        """A decision the lane takes from its own lists (administrative, personnel)."""
+        p = self.passage
+        assert p is not None
+        p.decision = decision
+        self._emit("release.decided", decision=decision, source="local", basis=basis, **data)
+        if decision == "release":
+            # One authorisation per passage: the list match itself, never reusable.
+            self._grant(basis, p.passage_id)
+        else:
+            self._hold(basis)
+
+    def _grant(self, kind: str, auth_id: str) -> None:
+        """Released by the lane's authority: last checks before the lift."""
+        p = self.passage
+        assert p is not None
+        if p.forced:
+            self._hold("forced_passage")
+        elif self.faults:
+            self._hold("device_fault")  # S5: fail closed while a device is faulty
+        elif self._spot_check_due():
+            self._hold("spot_check")
+        else:
+            self._authorise(kind, auth_id, "passed")
+
+    def _spot_check_due(self) -> bool:
+        """R7: customs ordered the next N, or a random share, of released vehicles held."""
+        if self.spot_hold_next > 0:
+            self.spot_hold_next -= 1
+            self._emit("spot_check.applied", remaining=self.spot_hold_next, fraction=self.spot_fraction)
+            return True
+        if self.spot_fraction > 0:
+            draw = self._rand()
+            if draw < self.spot_fraction:
+                self._emit("spot_check.applied", remaining=0, fraction=self.spot_fraction, draw=draw)
+                return True
+        return False
 
     def _request_release(self) -> None:
         p = self.passage
@@ -376,7 +506,7 @@ class LaneCore:
             text = TEXT_NO_ANSWER
         else:
             text = HOLD_TEXTS.get(reason, TEXT_FAULT)
-        return f"{text}；{TEXT_INSPECTION}"
+        return f"{text}；{TEXT_GUARD if self.rules.kind == 'personnel' else TEXT_INSPECTION}"
 
     def _hold(self, reason: str) -> None:
         """Not released: show why, send the vehicle to the inspection area, wait for it to back out."""
@@ -391,7 +521,15 @@ class LaneCore:
             self._to_idle()
 
     def _show_idle(self) -> None:
-        self._show(TEXT_FAULT if self.faults else TEXT_WELCOME)
+        assert self._now is not None
+        if self.rules.open_hours is not None:
+            self._hours_deadline = self._next_hours_change(self._now)
+        if self.faults:
+            self._show(TEXT_FAULT)
+        elif not self.is_open_at(self._now):
+            self._show(TEXT_CLOSED)
+        else:
+            self._show(TEXT_WELCOME)
 
     # ---------------------------------------------------------------- lifts
 
@@ -480,13 +618,13 @@ class LaneCore:
         assert self._now is not None
         rec, self._recovered = self._recovered, None
         barrier_not_down = not self.inputs["barrier_down"] or self.inputs["barrier_up"]
+        if self.inputs["barrier_down"] and self.inputs["barrier_up"]:
+            self._barrier_fault("both_limits")
         if rec is None:
             if barrier_not_down:
                 # Up (or moving) with no open passage: lower it once nobody is under it.
                 if self._last_lift is None:
-                    self._emit("fault.opened", device="barrier", reason="up_without_lift")
-                    self.faults["barrier"] = "up_without_lift"
-                    self._alarm("barrier_fault", reason="up_without_lift")
+                    self._barrier_fault("up_without_lift")
                 auth = self._last_lift or ("none", "barrier_found_up")
                 self.lift = Lift(authorisation=auth, outcome="passed", entered=True)
                 self.lift.exit_seen = True
@@ -508,6 +646,7 @@ class LaneCore:
             authorisation=rec.authorisation,
             lifted=rec.lifted,
             hold_reason=rec.hold_reason,
+            instruction_id=rec.instruction_id,
         )
         self.passage = p
         self._emit("lane.recovered", card=p.card, authorisation=_auth_json(p.authorisation))
@@ -559,7 +698,7 @@ class LaneCore:
             self._deadline = self._now + self.rules.weigh_wait
             self._show(TEXT_WEIGHING)
             return
-        self._request_release()
+        self._decide()
 
     def _on_input(self, ev: InputChanged) -> None:
         if self.state is S.STARTING:
@@ -659,15 +798,42 @@ class LaneCore:
             self._to_idle()
 
     def _on_limit(self, point: str, on: bool) -> None:
+        """Barrier supervision (R9): the limit switches must agree with what was commanded."""
         self._emit("barrier.position", limit=point, on=on)
-        if point == "barrier_up" and on and self.state is S.OPEN:
+        up, down = self.inputs["barrier_up"], self.inputs["barrier_down"]
+        st = self.state
+        if point == "barrier_up" and on and st is S.OPEN:
             self._travel_deadline = None
+        if up and down:
+            self._barrier_fault("both_limits")
+        elif point == "barrier_up" and not on and st is S.OPEN:
+            # Nobody commanded a lower: the arm broke, or was pushed down.
+            self._barrier_fault("up_lost")
+        elif point == "barrier_down" and not on and st not in (S.OPEN, S.LOWERING, S.AUTHORISING):
+            # Nobody commanded a lift: the arm was raised by hand, or broken off.
+            self._barrier_fault("down_lost")
+        elif self._barrier_sane():
             self._clear_fault("barrier")
-        if point == "barrier_down" and on and self.state is S.LOWERING:
+        if point == "barrier_down" and on and st is S.LOWERING and not up:
             self._travel_deadline = None
-            self._clear_fault("barrier")
             self.lift = None
             self._to_idle()
+
+    def _barrier_sane(self) -> bool:
+        """The limit switches show the barrier where the lane last sent it."""
+        up, down = self.inputs["barrier_up"], self.inputs["barrier_down"]
+        if self.state is S.OPEN:
+            return up and not down
+        return down and not up
+
+    def _barrier_fault(self, reason: str) -> None:
+        """R9: alarm, open an incident, and fail the lane closed until the barrier is sane."""
+        if "barrier" in self.faults:
+            return
+        self.faults["barrier"] = reason
+        self._emit("fault.opened", device="barrier", reason=reason)
+        self._alarm("barrier_fault", reason=reason)
+        self._emit("incident.opened", incident_id=self._new_id(), kind="barrier_fault", reason=reason)
 
     def _on_emergency(self) -> None:
         """R11: lift at once, hold up until the vehicle clears, alarm."""
@@ -735,6 +901,7 @@ class LaneCore:
         p.hint = ev.hint
         self._emit(
             "release.decided",
+            source="authority",
             request_id=ev.request_id,
             decision=ev.decision,
             instruction_id=ev.instruction_id,
@@ -745,15 +912,9 @@ class LaneCore:
         if ev.decision != "release":
             self._hold(ev.decision)
             return
-        if p.forced:
-            self._hold("forced_passage")
-            return
-        if self.faults:
-            # S5: fail closed while a device the lane needs is faulty.
-            self._hold("device_fault")
-            return
         assert ev.instruction_id is not None
-        self._authorise("release_instruction", ev.instruction_id, "passed")
+        p.instruction_id = ev.instruction_id
+        self._grant("release_instruction", ev.instruction_id)
 
     def _on_failed(self, ev: ReleaseFailed) -> None:
         p = self.passage
@@ -819,18 +980,38 @@ class LaneCore:
         if self.state is S.IDLE:
             self._show_idle()
 
+    def _on_spot_check(self, ev: SpotCheckOrdered) -> None:
+        """R7: customs orders spot checks on this lane; journaled with the state they leave."""
+        if ev.clear:
+            self.spot_hold_next, self.spot_fraction = 0, 0.0
+        elif ev.hold_next is not None:
+            self.spot_hold_next = ev.hold_next
+        elif ev.fraction is not None:
+            self.spot_fraction = ev.fraction
+        self._emit(
+            "spot_check.ordered",
+            order={"hold_next": ev.hold_next, "fraction": ev.fraction, "clear": ev.clear},
+            source=ev.source,
+            remaining=self.spot_hold_next,
+            fraction=self.spot_fraction,
+        )
+
     def _on_tick(self, ev: Tick) -> None:
         now = self._now
         assert now is not None
         if self._pending_card is not None and now - self._pending_card[1] > self.rules.card_grace:
             self._pending_card = None
+        if self._hours_deadline is not None and now >= self._hours_deadline:
+            self._hours_deadline = self._next_hours_change(now)
+            if self.state is S.IDLE:
+                self._show_idle()
         if self._travel_deadline is not None and now >= self._travel_deadline:
             self._travel_deadline = None
-            if "barrier" not in self.faults:
-                direction = "up" if self.state is S.OPEN else "down"
-                self.faults["barrier"] = f"travel_timeout_{direction}"
-                self._emit("fault.opened", device="barrier", reason=f"travel_timeout_{direction}")
-                self._alarm("barrier_fault", reason=f"travel_timeout_{direction}")
+            if self.state is S.OPEN:
+                # A lift that never left the down limit is a different repair from a slow arm.
+                self._barrier_fault("never_left_down" if self.inputs["barrier_down"] else "travel_timeout_up")
+            else:
+                self._barrier_fault("travel_timeout_down")
         if self._deadline is None or now < self._deadline:
             return
         self._deadline = None
@@ -858,6 +1039,7 @@ class LaneCore:
         DeviceFault: _on_fault,
         DeviceRecovered: _on_recovered,
         Tick: _on_tick,
+        SpotCheckOrdered: _on_spot_check,
     }
 
 

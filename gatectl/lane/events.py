@@ -143,6 +143,26 @@ class DeviceRecovered(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class SpotCheckOrdered(Event):
+    """Customs orders spot checks on the lane (R7): hold the next N released vehicles,
+    hold a random share of them, or clear both. Exactly one of the three."""
+
+    hold_next: int | None = None
+    fraction: float | None = None
+    clear: bool = False
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        given = [self.hold_next is not None, self.fraction is not None, self.clear]
+        if sum(given) != 1:
+            raise LaneProtocolError("a spot check is one of hold_next, fraction or clear")
+        if self.hold_next is not None and (isinstance(self.hold_next, bool) or self.hold_next < 0):
+            raise LaneProtocolError(f"hold_next must be a count >= 0, got {self.hold_next!r}")
+        if self.fraction is not None and not 0.0 <= self.fraction <= 1.0:
+            raise LaneProtocolError(f"fraction must be within 0..1, got {self.fraction!r}")
+
+
+@dataclass(frozen=True, slots=True)
 class Tick(Event):
     """Time passed; lets the core act on its deadlines."""
 
@@ -164,3 +184,4 @@ class Recovered:
     authorisation: tuple[str, str] | None = None
     lifted: bool = False
     hold_reason: str | None = None
+    instruction_id: str | None = None

@@ -31,9 +31,11 @@ def fold(events: Iterable[Mapping[str, Any]]) -> Recovered | None:
             rec.pop("decision", None)
             rec.pop("hint", None)
             rec.pop("hold_reason", None)
+            rec.pop("instruction_id", None)
         elif t == "release.decided":
             rec["decision"] = ev["decision"]
             rec["hint"] = ev.get("hint")
+            rec["instruction_id"] = ev.get("instruction_id")
         elif t == "authorisation.committed":
             auth = ev["authorisation"]
             rec["authorisation"] = (auth["kind"], auth["id"])
@@ -57,3 +59,12 @@ def last_lift(events: Iterable[Mapping[str, Any]]) -> tuple[str, str] | None:
         if ev["type"] == "barrier.lifted" and ev.get("authorisation"):
             found = (ev["authorisation"]["kind"], ev["authorisation"]["id"])
     return found
+
+
+def spot_checks(events: Iterable[Mapping[str, Any]]) -> tuple[int, float]:
+    """The spot-check orders in force after ``events``: (hold next N, random share)."""
+    state = (0, 0.0)
+    for ev in events:
+        if ev["type"] in ("spot_check.ordered", "spot_check.applied"):
+            state = (int(ev["remaining"]), float(ev["fraction"]))
+    return state

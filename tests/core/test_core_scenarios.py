@@ -1026,7 +1026,7 @@ def test_r9_barrier_that_never_reaches_up_opens_a_fault_and_closes_it_on_arrival
     lane.set("barrier_down", False, at(4.3))
     assert lane.tick(at(9.9)) == []
     out = lane.tick(at(10))
-    assert names(out) == ["fault.opened", "alarm.raised:barrier_fault"]
+    assert names(out) == ["fault.opened", "alarm.raised:barrier_fault", "incident.opened"]
     assert emitted(out, "fault.opened")[0]["reason"] == "travel_timeout_up"
     assert lane.core.faults == {"barrier": "travel_timeout_up"}
     assert lane.tick(at(20)) == []  # raised once
@@ -1039,7 +1039,7 @@ def test_r9_barrier_that_never_reaches_down_opens_a_fault(lane: Lane) -> None:
     lifted_and_through(lane)  # lowered at t=10
     lane.set("barrier_up", False, at(10.2))
     out = lane.tick(at(16))
-    assert names(out) == ["fault.opened", "alarm.raised:barrier_fault"]
+    assert names(out) == ["fault.opened", "alarm.raised:barrier_fault", "incident.opened"]
     assert emitted(out, "fault.opened")[0]["reason"] == "travel_timeout_down"
     out = lane.set("barrier_down", True, at(17))
     assert names(out) == ["barrier.position", "fault.closed", f"Display:{WELCOME}"]
@@ -1632,7 +1632,7 @@ def test_s7_barrier_up_at_restart_with_no_lift_in_the_journal_is_a_barrier_fault
     """S7, R9: nothing in the journal explains the boom being up: lower it and raise a barrier fault."""
     lane = Lane(BONDED)
     out = lane.start(at(0), barrier_up=True, barrier_down=False)
-    assert names(out) == ["fault.opened", "alarm.raised:barrier_fault", *LOWERS]
+    assert names(out) == ["fault.opened", "alarm.raised:barrier_fault", "incident.opened", *LOWERS]
     assert emitted(out, "fault.opened")[0] == {"device": "barrier", "reason": "up_without_lift"}
     assert emitted(out, "alarm.raised")[0]["reason"] == "up_without_lift"
     assert open_pulses(out) == []
@@ -1646,7 +1646,7 @@ def test_s7_barrier_up_at_restart_after_a_held_passage_is_a_barrier_fault(lane: 
     lane.decide("deny", at(5))
     lane.set("arrival_loop", False, at(8))
     lane, out = lane.restart(at(10), barrier_up=True, barrier_down=False)
-    assert names(out) == ["fault.opened", "alarm.raised:barrier_fault", *LOWERS]
+    assert names(out) == ["fault.opened", "alarm.raised:barrier_fault", "incident.opened", *LOWERS]
 
 
 def _hold_by(lane: Lane, how: str) -> None:

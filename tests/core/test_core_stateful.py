@@ -209,7 +209,7 @@ class LaneMachine(RuleBasedStateMachine):
         if self.core.state is LaneState.OPEN:
             self.set_input("barrier_down", False)
             self.set_input("barrier_up", True)
-        elif self.core.state is LaneState.LOWERING:
+        else:
             self.set_input("barrier_up", False)
             self.set_input("barrier_down", True)
 
