@@ -378,7 +378,7 @@ def validate(doc: Mapping[str, Any]) -> Approval:
 
 
 class TrustLike(Protocol):
-    """``TrustConfig`` or anything with raw 32-byte Ed25519 public keys per role."""
+    """``TrustConfig`` or anything with raw 32-byte Ed25519 public keys per role (base64 text is taken too)."""
 
     customs: Sequence[bytes]
     park: Sequence[bytes]
@@ -464,12 +464,13 @@ def _require_aware(now: datetime) -> None:
         raise ValueError("now must be a datetime with a UTC offset")
 
 
-def _public_keys(keys: Iterable[bytes], role: str) -> list[tuple[bytes, Ed25519PublicKey]]:
+def _public_keys(keys: Iterable[bytes | str], role: str) -> list[tuple[bytes, Ed25519PublicKey]]:
     out = []
-    for raw in keys:
+    for key in keys:
         try:
-            out.append((bytes(raw), Ed25519PublicKey.from_public_bytes(bytes(raw))))
-        except ValueError as exc:
+            raw = base64.b64decode(key, validate=True) if isinstance(key, str) else bytes(key)
+            out.append((raw, Ed25519PublicKey.from_public_bytes(raw)))
+        except (TypeError, ValueError, binascii.Error) as exc:
             raise ValueError(f"trust.{role} holds an invalid Ed25519 public key: {exc}") from None
     return out
 

@@ -91,6 +91,15 @@ def cmd_events(args) -> int:
     return EXIT_OK
 
 
+def cmd_devices(args) -> int:
+    from gatectl.devices import cmd_devices as run
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_USAGE
+    return run(args, config)
+
+
 def cmd_demo(args) -> int:
     from gatectl.demo import main as demo_main
 
@@ -114,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lane")
     p.add_argument("--since-seq", type=int, dest="since_seq")
     p.set_defaults(func=cmd_events)
+
+    p = sub.add_parser("devices", help="probe every configured device once and print what it sees")
+    p.add_argument("--config", required=True)
+    p.add_argument("--seconds", type=float, default=3.0, help="how long to listen to each device")
+    p.set_defaults(func=cmd_devices)
 
     p = sub.add_parser("demo", help="a whole simulated site with live traffic in the terminal")
     p.add_argument("--lanes", type=int, default=3, help="number of simulated lanes (1-6)")

@@ -122,6 +122,14 @@ def new_key(path: Path | str) -> str:
             os.link(tmp, path)
         except FileExistsError:
             raise FileExistsError(f"{path} already exists; a key file is never overwritten") from None
+        except OSError:
+            # A file system without hard links: write in place, still exclusively (never
+            # overwriting); a crash mid-write can leave a partial file, which loads as an error.
+            direct = _write_new(path, pem, 0o600)
+            try:
+                os.fchmod(direct, 0o600)
+            finally:
+                os.close(direct)
     finally:
         if fd >= 0:
             os.close(fd)
@@ -138,7 +146,7 @@ def load_private_key(path: Path | str) -> Ed25519PrivateKey:
     """
     path = Path(path)
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not hang us
     except FileNotFoundError:
         raise KeyFileError(f"{path}: no such key file") from None
     except OSError as exc:

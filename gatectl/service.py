@@ -83,6 +83,31 @@ def make_authority(cfg):
     raise ValueError(f"unknown authority protocol {cfg.protocol!r}")
 
 
+def make_io_modules(
+    config: SiteConfig,
+    points_by_module: dict[str, list[tuple[str, str, int]]],
+    on_inputs: Callable[[str], Callable[[dict[int, bool], bool], None]],
+    on_health: Callable[[str, Health, str], None],
+) -> dict[str, IoModule]:
+    """One driver per configured IO module, reading inputs 0..the highest address used."""
+    modules: dict[str, IoModule] = {}
+    for name, mod in config.io_modules.items():
+        count = max((addr for _, _, addr in points_by_module.get(name, [])), default=0) + 1
+        if mod.protocol != "modbus-tcp":
+            raise NotImplementedError(f"io module {name}: {mod.protocol} is not supported yet")
+        modules[name] = IoModule(
+            name,
+            mod.host,
+            mod.port,
+            mod.unit,
+            mod.poll_ms,
+            count,
+            on_inputs=on_inputs(name),
+            on_health=lambda h, reason, name=name: on_health(name, h, reason),
+        )
+    return modules
+
+
 def lane_rules(lane: LaneConfig, site: SiteConfig) -> LaneRules:
     timeout_ms = 3000
     if lane.authority is not None:
@@ -354,10 +379,15 @@ class LaneService:
         snap["name"] = self.config.name
         snap["kind"] = self.config.kind
         snap["direction"] = self.config.direction
-        snap["devices"] = {
-            "card_reader": self.card_reader.counters,
-            **({"weighbridge": self.weighbridge.counters} if self.weighbridge else {}),
-        }
+        devices: dict[str, Any] = {"card_reader": self.card_reader.counters}
+        if self.weighbridge is not None:
+            devices["weighbridge"] = self.weighbridge.counters
+        for name in sorted({p.module for _, p in self.config.points.items()}):
+            module = self.site.io[name]
+            devices[name] = {"health": module.health.value if module.health else None, **module.counters}
+        snap["devices"] = devices
+        snap["spot_checks"] = {"hold_next": self.core.spot_hold_next, "fraction": self.core.spot_fraction}
+        snap["open_now"] = self.core.is_open_at(self.site.now())
         snap["last_seq"] = self.site.journal.last_seq(self.id)
         return snap
 
@@ -385,21 +415,12 @@ class Site:
             for role, point in lane.config.points.items():
                 if point.kind == "di":
                     self._io_points.setdefault(point.module, []).append((lane, point.address, role))
-        for name, mod in config.io_modules.items():
-            if mod.protocol != "modbus-tcp":
-                raise NotImplementedError(f"io module {name}: {mod.protocol} is not supported yet")
-            points = self._io_points.get(name, [])
-            count = max((addr for _, addr, _ in points), default=0) + 1
-            self.io[name] = IoModule(
-                name,
-                mod.host,
-                mod.port,
-                mod.unit,
-                mod.poll_ms,
-                count,
-                on_inputs=lambda values, snapshot, name=name: self._dispatch_inputs(name, values, snapshot),
-                on_health=lambda h, reason, name=name: self._module_health(name, h, reason),
-            )
+        self.io = make_io_modules(
+            config,
+            {m: [(lane.id, role, addr) for lane, addr, role in pts] for m, pts in self._io_points.items()},
+            lambda name: lambda values, snapshot: self._dispatch_inputs(name, values, snapshot),
+            self._module_health,
+        )
 
     def now(self) -> datetime:
         return self._now() if self._now is not None else datetime.now(self.tz)
