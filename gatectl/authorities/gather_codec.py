@@ -55,7 +55,6 @@ __all__ = [
     "MIN_FRAME",
     "TAIL",
     "ByteOrder",
-    "check_fixed_field",
     "CommandInfo",
     "DropReason",
     "GatherDecoder",
@@ -63,6 +62,7 @@ __all__ = [
     "GatherFrameError",
     "GatherInfo",
     "MessageType",
+    "check_fixed_field",
     "decode_message",
     "encode",
 ]
@@ -101,6 +101,9 @@ class MessageType(IntEnum):
     """Daemon → authority: the vehicle at the lane (card, weight, plate). CONTRACT 3.2."""
     COMMAND_INFO = 0x22
     """Authority → daemon: the check result for one GATHER_INFO, same SEQ_NO. CONTRACT 3.2."""
+
+
+_MESSAGE_TYPES: Final = frozenset(int(t) for t in MessageType)
 
 
 class DropReason:
@@ -319,7 +322,7 @@ class GatherDecoder:
         (total,) = self._u32.unpack_from(buf, _OFF_LEN)
         if not MIN_FRAME <= total <= MAX_FRAME:
             raise GatherFrameError(DropReason.LENGTH, f"total length {total}")
-        if n > _OFF_TYPE and buf[_OFF_TYPE] not in MessageType._value2member_map_:
+        if n > _OFF_TYPE and buf[_OFF_TYPE] not in _MESSAGE_TYPES:
             raise GatherFrameError(DropReason.TYPE, f"message type {buf[_OFF_TYPE]:#04x}")
         if n >= _OFF_CHNL:
             _fixed_field("AREA_ID", bytes(buf[_OFF_AREA:_OFF_CHNL]))

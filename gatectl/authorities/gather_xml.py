@@ -20,9 +20,13 @@ The answer becomes a :class:`Decision` only when everything about it fits (R3, S
   ``hold``. The protocol has no separate inspect or deny: every other code holds, and
   ``OP_HINT`` tells the driver why (it is the decision's ``hint``).
 - ``form_id`` = ``FORM_ID``; for a release ``instruction_id`` = ``FORM_ID + SEQ_NO`` (CONTRACT
-  3.2). A release with no ``FORM_ID`` is ``malformed``: an instruction id of ``SEQ_NO`` alone
-  would be a fresh id on every request, so the core's replay protection (S1) could never
-  catch a reused form, and a release that names no form is not a release instruction (R3).
+  3.2). A release with no ``FORM_ID`` is ``malformed``: it names no release form (核放单), so
+  nothing ties the lift to a customs document, and the contract's instruction id cannot be
+  formed; an id of ``SEQ_NO`` alone would merely echo our own request id (R3).
+  Note for S1: SEQ_NO is our fresh request id, so ``FORM_ID + SEQ_NO`` is new for every
+  request; the journal's replay check therefore only catches an answer delivered twice for
+  the same request, never one form released to two vehicles. Catching that would need a
+  check on ``form_id`` itself, which is the core's and journal's business, not this adapter's.
 - ``declared_weight_kg`` is None: the protocol carries none.
 
 Failures, all :class:`~gatectl.authorities.base.AuthorityError` (the vehicle is held, S5):
@@ -31,7 +35,8 @@ Failures, all :class:`~gatectl.authorities.base.AuthorityError` (the vehicle is 
   authority that ignores our frames, e.g. because it expects the other byte order);
 - ``connection``: refused, reset, closed before a complete answer, or the client is closed;
 - ``malformed``: any byte from the authority that is not part of a valid frame (garbage, a
-  wrong byte order, a bad tail, non-GB18030, bad or unsafe XML), a first frame that is not a
+  wrong byte order, a bad tail, non-GB18030, bad or unsafe XML), raised as soon as the
+  decoder drops it rather than after the timeout; a first frame that is not a
   COMMAND_INFO, a release without FORM_ID; also a request that cannot be framed (a
   ``channel_no`` longer than 10 ASCII characters; the config refuses those up front);
 - ``mismatch``: a COMMAND_INFO for another SEQ_NO, or for another AREA_ID, CHNL_NO or I/E.
@@ -153,7 +158,12 @@ class GatherXmlAuthority:
         self.timeout_ms: int = timeout_ms
         self.release_codes: list[str] = codes
         self.byte_order: ByteOrder = byte_order
-        self._patterns: list[re.Pattern[str]] = [re.compile(code) for code in codes]
+        self._patterns: list[re.Pattern[str]] = []
+        for i, code in enumerate(codes):
+            try:
+                self._patterns.append(re.compile(code))
+            except re.error as exc:
+                raise ValueError(f"release_codes[{i}] {code!r} is not a regex: {exc}") from None
         self._timeout_s: float = timeout_ms / 1000.0
         self._closed: bool = False
         self._writers: set[asyncio.StreamWriter] = set()
@@ -182,7 +192,9 @@ class GatherXmlAuthority:
         try:
             data = encode(gather_info_for(req, self.area_id).to_frame(), self.byte_order)
         except ValueError as exc:
-            raise AuthorityError("malformed", f"request cannot be sent as GATHER_INFO: {exc}", request_id=rid) from None
+            raise AuthorityError(
+                "malformed", f"request cannot be sent as GATHER_INFO: {exc}", request_id=rid
+            ) from None
 
         where = f"{self.host}:{self.port}"
         writer: asyncio.StreamWriter | None = None
@@ -190,13 +202,17 @@ class GatherXmlAuthority:
             async with asyncio.timeout(self._timeout_s):
                 reader, writer = await asyncio.open_connection(self.host, self.port)
                 self._writers.add(writer)
+                if self._closed:  # closed while connecting
+                    raise AuthorityError("connection", "authority client was closed", request_id=rid)
                 writer.write(data)
                 await writer.drain()
                 frame = await self._read_answer(reader, rid, where)
         except AuthorityError:
             raise
         except TimeoutError:
-            raise AuthorityError("timeout", f"no answer from {where} within {self.timeout_ms} ms", request_id=rid) from None
+            raise AuthorityError(
+                "timeout", f"no answer from {where} within {self.timeout_ms} ms", request_id=rid
+            ) from None
         except (OSError, EOFError) as exc:
             raise AuthorityError("connection", f"{where}: {type(exc).__name__}: {exc}", request_id=rid) from None
         finally:
