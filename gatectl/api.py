@@ -26,6 +26,8 @@ def make_app(site: Site) -> web.Application:
     app.router.add_get("/api/v1/lanes", lanes)
     app.router.add_get("/api/v1/events", events)
     app.router.add_post("/api/v1/lanes/{lane}/spot-checks", spot_checks)
+    app.router.add_post("/api/v1/approvals", approvals)
+    app.router.add_post("/api/v1/lanes/{lane}/emergency-accounts", emergency_accounts)
     return app
 
 
@@ -123,6 +125,24 @@ def spot_check_order(body: dict, source: str) -> SpotCheckOrdered:
         )
     except LaneProtocolError as exc:
         raise ValueError(str(exc)) from exc
+
+
+async def approvals(request: web.Request) -> web.Response:
+    """R10, R17: accept (200) or refuse (422, with the reason) a signed approval."""
+    site = request.app[SITE_KEY]
+    raw = await request.read()
+    result = await site.accept_approval(raw, source="local_api")
+    return web.json_response(result, status=200 if result["status"] == "accepted" else 422)
+
+
+async def emergency_accounts(request: web.Request) -> web.Response:
+    """R11: the guard's account of an emergency release: passage_id, vehicle_type, plate, note."""
+    site = request.app[SITE_KEY]
+    if request.match_info["lane"] not in site.lanes:
+        return error(404, f"unknown lane {request.match_info['lane']!r}")
+    body = await json_body(request)
+    result = await site.add_emergency_account(body, lane_id=request.match_info["lane"])
+    return web.json_response(result, status=200 if result["status"] == "accepted" else 422)
 
 
 async def start_api(site: Site) -> web.AppRunner:

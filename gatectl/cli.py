@@ -100,6 +100,88 @@ def cmd_devices(args) -> int:
     return run(args, config)
 
 
+def _queue_for_daemon(config, kind: str, payload: dict, wait_s: float = 5.0) -> dict | None:
+    """Leave an order in the journal's inbox; the running daemon applies it within a second.
+    Returns the daemon's answer, or None if no daemon took it in ``wait_s``."""
+    import time
+    from datetime import datetime
+
+    from gatectl.journal import Journal
+
+    journal = Journal(config.journal.path, config.site.id)
+    try:
+        item = journal.inbox_put(kind, payload, datetime.now(config.site.tz))
+        end = time.monotonic() + wait_s
+        while time.monotonic() < end:
+            result = journal.inbox_result(item)
+            if result is not None:
+                return result
+            time.sleep(0.1)
+        return None
+    finally:
+        journal.close()
+
+
+def cmd_approval_add(args) -> int:
+    """R10: check an approval here (for a clear answer at once), then hand it to the daemon."""
+    from datetime import datetime
+
+    from gatectl.approvals import ApprovalRefused, lane_kinds, parse_document, verify
+    from gatectl.journal import Journal, JournalError
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_USAGE
+    try:
+        raw = Path(args.file).read_bytes()
+    except OSError as exc:
+        print(f"cannot read {args.file}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        journal = Journal(config.journal.path, config.site.id)
+        try:
+            doc = parse_document(raw)
+            used = journal.approval_uses(doc["approval_id"]) if isinstance(doc.get("approval_id"), str) else 0
+        finally:
+            journal.close()
+        verify(doc, trust=config.trust, lanes=lane_kinds(config), now=datetime.now(config.site.tz), lifts_used=used)
+    except ApprovalRefused as exc:
+        print(f"refused: {exc.code}: {exc.message}" + (f" ({exc.message_zh})" if exc.message_zh else ""),
+              file=sys.stderr)
+        return EXIT_FAILURE
+    except JournalError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_FAILURE
+    result = _queue_for_daemon(config, "approval", {"document": raw.decode("utf-8")})
+    if result is None:
+        print(f"valid; queued for the daemon (not running?): {doc['approval_id']} on {doc['lane_id']}")
+        return EXIT_OK
+    if result["status"] != "accepted":
+        print(f"refused by the daemon: {result.get('reason')}: {result.get('message')}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"accepted: {result['approval_id']} on {result['lane_id']} ({result['trigger']}, "
+          f"{result['max_lifts'] - result['lifts_used']} lift(s) left)")
+    return EXIT_OK
+
+
+def cmd_emergency_account(args) -> int:
+    """R11: the guard's account of an emergency release, added after the fact."""
+    config = _load(args.config)
+    if config is None:
+        return EXIT_USAGE
+    payload = {"passage_id": args.passage, "vehicle_type": args.vehicle_type, "plate": args.plate,
+               "note": args.note or "", "by": args.by or ""}
+    result = _queue_for_daemon(config, "emergency_account", payload)
+    if result is None:
+        print("queued for the daemon (not running?)")
+        return EXIT_OK
+    if result["status"] != "accepted":
+        print(f"refused: {result.get('reason')}: {result.get('message')}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"recorded for passage {args.passage} on {result['lane_id']}")
+    return EXIT_OK
+
+
 def cmd_demo(args) -> int:
     from gatectl.demo import main as demo_main
 
@@ -123,6 +205,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lane")
     p.add_argument("--since-seq", type=int, dest="since_seq")
     p.set_defaults(func=cmd_events)
+
+    from gatectl.keys import add_subcommands
+
+    approval = add_subcommands(sub)
+    p = approval.add_parser("add", help="import a signed approval (R10, R17)")
+    p.add_argument("--config", required=True)
+    p.add_argument("file")
+    p.set_defaults(func=cmd_approval_add)
+
+    emergency = sub.add_parser("emergency", help="emergency releases (R11)").add_subparsers(dest="emergency_cmd", required=True)
+    p = emergency.add_parser("account", help="the guard's account of an emergency release")
+    p.add_argument("--config", required=True)
+    p.add_argument("--passage", required=True, help="passage_id of the emergency passage")
+    p.add_argument("--vehicle-type", required=True, dest="vehicle_type", help="e.g. 消防车, 救护车, 警车")
+    p.add_argument("--plate")
+    p.add_argument("--note")
+    p.add_argument("--by", help="the guard's name")
+    p.set_defaults(func=cmd_emergency_account)
 
     p = sub.add_parser("devices", help="probe every configured device once and print what it sees")
     p.add_argument("--config", required=True)

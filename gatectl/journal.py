@@ -71,6 +71,28 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (target, delivered_at, id);
 
+-- Approvals accepted for a lane (R10, R17); their uses are authorisations "ID#n".
+CREATE TABLE IF NOT EXISTS approvals (
+    approval_id TEXT PRIMARY KEY,
+    lane_id     TEXT NOT NULL,
+    trigger     TEXT NOT NULL,
+    max_lifts   INTEGER NOT NULL,
+    valid_from  TEXT NOT NULL,
+    valid_until TEXT NOT NULL,
+    document    TEXT NOT NULL,
+    accepted_at TEXT NOT NULL
+);
+
+-- Orders left by the CLI for the running daemon (approvals, emergency accounts).
+CREATE TABLE IF NOT EXISTS inbox (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind         TEXT NOT NULL,
+    payload      TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    processed_at TEXT,
+    result       TEXT
+);
+
 CREATE TABLE IF NOT EXISTS authorisations (
     kind         TEXT NOT NULL,
     auth_id      TEXT NOT NULL,
@@ -290,6 +312,71 @@ class Journal:
             args = (target,)
         return self._db.execute(sql, args).fetchone()[0]
 
+    # ------------------------------------------------------------- approvals
+
+    def store_approval(self, approval_id: str, lane_id: str, trigger: str, max_lifts: int,
+                       valid_from: datetime, valid_until: datetime, document: str, accepted_at: datetime) -> bool:
+        """Keep an accepted approval; False if it was accepted before (nothing changes)."""
+        try:
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO approvals VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (approval_id, lane_id, trigger, max_lifts, valid_from.isoformat(), valid_until.isoformat(),
+                 document, accepted_at.isoformat()),
+            )
+        except sqlite3.Error as exc:
+            raise JournalError(f"approval not recorded: {exc}") from exc
+        return cur.rowcount == 1
+
+    def approval_uses(self, approval_id: str) -> int:
+        """Uses of an approval the journal holds as consumed authorisations."""
+        pattern = approval_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "#%"
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM authorisations WHERE kind = 'approval' AND auth_id LIKE ? ESCAPE '\\'",
+            (pattern,),
+        ).fetchone()
+        return row[0]
+
+    def approvals_for(self, lane_id: str, now: datetime) -> list[dict[str, Any]]:
+        """Accepted approvals of a lane still inside their window, with the uses spent."""
+        cur = self._db.execute(
+            "SELECT approval_id, trigger, max_lifts, valid_from, valid_until, document FROM approvals"
+            " WHERE lane_id = ?",
+            (lane_id,),
+        )
+        out = []
+        for approval_id, trigger, max_lifts, valid_from, valid_until, document in cur.fetchall():
+            if datetime.fromisoformat(valid_until) <= now:
+                continue
+            out.append({
+                "approval_id": approval_id, "trigger": trigger, "max_lifts": max_lifts,
+                "valid_from": datetime.fromisoformat(valid_from), "valid_until": datetime.fromisoformat(valid_until),
+                "lifts_used": self.approval_uses(approval_id), "document": json.loads(document),
+            })
+        return out
+
+    # ----------------------------------------------------------------- inbox
+
+    def inbox_put(self, kind: str, payload: dict[str, Any], at: datetime) -> int:
+        cur = self._db.execute(
+            "INSERT INTO inbox (kind, payload, created_at) VALUES (?, ?, ?)",
+            (kind, json.dumps(payload, ensure_ascii=False), at.isoformat()),
+        )
+        return cur.lastrowid
+
+    def inbox_pending(self) -> list[dict[str, Any]]:
+        cur = self._db.execute("SELECT id, kind, payload FROM inbox WHERE processed_at IS NULL ORDER BY id")
+        return [{"id": i, "kind": k, "payload": json.loads(p)} for i, k, p in cur.fetchall()]
+
+    def inbox_done(self, item_id: int, at: datetime, result: dict[str, Any]) -> None:
+        self._db.execute(
+            "UPDATE inbox SET processed_at = ?, result = ? WHERE id = ?",
+            (at.isoformat(), json.dumps(result, ensure_ascii=False), item_id),
+        )
+
+    def inbox_result(self, item_id: int) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT result FROM inbox WHERE id = ?", (item_id,)).fetchone()
+        return json.loads(row[0]) if row and row[0] else None
+
     def consumed(self, kind: str, auth_id: str) -> bool:
         row = self._db.execute("SELECT 1 FROM authorisations WHERE kind = ? AND auth_id = ?", (kind, auth_id)).fetchone()
         return row is not None
@@ -317,6 +404,11 @@ class Journal:
             args.append(limit)
         for (body,) in self._db.execute(sql, args):
             yield json.loads(body)
+
+    def passage(self, passage_id: str) -> dict | None:
+        cur = self._db.execute("SELECT * FROM passages WHERE passage_id = ?", (passage_id,))
+        row = cur.fetchone()
+        return None if row is None else dict(zip([c[0] for c in cur.description], row))
 
     def passages(self, lane_id: str | None = None, limit: int = 100) -> list[dict]:
         sql = "SELECT * FROM passages"

@@ -35,7 +35,10 @@ from gatectl.lane.commands import (
 )
 from gatectl.lane.core import LaneCore, LaneRules
 from gatectl.lane.events import (
+    ApprovalAccepted,
+    ApprovalRefused,
     AuthorisationCommitted,
+    EmergencyAccount,
     AuthorisationRefused,
     CardRead,
     DeviceFault,
@@ -52,6 +55,10 @@ log = structlog.get_logger("gatectl.service")
 
 #: Margin the core waits beyond the authority client's own timeout before holding.
 DECISION_MARGIN = timedelta(seconds=1)
+#: How often the daemon looks for orders the CLI left in the journal.
+INBOX_POLL_S = 1.0
+#: Lane id of site-wide events that belong to no configured lane.
+SITE_LANE = "_site"
 
 
 async def cancel_all(tasks) -> None:
@@ -144,6 +151,11 @@ class LaneService:
             last_lift=last_lift,
             spot_check=site.journal.spot_checks(lane.id),
         )
+        for a in site.journal.approvals_for(lane.id, site.now()):
+            self.queue.put_nowait(
+                ApprovalAccepted(a["approval_id"], a["trigger"], a["max_lifts"], a["valid_from"], a["valid_until"],
+                                 a["lifts_used"], a["document"].get("plate"), restored=True)
+            )
         self.authority = site.authorities.get(lane.authority) if lane.authority else None
         self._unwritten: list[PendingEvent] = []
         self._unsent: list[OutboxItem] = []
@@ -441,6 +453,87 @@ class Site:
 
         return deliver
 
+    # ------------------------------------------------------ approvals (R10, R17)
+
+    async def accept_approval(self, raw: bytes | str | dict, source: str) -> dict[str, Any]:
+        """Verify an approval; journal and apply it if valid. Returns what happened:
+        ``{"status": "accepted", ...}`` or ``{"status": "refused", "reason": ..., ...}``."""
+        from gatectl.approvals import ApprovalRefused as Refused, lane_kinds, parse_document, verify
+
+        now = self.now()
+        approval_id = lane_id = None
+        try:
+            doc = parse_document(raw)
+            approval_id = doc.get("approval_id") if isinstance(doc.get("approval_id"), str) else None
+            lane_id = doc.get("lane_id") if isinstance(doc.get("lane_id"), str) else None
+            used = self.journal.approval_uses(approval_id) if approval_id else 0
+            verified = verify(doc, trust=self.config.trust, lanes=lane_kinds(self.config), now=now, lifts_used=used)
+        except Refused as exc:
+            result = {"status": "refused", "approval_id": approval_id, **exc.to_dict()}
+            lane = self.lanes.get(lane_id) if lane_id else None
+            event = ApprovalRefused(approval_id, exc.code, exc.message, source)
+            if lane is not None:
+                await lane.submit(event)
+            else:
+                self.journal.write(
+                    SITE_LANE,
+                    [PendingEvent("approval.refused", now, {"approval_id": approval_id, "reason": exc.code,
+                                                           "message": exc.message, "source": source,
+                                                           "lane": lane_id})],
+                )
+            log.warning("approval refused", approval_id=approval_id, reason=exc.code, source=source)
+            return result
+        a = verified.approval
+        self.journal.store_approval(
+            a.approval_id, a.lane_id, a.trigger, a.max_lifts, a.valid_from, a.valid_until,
+            verified.document_json, now,
+        )
+        await self.lanes[a.lane_id].submit(
+            ApprovalAccepted(a.approval_id, a.trigger, a.max_lifts, a.valid_from, a.valid_until, used, a.plate)
+        )
+        log.info("approval accepted", approval_id=a.approval_id, lane=a.lane_id, trigger=a.trigger, source=source)
+        return {"status": "accepted", "approval_id": a.approval_id, "lane_id": a.lane_id, "trigger": a.trigger,
+                "max_lifts": a.max_lifts, "lifts_used": used}
+
+    async def add_emergency_account(self, payload: dict[str, Any], lane_id: str | None = None) -> dict[str, Any]:
+        """R11: the guard's account (vehicle type, plate) of an emergency release."""
+        passage_id = payload.get("passage_id")
+        row = self.journal.passage(passage_id) if isinstance(passage_id, str) else None
+        rows = [row] if row else []
+        if not rows:
+            return {"status": "refused", "reason": "unknown_passage", "message": f"no passage {passage_id!r}"}
+        row = rows[0]
+        if lane_id is not None and row["lane_id"] != lane_id:
+            return {"status": "refused", "reason": "other_lane", "message": "that passage belongs to another lane"}
+        if row["auth_kind"] != "emergency":
+            return {"status": "refused", "reason": "not_emergency", "message": "that passage was no emergency release"}
+        vehicle_type = payload.get("vehicle_type")
+        if not isinstance(vehicle_type, str) or not vehicle_type.strip():
+            return {"status": "refused", "reason": "malformed", "message": "vehicle_type is required"}
+        await self.lanes[row["lane_id"]].submit(
+            EmergencyAccount(passage_id, vehicle_type.strip(), payload.get("plate"), payload.get("note") or "",
+                             payload.get("by") or "")
+        )
+        return {"status": "accepted", "passage_id": passage_id, "lane_id": row["lane_id"]}
+
+    async def _poll_inbox(self) -> None:
+        """Orders the CLI left in the journal for the running daemon."""
+        while True:
+            try:
+                items = self.journal.inbox_pending()
+            except JournalError as exc:
+                log.error("inbox unreadable", error=str(exc))
+                items = []
+            for item in items:
+                if item["kind"] == "approval":
+                    result = await self.accept_approval(item["payload"]["document"], source="cli")
+                elif item["kind"] == "emergency_account":
+                    result = await self.add_emergency_account(item["payload"])
+                else:
+                    result = {"status": "refused", "reason": "unknown_kind"}
+                self.journal.inbox_done(item["id"], self.now(), result)
+            await asyncio.sleep(INBOX_POLL_S)
+
     def outbox_added(self) -> None:
         for sender in self.outbox.values():
             sender.wake()
@@ -482,6 +575,7 @@ class Site:
     async def run(self, stop: asyncio.Event, started: Callable[[], None] | None = None) -> None:
         tasks = [asyncio.create_task(m.run(), name=f"io:{n}") for n, m in self.io.items()]
         tasks += [asyncio.create_task(s.run(), name=f"outbox:{t}") for t, s in self.outbox.items()]
+        tasks.append(asyncio.create_task(self._poll_inbox(), name="inbox"))
         tasks += [asyncio.create_task(lane.run(), name=f"lane:{lane.id}") for lane in self.lanes.values()]
         if started is not None:
             started()

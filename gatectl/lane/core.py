@@ -21,9 +21,9 @@ authorisation as consumed (S6), and each authorisation is committed once (S1).
 from __future__ import annotations
 
 import enum
+import random
 import uuid
 from dataclasses import dataclass, field
-import random
 from datetime import datetime, time, timedelta, tzinfo
 from typing import Callable, Mapping
 
@@ -51,6 +51,9 @@ from gatectl.lane.events import (
     ReleaseDecided,
     ReleaseFailed,
     SpotCheckOrdered,
+    ApprovalAccepted,
+    ApprovalRefused,
+    EmergencyAccount,
     Tick,
     WeightStable,
 )
@@ -175,6 +178,19 @@ class Passage:
 
 
 @dataclass(slots=True)
+class Approval:
+    """An accepted approval and the uses spent of it (R10, R17)."""
+
+    approval_id: str
+    trigger: str
+    max_lifts: int
+    valid_from: datetime
+    valid_until: datetime
+    used: int = 0
+    plate: str | None = None
+
+
+@dataclass(slots=True)
 class Lift:
     """The barrier's current authorised opening; ends when it is down again."""
 
@@ -217,6 +233,7 @@ class LaneCore:
         self._leaving_card: str | None = None
         self._deferred: list[InputChanged] = []
         self.spot_hold_next, self.spot_fraction = spot_check
+        self.approvals: dict[str, Approval] = {}
         self._rand = rand
         self._hours_deadline: datetime | None = None
         self._pending_outcome = "passed"
@@ -248,6 +265,8 @@ class LaneCore:
         if handler is None:
             raise LaneProtocolError(f"no rule for {type(event).__name__}")
         handler(self, event)
+        if self.state in (S.IDLE, S.HELD):
+            self._remote_lift()
         out, self._out = self._out, []
         return out
 
@@ -722,7 +741,7 @@ class LaneCore:
         elif point in ("barrier_up", "barrier_down"):
             self._on_limit(point, on)
         elif point == "manual_lift_button" and on:
-            self._emit("manual_lift.refused", reason="no_valid_approval")
+            self._on_manual_lift()
         elif point == "emergency_button" and on:
             self._on_emergency()
 
@@ -834,6 +853,95 @@ class LaneCore:
         self._emit("fault.opened", device="barrier", reason=reason)
         self._alarm("barrier_fault", reason=reason)
         self._emit("incident.opened", incident_id=self._new_id(), kind="barrier_fault", reason=reason)
+
+    # ------------------------------------------------------------ approvals
+
+    def _usable(self, approval: Approval) -> bool:
+        assert self._now is not None
+        return approval.valid_from <= self._now < approval.valid_until and approval.used < approval.max_lifts
+
+    def _on_approval(self, ev: ApprovalAccepted) -> None:
+        known = ev.approval_id in self.approvals
+        self.approvals[ev.approval_id] = Approval(
+            ev.approval_id, ev.trigger, ev.max_lifts, ev.valid_from, ev.valid_until, ev.lifts_used, ev.plate
+        )
+        if not known and not ev.restored:
+            self._emit(
+                "approval.accepted",
+                approval_id=ev.approval_id,
+                trigger=ev.trigger,
+                max_lifts=ev.max_lifts,
+                lifts_used=ev.lifts_used,
+                valid_from=ev.valid_from.isoformat(),
+                valid_until=ev.valid_until.isoformat(),
+                plate=ev.plate,
+            )
+
+    def _on_approval_refused(self, ev: ApprovalRefused) -> None:
+        self._emit(
+            "approval.refused", approval_id=ev.approval_id, reason=ev.reason, message=ev.message, source=ev.source
+        )
+
+    def _on_emergency_account(self, ev: EmergencyAccount) -> None:
+        self._emit(
+            "emergency.account",
+            passage_id=ev.passage_id,
+            vehicle_type=ev.vehicle_type,
+            plate=ev.plate,
+            note=ev.note,
+            by=ev.by,
+        )
+
+    def _on_manual_lift(self) -> None:
+        """R10: the guard's button lifts once per use of a valid approval, and only then."""
+        st = self.state
+        panel = [a for a in self.approvals.values() if a.trigger == "panel"]
+        usable = sorted((a for a in panel if self._usable(a)), key=lambda a: a.valid_until)
+        if not usable:
+            reason = "no_valid_approval"
+            if panel:
+                assert self._now is not None
+                if all(a.used >= a.max_lifts for a in panel):
+                    reason = "approval_exhausted"
+                elif all(self._now >= a.valid_until for a in panel):
+                    reason = "approval_expired"
+                elif all(self._now < a.valid_from for a in panel):
+                    reason = "approval_not_yet_valid"
+            self._emit("manual_lift.refused", reason=reason)
+            return
+        if st in (S.OPEN, S.AUTHORISING):
+            self._emit("manual_lift.refused", reason="lift_in_progress")
+            return
+        self._lift_under_approval(usable[0], "panel")
+
+    def _remote_lift(self) -> None:
+        """R17: a remote approval lifts once, when the lane is idle or holding a vehicle."""
+        assert self._now is not None
+        for a in list(self.approvals.values()):
+            if a.trigger != "remote":
+                continue
+            if self._now >= a.valid_until or a.used >= 1:
+                del self.approvals[a.approval_id]
+                if a.used == 0:
+                    self._emit("approval.expired", approval_id=a.approval_id)
+                continue
+            if self._usable(a) and self.state in (S.IDLE, S.HELD):
+                self._lift_under_approval(a, "remote")
+                return
+
+    def _lift_under_approval(self, a: Approval, how: str) -> None:
+        assert self._now is not None
+        if self.passage is None:
+            self.passage = Passage(passage_id=self._new_id(), opened_at=self._now)
+            self._emit("passage.opened", card=None, approval_id=a.approval_id)
+            if self.state is S.LOWERING:
+                self.lift = None
+        p = self.passage
+        p.request_id = None  # a late answer of the authority is ignored now
+        p.hold_reason = None
+        a.used += 1  # a refused commit still spends the use: the journal holds it, or it failed
+        self._emit("approval.used", approval_id=a.approval_id, use=a.used, max_lifts=a.max_lifts, trigger=how)
+        self._authorise("approval", f"{a.approval_id}#{a.used}", "manual")
 
     def _on_emergency(self) -> None:
         """R11: lift at once, hold up until the vehicle clears, alarm."""
@@ -1035,6 +1143,9 @@ class LaneCore:
         ReleaseDecided: _on_decided,
         ReleaseFailed: _on_failed,
         AuthorisationCommitted: _on_committed,
+        ApprovalAccepted: _on_approval,
+        ApprovalRefused: _on_approval_refused,
+        EmergencyAccount: _on_emergency_account,
         AuthorisationRefused: _on_refused,
         DeviceFault: _on_fault,
         DeviceRecovered: _on_recovered,

@@ -9,6 +9,7 @@ only ``LaneCore.handle`` decides what they mean.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal, Mapping
 
 from gatectl.lane.errors import LaneProtocolError
@@ -140,6 +141,53 @@ class DeviceFault(Event):
 @dataclass(frozen=True, slots=True)
 class DeviceRecovered(Event):
     device: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalAccepted(Event):
+    """A verified approval for this lane (R10, R17): the service checked its signatures,
+    chain, lane and window (gatectl/approvals.py); the core decides when it lifts.
+
+    ``lifts_used`` counts the uses the journal already holds (after a restart)."""
+
+    approval_id: str
+    trigger: Literal["panel", "remote"]
+    max_lifts: int
+    valid_from: datetime
+    valid_until: datetime
+    lifts_used: int = 0
+    plate: str | None = None
+    #: Reloaded from the journal at start: already journaled as accepted.
+    restored: bool = False
+
+    def __post_init__(self) -> None:
+        if self.trigger not in ("panel", "remote"):
+            raise LaneProtocolError(f"unknown approval trigger {self.trigger!r}")
+        if self.max_lifts < 1 or self.lifts_used < 0:
+            raise LaneProtocolError("max_lifts >= 1 and lifts_used >= 0")
+        if self.valid_from.tzinfo is None or self.valid_until.tzinfo is None:
+            raise LaneProtocolError("approval windows are timezone-aware")
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRefused(Event):
+    """An approval for this lane failed verification; journaled with its reason (R10)."""
+
+    approval_id: str | None
+    reason: str
+    message: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EmergencyAccount(Event):
+    """The guard's account of an emergency release (R11), added after the fact."""
+
+    passage_id: str
+    vehicle_type: str
+    plate: str | None = None
+    note: str = ""
+    by: str = ""
 
 
 @dataclass(frozen=True, slots=True)
