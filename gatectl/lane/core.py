@@ -232,6 +232,8 @@ class LaneCore:
         self._pending_card: tuple[CardRead, datetime] | None = None
         self._leaving_card: str | None = None
         self._deferred: list[InputChanged] = []
+        # The arm reached the up limit since the last pulse: only then is losing it a fault.
+        self._up_reached = False
         self.spot_hold_next, self.spot_fraction = spot_check
         self.approvals: dict[str, Approval] = {}
         self._rand = rand
@@ -358,7 +360,7 @@ class LaneCore:
                 ConfirmPassage(
                     request_id=p.request_id,
                     instruction_id=p.instruction_id,
-                    result="passed" if outcome == "passed" else "not_passed",
+                    result="passed" if outcome in ("passed", "emergency", "manual") else "not_passed",
                     passed_at=self._now,
                     gross_weight_kg=p.weight_kg,
                 )
@@ -473,8 +475,11 @@ class LaneCore:
         """Released by the lane's authority: last checks before the lift."""
         p = self.passage
         assert p is not None
+        assert self._now is not None
         if p.forced:
             self._hold("forced_passage")
+        elif not self.is_open_at(self._now):
+            self._hold("closed_hours")  # R2: the answer came after closing time
         elif self.faults:
             self._hold("device_fault")  # S5: fail closed while a device is faulty
         elif self._spot_check_due():
@@ -567,6 +572,7 @@ class LaneCore:
         p.lifted = True
         self._goto(S.OPEN)
         self._out.append(Pulse("open", p.authorisation, "lift"))
+        self._up_reached = bool(self.inputs["barrier_up"])
         self._emit("barrier.lifted", authorisation=_auth_json(p.authorisation), reason="lift")
         self._show(TEXT_EMERGENCY if self.lift.outcome == "emergency" else (p.hint or TEXT_RELEASED))
         if not self.inputs["barrier_up"]:
@@ -580,6 +586,7 @@ class LaneCore:
             return
         self._goto(S.LOWERING)
         self._out.append(Pulse("close", self.lift.authorisation, "lower"))
+        self._up_reached = False
         self._emit("barrier.lowered", authorisation=_auth_json(self.lift.authorisation))
         self._show(TEXT_ONE_BY_ONE)
         if self.inputs["barrier_down"] and not self.inputs["barrier_up"]:
@@ -636,6 +643,7 @@ class LaneCore:
         """First reading of the inputs: rebuild from the journal and the live inputs (S7)."""
         assert self._now is not None
         rec, self._recovered = self._recovered, None
+        self._up_reached = self.inputs["barrier_up"]
         barrier_not_down = not self.inputs["barrier_down"] or self.inputs["barrier_up"]
         if self.inputs["barrier_down"] and self.inputs["barrier_up"]:
             self._barrier_fault("both_limits")
@@ -790,9 +798,9 @@ class LaneCore:
                 # S2: something is under the boom while it comes down: rise again.
                 self._goto(S.OPEN)
                 self._out.append(Pulse("open", lift.authorisation, "safety_reverse"))
+                self._up_reached = False
                 self._emit("barrier.lifted", authorisation=_auth_json(lift.authorisation), reason="safety_reverse")
-                if not self.inputs["barrier_up"]:
-                    self._travel_deadline = self._now + self.rules.travel_timeout
+                self._travel_deadline = self._now + self.rules.travel_timeout
             lift.entered = True
             lift.exit_seen = lift.exit_seen or point == "exit_loop"
             # The lift's own vehicle had cleared, so this is a second vehicle (S3).
@@ -823,9 +831,10 @@ class LaneCore:
         st = self.state
         if point == "barrier_up" and on and st is S.OPEN:
             self._travel_deadline = None
+            self._up_reached = True
         if up and down:
             self._barrier_fault("both_limits")
-        elif point == "barrier_up" and not on and st is S.OPEN:
+        elif point == "barrier_up" and not on and st is S.OPEN and self._up_reached:
             # Nobody commanded a lower: the arm broke, or was pushed down.
             self._barrier_fault("up_lost")
         elif point == "barrier_down" and not on and st not in (S.OPEN, S.LOWERING, S.AUTHORISING):
@@ -853,6 +862,8 @@ class LaneCore:
         self._emit("fault.opened", device="barrier", reason=reason)
         self._alarm("barrier_fault", reason=reason)
         self._emit("incident.opened", incident_id=self._new_id(), kind="barrier_fault", reason=reason)
+        if self.state is S.IDLE:
+            self._show_idle()
 
     # ------------------------------------------------------------ approvals
 
@@ -937,8 +948,7 @@ class LaneCore:
             if self.state is S.LOWERING:
                 self.lift = None
         p = self.passage
-        p.request_id = None  # a late answer of the authority is ignored now
-        p.hold_reason = None
+        p.hold_reason = None  # (a late answer of the authority is ignored: no longer DECIDING)
         a.used += 1  # a refused commit still spends the use: the journal holds it, or it failed
         self._emit("approval.used", approval_id=a.approval_id, use=a.used, max_lifts=a.max_lifts, trigger=how)
         self._authorise("approval", f"{a.approval_id}#{a.used}", "manual")
@@ -960,8 +970,7 @@ class LaneCore:
             if st is S.LOWERING:
                 self.lift = None
         p = self.passage
-        p.request_id = None  # any late answer of the authority is ignored now
-        p.hold_reason = None
+        p.hold_reason = None  # (a late answer of the authority is ignored: no longer DECIDING)
         self._alarm("emergency_release", authorisation={"kind": "emergency", "id": auth_id}, account_pending=True)
         self._authorise("emergency", auth_id, "emergency")
 
