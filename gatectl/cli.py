@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_devices)
 
     p = sub.add_parser("demo", help="a whole simulated site with live traffic in the terminal")
-    p.add_argument("--lanes", type=int, default=3, help="number of simulated lanes (1-6)")
+    p.add_argument("--lanes", type=int, default=5, help="number of simulated lanes (1-6; 5 shows every lane kind)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--workdir", default=None, help="keep the demo's config and journal here")

@@ -81,6 +81,8 @@ def describe(ev: dict) -> str:
         return f"称重 {ev['gross_weight_kg']:.0f} kg"
     if t == "release.requested":
         return "请求海关放行指令"
+    if t == "release.decided" and ev.get("source") == "local":
+        return f"本通道名单核验 ({ev.get('basis')}): {ev['decision']}"
     if t == "release.decided":
         return f"海关指令 {ev['decision']} {ev.get('instruction_id') or ''} {ev.get('hint') or ''}".strip()
     if t == "barrier.lifted":
@@ -92,6 +94,14 @@ def describe(ev: dict) -> str:
         return f"通行结束: {ev['outcome']}" + (f" ({ev['reason']})" if ev.get("reason") else "")
     if t == "passage.held":
         return f"不予放行: {ev['reason']}"
+    if t == "spot_check.applied":
+        return f"海关抽查 (剩余 {ev['remaining']})"
+    if t == "approval.accepted":
+        return f"审批已接受 {ev['approval_id']}"
+    if t == "approval.refused":
+        return f"审批被拒绝 {ev.get('approval_id')}: {ev['reason']}"
+    if t == "incident.opened":
+        return f"事件记录 {ev['kind']}: {ev['reason']}"
     if t == "alarm.raised":
         return f"报警: {ALARM_ZH.get(ev['alarm'], ev['alarm'])}"
     if t == "manual_lift.refused":
@@ -165,9 +175,9 @@ async def run_demo(args) -> int:
         LaneSpec("B1-IN", "保税货物进区1号", "bonded", "in", "K001"),
         LaneSpec("E1-OUT", "跨境电商9610出区", "ecommerce_9610", "out", "K002"),
         LaneSpec("N1-IN", "非保税进区", "non_bonded", "in", "K003", exit_loop=False),
-        LaneSpec("B2-OUT", "保税货物出区2号", "bonded", "out", "K004"),
-        LaneSpec("E2-IN", "跨境电商9610进区", "ecommerce_9610", "in", "K005"),
-        LaneSpec("N2-OUT", "非保税出区", "non_bonded", "out", "K006", exit_loop=False),
+        LaneSpec("A1-IN", "行政通道进区", "administrative", "in", "K004"),
+        LaneSpec("P1-IN", "人员通道", "personnel", "in", "K005", weigh_format=None, exit_loop=False),
+        LaneSpec("B2-OUT", "保税货物出区2号", "bonded", "out", "K006"),
     ][: max(1, min(args.lanes, 6))]
     sim = SimulatedSite(workdir, specs, travel_s=1.4)
     await sim.start()
