@@ -1,25 +1,72 @@
-"""Modbus TCP IO modules: poll discrete inputs, pulse coils (CONTRACT 2.3).
+"""Modbus IO modules over TCP or RTU: poll discrete inputs, pulse coils (CONTRACT 2.3).
 
-Two layers, so a Modbus RTU transport can later slot in beside the TCP one:
+Two layers, following Home Assistant's Modbus hub (STYLE.md section 4):
 
-- ``ModbusTcpBus`` is *the bus*: one connection and the ``asyncio.Lock`` every request on
-  it runs under (a TCP gateway in front of an RS-485 line is one bus), plus the
-  per-request timeout. It raises typed errors and knows nothing about health.
-- ``IoModule`` is *the module*: a unit on a bus, its poll loop, health, counters and
-  coil pulses. It reports facts through ``on_inputs`` / ``on_health`` and decides nothing.
+- A *bus* is one physical line: ``ModbusTcpBus`` (one TCP connection, e.g. to a gateway
+  with several units behind it) or ``ModbusRtuBus`` (one RS-485 serial port). It owns the
+  pymodbus client and the one ``asyncio.Lock`` that every request on the line, and the
+  quiet pause after it, runs under; it opens and reopens the line itself. It raises typed
+  errors and knows nothing about health.
+- An ``IoModule`` is *one unit on a bus*: its poll loop, health, counters and coil
+  pulses. It reports facts through ``on_inputs`` / ``on_health`` and decides nothing.
+  Several modules (different unit ids) share one bus.
+
+Building them in the daemon: one bus per physical line, from a ``BusRegistry``, then the
+modules on it::
+
+    registry = BusRegistry()
+    modules = {}
+    for name, mod in config.io_modules.items():
+        if mod.protocol == "modbus-tcp":
+            bus = registry.tcp(mod.host, mod.port)
+        else:  # modbus-rtu
+            bus = registry.rtu(mod.port, mod.baudrate, mod.parity, mod.stopbits)
+        modules[name] = IoModule.on_bus(
+            name, bus, mod.unit, mod.poll_ms, inputs,
+            on_inputs=..., on_health=...,
+        )
+    tasks = [asyncio.create_task(m.run()) for m in modules.values()]
+    ...
+    # shutdown: cancel and await the tasks, then
+    registry.close_all()  # shuts every bus down; nothing reopens them
+
+The old constructor ``IoModule(name, host, port, unit, poll_ms, inputs, on_inputs,
+on_health, request_timeout_s=1.0)`` still works: it builds a private ``ModbusTcpBus``
+that the module owns and closes when ``run()`` ends. A module built with ``on_bus``
+never closes its bus; whoever made the bus (the registry) does.
+
+Who reconnects on a shared bus: the bus. Modules never open or close it. Each poll
+cycle a module calls ``bus.ensure_connected()``; if the line is down the bus tries to
+reopen it, at most once per its own capped, jittered backoff, and otherwise answers
+at once with the last failure. So two modules on a vanished port report one fault each
+and neither hammers the port. The bus drops the line when the transport says it is
+lost, on a protocol error, or after ``DEAD_LINE_AFTER`` requests in a row that no unit
+answered (a half-open TCP connection, a wedged USB adapter). A single unit that stops
+answering does *not* drop the line: the other units on it are still talking.
+
+One dead unit must not stall the bus (home-assistant/core#72495, #110013): each request
+waits at most ``request_timeout_s`` (CONTRACT 2.3: 1 s), so another module waits at most
+one timeout plus the quiet pause for the lock; and after ``SUSPECT_AFTER`` missed
+requests in a row a unit is *suspect* and polled only every ``suspect_poll_ms``, so the
+loop detectors on the other units stay live. Its first answer brings it back to the
+normal rate.
 
 pymodbus 3.16 client settings, chosen from its source (``transport/transport.py``,
-``transaction/transaction.py``):
+``transport/serialtransport.py``, ``transaction/transaction.py``, ``framer/base.py``):
 
-- ``reconnect_delay=0`` turns off pymodbus's own reconnect task. Ours owns reconnection,
-  because it must report health once per outage, jitter its delays, take a fresh
-  snapshot after every reconnect and switch off coils a failed pulse may have left on.
+- ``reconnect_delay=0`` turns off pymodbus's own reconnect task; the bus owns
+  reconnection (one report per outage, jittered delays, a fresh snapshot after it).
 - ``retries=0``: pymodbus would otherwise resend a request 3 times, each with the full
-  timeout, before giving up, and log an ERROR for every give-up (a log flood). One
-  attempt; the poll loop decides what happens next.
+  timeout, before giving up, and log an ERROR for every give-up (a log flood).
 - Our ``asyncio.timeout(request_timeout_s)`` bounds connects and requests. pymodbus's own
-  ``timeout`` (the same value is used for connect and response waits) is set to twice
-  that, as a backstop that never fires first.
+  ``timeout`` (used for connect and response waits alike) is twice that, as a backstop
+  that never fires first.
+- A late answer is never taken for the answer to the next request: pymodbus clears its
+  receive buffer before each send, and its framer skips frames whose unit id (RTU) or
+  transaction id (TCP) is not the one asked for. So a timeout need not drop the line.
+- The serial transport opens the port with pyserial ``exclusive=True`` (a port another
+  process holds fails to open) and turns a read or write error (``EIO`` when a USB
+  adapter is pulled) into a lost connection, which the bus sees as ``connected`` False.
 """
 
 from __future__ import annotations
@@ -27,32 +74,69 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, Literal
 
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
+from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
 from drivers.health import Health
 
 __all__ = [
+    "BusKey",
+    "BusRegistry",
     "IoModule",
     "IoModuleError",
     "IoModuleExceptionResponse",
     "IoModuleTimeout",
+    "ModbusBus",
+    "ModbusRtuBus",
     "ModbusTcpBus",
+    "rtu_bus_key",
+    "tcp_bus_key",
 ]
 
 log = logging.getLogger(__name__)
+bus_log = logging.getLogger(__name__ + ".bus")
 
 RECONNECT_MIN_S = 0.1
-"""First delay before reconnecting after a fault; doubles per failed attempt."""
+"""First delay before retrying after a fault; doubles per failed attempt."""
 RECONNECT_MAX_S = 5.0
-"""Cap of the reconnect delay, so a module that comes back is seen within seconds."""
+"""Cap of the retry delay, so a module that comes back is seen within seconds."""
 MAX_INPUTS = 2000
 """Most discrete inputs one function-2 request may read (Modbus spec 6.2)."""
+SUSPECT_AFTER = 3
+"""Missed requests in a row after which a unit is suspect and polled less often."""
+SUSPECT_POLL_MS = 5000
+"""Default period at which a suspect unit is polled until it answers."""
+DEAD_LINE_AFTER = 3
+"""Requests in a row that no unit on a bus answered, after which the bus reopens the line."""
+RTU_QUIET_MS = 30
+"""Default pause after each request on a serial line (Home Assistant's default)."""
+
+BusKey = tuple[Any, ...]
+"""``("tcp", host, port)`` or ``("rtu", port)``: one key per physical line."""
+
+Call = Callable[[Any], Awaitable[ModbusPDU]]
+
+
+def tcp_bus_key(host: str, port: int) -> BusKey:
+    """The key of a Modbus TCP line (host names compare case-insensitively)."""
+    return ("tcp", host.casefold(), int(port))
+
+
+def rtu_bus_key(port: str) -> BusKey:
+    """The key of a Modbus RTU line: the serial port path as configured.
+
+    Two different paths to one adapter (``/dev/ttyUSB0`` and a ``/dev/serial/by-id``
+    link) are two keys; the second bus would then fail to open the port (pyserial
+    opens it exclusively). Configure one path per adapter.
+    """
+    return ("rtu", port)
 
 
 class IoModuleError(Exception):
@@ -64,7 +148,7 @@ class IoModuleError(Exception):
 
 
 class IoModuleTimeout(IoModuleError):
-    """No answer within the request timeout (the connection is dropped afterwards)."""
+    """No answer within the request timeout (or the line was lost while waiting)."""
 
 
 class IoModuleExceptionResponse(IoModuleError):
@@ -75,54 +159,134 @@ class IoModuleExceptionResponse(IoModuleError):
         self.code = code
 
 
-class ModbusTcpBus:
-    """One Modbus TCP connection and the lock that serialises every request on it."""
+class ModbusBus:
+    """One physical Modbus line: a pymodbus client and the lock every request runs under.
 
-    def __init__(
-        self, host: str, port: int, request_timeout_s: float, name: str = "modbus"
-    ) -> None:
+    Subclasses say how to build the client (``_new_client``) and describe the line
+    (``key``, ``where``). Every request and the ``quiet_ms`` pause after it run under
+    ``lock``, so requests on one line never interleave, and a slow RS-485 device has
+    time to turn the line around before the next frame.
+    """
+
+    COUNTERS = ("requests", "timeouts", "connects", "connect_failures", "drops")
+
+    def __init__(self, request_timeout_s: float, quiet_ms: float, name: str) -> None:
         if request_timeout_s <= 0:
             raise ValueError(f"request_timeout_s must be > 0, got {request_timeout_s}")
-        self.host = host
-        self.port = port
+        if quiet_ms < 0:
+            raise ValueError(f"quiet_ms must be >= 0, got {quiet_ms}")
         self.request_timeout_s = request_timeout_s
+        self.quiet_s = quiet_ms / 1000
         self.name = name
         self.lock = asyncio.Lock()
-        self._client: AsyncModbusTcpClient | None = None
+        self._client: Any = None
         self._closed_because = "not connected yet"
+        self._in_error = False  # the line is down and that was logged
+        self._connect_failures = 0  # in a row, for the reconnect backoff
+        self._retry_at = 0.0  # loop time before which no reconnect is tried
+        self._unanswered = 0  # requests in a row that no unit answered
+        self._shut_down = False
+        self._counters = dict.fromkeys(self.COUNTERS, 0)
+
+    # ------------------------------------------------------------------ description
+
+    @property
+    def key(self) -> BusKey:
+        raise NotImplementedError
+
+    @property
+    def where(self) -> str:
+        """The line, for people: ``host:port`` or the serial port path."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {self.where}>"
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Requests sent, timeouts, (re)connects and failed attempts, lines dropped."""
+        return dict(self._counters)
+
+    # ------------------------------------------------------------------ connection
 
     @property
     def connected(self) -> bool:
         return self._client is not None and self._client.connected
 
-    async def connect(self) -> None:
-        """Open a fresh connection (closing any old one); raise ``IoModuleError`` on failure."""
+    def retry_in_s(self) -> float:
+        """Seconds until the bus will try to reopen the line; 0 when it would now."""
+        if self.connected:
+            return 0.0
+        return max(0.0, self._retry_at - asyncio.get_running_loop().time())
+
+    async def ensure_connected(self) -> None:
+        """Open the line unless it is open; raise ``IoModuleError`` if it can't be.
+
+        Within the backoff after a failed attempt this raises the last failure at once
+        without touching the port, so every module on the line may call it every cycle.
+        """
+        if self.connected:
+            return
         async with self.lock:
+            if self._client is not None:
+                if self._client.connected:
+                    return
+                self._lost(f"connection to {self.where} lost")
+            loop = asyncio.get_running_loop()
+            if self._shut_down or loop.time() < self._retry_at:
+                raise IoModuleError(self._closed_because)
+            await self._open_locked()
+
+    async def connect(self) -> None:
+        """Open a fresh connection now (closing any old one); raise ``IoModuleError`` on failure."""
+        async with self.lock:
+            self._shut_down = False
             self._close("reconnecting")
-            client = AsyncModbusTcpClient(
-                self.host,
-                port=self.port,
-                name=self.name,
-                reconnect_delay=0,
-                retries=0,
-                timeout=2 * self.request_timeout_s,
-            )
-            where = f"{self.host}:{self.port}"
-            try:
-                async with asyncio.timeout(self.request_timeout_s):
-                    ok = await client.connect()
-            except TimeoutError:
-                client.close()
-                raise IoModuleTimeout(
-                    f"no TCP connection to {where} within {self.request_timeout_s:g} s"
-                ) from None
-            if not ok:
-                client.close()
-                raise IoModuleError(f"cannot connect to {where} (refused or unreachable)")
-            self._client = client
+            await self._open_locked()
+
+    async def _open_locked(self) -> None:
+        loop = asyncio.get_running_loop()
+        client = self._new_client()
+        try:
+            async with asyncio.timeout(self.request_timeout_s):
+                ok = await client.connect()
+        except TimeoutError:
+            ok, reason = False, f"cannot connect to {self.where} within {self.request_timeout_s:g} s"
+            timed_out = True
+        else:
+            timed_out = False
+            reason = "" if ok else self._open_failed_reason()
+        if not ok:
+            client.close()
+            self._counters["connect_failures"] += 1
+            self._connect_failures += 1
+            delay = min(RECONNECT_MAX_S, RECONNECT_MIN_S * 2 ** (self._connect_failures - 1))
+            self._retry_at = loop.time() + delay * random.uniform(0.5, 1.0)
+            self._closed_because = reason
+            self._log_down(reason)
+            raise (IoModuleTimeout if timed_out else IoModuleError)(reason)
+        self._client = client
+        self._counters["connects"] += 1
+        self._connect_failures = 0
+        self._retry_at = 0.0
+        self._unanswered = 0
+        if self._in_error:
+            self._in_error = False
+            bus_log.info("bus %s: %s open again", self.name, self.where)
+        else:
+            bus_log.debug("bus %s: %s open", self.name, self.where)
 
     def close(self, reason: str = "closed") -> None:
-        """Drop the connection; later requests fail with ``reason`` until ``connect()``."""
+        """Drop the line; later requests fail with ``reason`` until it is reopened."""
+        self._close(reason)
+
+    def shutdown(self, reason: str = "bus shut down") -> None:
+        """Drop the line for good: ``ensure_connected()`` no longer reopens it.
+
+        For the daemon's shutdown, so a module still polling cannot reopen a port the
+        daemon is letting go of; ``connect()`` still opens it explicitly.
+        """
+        self._shut_down = True
         self._close(reason)
 
     def _close(self, reason: str) -> None:
@@ -131,14 +295,35 @@ class ModbusTcpBus:
             self._client = None
         self._closed_because = reason
 
-    async def execute(
-        self, call: Callable[[AsyncModbusTcpClient], Awaitable[ModbusPDU]], what: str
-    ) -> ModbusPDU:
-        """Run one request under the bus lock and the request timeout.
+    def _lost(self, reason: str) -> None:
+        """The line failed under us: drop it (it may be reopened at once) and say so once."""
+        self._counters["drops"] += 1
+        self._close(reason)
+        self._log_down(reason)
+
+    def _log_down(self, reason: str) -> None:
+        # First failure loud, repeats quiet, cleared by the next open (STYLE.md 4).
+        if self._in_error:
+            bus_log.debug("bus %s: still down: %s", self.name, reason)
+        else:
+            self._in_error = True
+            bus_log.warning("bus %s: %s; reopening %s", self.name, reason, self.where)
+
+    def _new_client(self) -> Any:
+        raise NotImplementedError
+
+    def _open_failed_reason(self) -> str:
+        return f"cannot connect to {self.where}"
+
+    # ------------------------------------------------------------------ requests
+
+    async def execute(self, call: Call, what: str) -> ModbusPDU:
+        """Run one request under the bus lock and the request timeout, then pause quietly.
 
         ``what`` names the request (unit and address) and starts every error reason.
-        A timeout or transport error drops the connection: a late answer must never be
-        taken for the answer to the next request.
+        Never opens the line: a request on a closed line fails with "not connected".
+        A timeout leaves the line open (the other units on it may be fine) unless no
+        unit has answered ``DEAD_LINE_AFTER`` requests in a row.
         """
         async with self.lock:
             client = self._client
@@ -146,46 +331,227 @@ class ModbusTcpBus:
                 raise IoModuleError(f"{what}: not connected ({self._closed_because})")
             if not client.connected:
                 reason = f"{what}: connection lost"
-                self._close(reason)
+                self._lost(reason)
                 raise IoModuleError(reason)
+            self._counters["requests"] += 1
             try:
-                async with asyncio.timeout(self.request_timeout_s):
-                    response = await call(client)
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    # pymodbus waits with asyncio.wait_for, which on 3.11 can drop a
-                    # cancellation that lands as the answer arrives; honour it here, or
-                    # the poll loop would run on after its lane stopped.
-                    raise asyncio.CancelledError
-            except TimeoutError:
-                reason = (
-                    f"{what}: no answer within {self.request_timeout_s:g} s"
-                    if client.connected
-                    else f"{what}: connection lost while waiting for the answer"
-                )
-                self._close(reason)
+                response = await self._send_locked(client, call, what)
+            finally:
+                if self.quiet_s > 0:
+                    # Inter-frame gap under the lock, answered or not: the next frame
+                    # must not run into a slow device's late answer or line turnaround.
+                    await asyncio.sleep(self.quiet_s)
+        if response.isError():
+            code = getattr(response, "exception_code", 0)
+            raise IoModuleExceptionResponse(f"{what}: exception response, code {code}", code)
+        return response
+
+    async def _send_locked(self, client: Any, call: Call, what: str) -> ModbusPDU:
+        try:
+            async with asyncio.timeout(self.request_timeout_s):
+                response = await call(client)
+        except TimeoutError:
+            self._counters["timeouts"] += 1
+            if not client.connected:
+                reason = f"{what}: connection lost while waiting for the answer"
+                self._lost(reason)
                 raise IoModuleTimeout(reason) from None
-            except ModbusException as exc:
-                reason = f"{what}: {exc}"
-                self._close(reason)
-                raise IoModuleError(reason) from exc
-            if response.isError():
-                code = getattr(response, "exception_code", 0)
-                raise IoModuleExceptionResponse(f"{what}: exception response, code {code}", code)
-            return response
+            reason = f"{what}: no answer within {self.request_timeout_s:g} s"
+            self._unanswered += 1
+            if self._unanswered >= DEAD_LINE_AFTER:
+                self._lost(f"no unit on {self.where} answered {self._unanswered} requests in a row")
+            raise IoModuleTimeout(reason) from None
+        except ModbusException as exc:
+            reason = f"{what}: {exc}"
+            self._lost(reason)
+            raise IoModuleError(reason) from exc
+        self._unanswered = 0
+        return response
+
+
+class ModbusTcpBus(ModbusBus):
+    """One Modbus TCP connection (a module, or a gateway with several units behind it)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        request_timeout_s: float = 1.0,
+        name: str = "modbus",
+        quiet_ms: float = 0,
+    ) -> None:
+        super().__init__(request_timeout_s, quiet_ms, name)
+        self.host = host
+        self.port = port
+
+    @property
+    def key(self) -> BusKey:
+        return tcp_bus_key(self.host, self.port)
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def _new_client(self) -> AsyncModbusTcpClient:
+        return AsyncModbusTcpClient(
+            self.host,
+            port=self.port,
+            name=self.name,
+            reconnect_delay=0,
+            retries=0,
+            timeout=2 * self.request_timeout_s,
+        )
+
+    def _open_failed_reason(self) -> str:
+        return f"cannot connect to {self.where} (refused or unreachable)"
+
+
+class ModbusRtuBus(ModbusBus):
+    """One RS-485 line on a serial port, Modbus RTU framing, 8 data bits.
+
+    ``quiet_ms`` is the pause after every request, under the lock, before the next
+    frame goes out (Home Assistant pauses 30 ms on serial lines).
+    """
+
+    def __init__(
+        self,
+        port: str,
+        baudrate: int = 9600,
+        parity: Literal["N", "E", "O"] = "N",
+        stopbits: Literal[1, 2] = 1,
+        request_timeout_s: float = 1.0,
+        quiet_ms: float = RTU_QUIET_MS,
+        name: str = "rs485",
+    ) -> None:
+        if baudrate <= 0:
+            raise ValueError(f"baudrate must be > 0, got {baudrate}")
+        if parity not in ("N", "E", "O"):
+            raise ValueError(f"parity must be N, E or O, got {parity!r}")
+        if stopbits not in (1, 2):
+            raise ValueError(f"stopbits must be 1 or 2, got {stopbits!r}")
+        super().__init__(request_timeout_s, quiet_ms, name)
+        self.port = port
+        self.baudrate = baudrate
+        self.parity = parity
+        self.stopbits = stopbits
+
+    @property
+    def key(self) -> BusKey:
+        return rtu_bus_key(self.port)
+
+    @property
+    def where(self) -> str:
+        return self.port
+
+    @property
+    def settings(self) -> tuple[int, str, int]:
+        """(baudrate, parity, stopbits)."""
+        return (self.baudrate, self.parity, self.stopbits)
+
+    def _new_client(self) -> AsyncModbusSerialClient:
+        return AsyncModbusSerialClient(
+            self.port,
+            framer=FramerType.RTU,
+            baudrate=self.baudrate,
+            bytesize=8,
+            parity=self.parity,
+            stopbits=self.stopbits,
+            name=self.name,
+            reconnect_delay=0,
+            retries=0,
+            timeout=2 * self.request_timeout_s,
+        )
+
+    def _open_failed_reason(self) -> str:
+        # pymodbus swallows pyserial's error (it logs it as a warning); say what we can.
+        if not os.path.exists(self.port):
+            return f"cannot open serial port {self.port}: it does not exist (adapter unplugged?)"
+        return f"cannot open serial port {self.port} (in use by another process, or no permission)"
+
+
+class BusRegistry:
+    """One bus per physical line, by ``bus_key``; the daemon's single place to get buses.
+
+    ``tcp()`` / ``rtu()`` return the existing bus for a line or create it. Asking for a
+    serial port already open with other line settings is a ``ValueError`` (the config
+    check rejects that earlier). ``close_all()`` at shutdown, after the modules stopped.
+    """
+
+    def __init__(self, request_timeout_s: float = 1.0, rtu_quiet_ms: float = RTU_QUIET_MS) -> None:
+        self.request_timeout_s = request_timeout_s
+        self.rtu_quiet_ms = rtu_quiet_ms
+        self._buses: dict[BusKey, ModbusBus] = {}
+
+    def tcp(self, host: str, port: int, *, name: str | None = None) -> ModbusTcpBus:
+        key = tcp_bus_key(host, port)
+        bus = self._buses.get(key)
+        if bus is None:
+            bus = ModbusTcpBus(
+                host, port, self.request_timeout_s, name=name or f"tcp:{host}:{port}"
+            )
+            self._buses[key] = bus
+        assert isinstance(bus, ModbusTcpBus)
+        return bus
+
+    def rtu(
+        self,
+        port: str,
+        baudrate: int = 9600,
+        parity: Literal["N", "E", "O"] = "N",
+        stopbits: Literal[1, 2] = 1,
+        *,
+        name: str | None = None,
+    ) -> ModbusRtuBus:
+        key = rtu_bus_key(port)
+        bus = self._buses.get(key)
+        if bus is None:
+            bus = ModbusRtuBus(
+                port,
+                baudrate,
+                parity,
+                stopbits,
+                request_timeout_s=self.request_timeout_s,
+                quiet_ms=self.rtu_quiet_ms,
+                name=name or f"rtu:{port}",
+            )
+            self._buses[key] = bus
+        assert isinstance(bus, ModbusRtuBus)
+        if bus.settings != (baudrate, parity, stopbits):
+            raise ValueError(
+                f"serial port {port} is already open as {bus.settings[0]}/{bus.settings[1]}/"
+                f"{bus.settings[2]}, not {baudrate}/{parity}/{stopbits}"
+            )
+        return bus
+
+    def get(self, key: BusKey) -> ModbusBus | None:
+        return self._buses.get(key)
+
+    def __iter__(self) -> Iterator[ModbusBus]:
+        return iter(list(self._buses.values()))
+
+    def __len__(self) -> int:
+        return len(self._buses)
+
+    def close_all(self, reason: str = "daemon stopping") -> None:
+        """Shut every bus down; modules still polling report "daemon stopping" faults."""
+        for bus in self._buses.values():
+            bus.shutdown(reason)
 
 
 class IoModule:
-    """One Modbus TCP IO module: polls discrete inputs 0..inputs-1, pulses coils.
+    """One Modbus IO module (a unit on a bus): polls discrete inputs 0..inputs-1, pulses coils.
 
-    ``on_inputs(changed, snapshot)``: after every (re)connect the first good poll reports
-    every input with ``snapshot=True``; later polls report only the addresses that
-    changed, ``snapshot=False``, and nothing when nothing changed.
+    ``on_inputs(changed, snapshot)``: the first good poll, and the first after every
+    fault, reports every input with ``snapshot=True``; later polls report only the
+    addresses that changed, ``snapshot=False``, and nothing when nothing changed.
     ``on_health(health, reason)``: ``FAULTY`` once per outage (no answer within
-    ``request_timeout_s``, an exception response, a refused or dropped connection),
-    ``OK`` on the first good poll after it. Before the first good poll health is unknown
-    (``health`` is ``None``). The snapshot is delivered before ``OK``, so a listener
-    that sees ``OK`` already has a current picture of the inputs.
+    ``request_timeout_s``, an exception response to a poll, a refused, vanished or
+    dropped line), ``OK`` on the first good poll after it. Before the first poll health
+    is unknown (``health`` is ``None``). The snapshot is delivered before ``OK``, so a
+    listener that sees ``OK`` already has a current picture of the inputs.
+
+    Build it with ``IoModule.on_bus(...)`` on a shared bus, or with the constructor for
+    a module with a private TCP connection.
     """
 
     COUNTERS = ("polls", "timeouts", "exceptions", "reconnects", "writes")
@@ -201,6 +567,46 @@ class IoModule:
         on_inputs: Callable[[dict[int, bool], bool], None],
         on_health: Callable[[Health, str], None],
         request_timeout_s: float = 1.0,
+        *,
+        suspect_poll_ms: int = SUSPECT_POLL_MS,
+    ) -> None:
+        """A module with its own TCP connection, closed when ``run()`` ends."""
+        bus = ModbusTcpBus(host, port, request_timeout_s, name=name)
+        self._setup(name, bus, unit, poll_ms, inputs, on_inputs, on_health, suspect_poll_ms, True)
+
+    @classmethod
+    def on_bus(
+        cls,
+        name: str,
+        bus: ModbusBus,
+        unit: int,
+        poll_ms: int,
+        inputs: int,
+        on_inputs: Callable[[dict[int, bool], bool], None],
+        on_health: Callable[[Health, str], None],
+        *,
+        suspect_poll_ms: int = SUSPECT_POLL_MS,
+    ) -> IoModule:
+        """A module on a bus it shares with others; the request timeout is the bus's.
+
+        The module never opens or closes the bus itself beyond asking it to reconnect;
+        the bus's owner closes it (``BusRegistry.close_all()``).
+        """
+        module = cls.__new__(cls)
+        module._setup(name, bus, unit, poll_ms, inputs, on_inputs, on_health, suspect_poll_ms, False)
+        return module
+
+    def _setup(
+        self,
+        name: str,
+        bus: ModbusBus,
+        unit: int,
+        poll_ms: int,
+        inputs: int,
+        on_inputs: Callable[[dict[int, bool], bool], None],
+        on_health: Callable[[Health, str], None],
+        suspect_poll_ms: int,
+        owns_bus: bool,
     ) -> None:
         if not 0 <= unit <= 255:
             raise ValueError(f"unit must be 0..255, got {unit}")
@@ -208,21 +614,28 @@ class IoModule:
             raise ValueError(f"poll_ms must be > 0, got {poll_ms}")
         if not 1 <= inputs <= MAX_INPUTS:
             raise ValueError(f"inputs must be 1..{MAX_INPUTS}, got {inputs}")
+        if suspect_poll_ms <= 0:
+            raise ValueError(f"suspect_poll_ms must be > 0, got {suspect_poll_ms}")
         self.name = name
         self.unit = unit
-        self.bus = ModbusTcpBus(host, port, request_timeout_s, name=name)
+        self.bus = bus
+        self._owns_bus = owns_bus
         self._poll_s = poll_ms / 1000
+        self._suspect_poll_s = suspect_poll_ms / 1000
         self._inputs = inputs
         self._on_inputs = on_inputs
         self._on_health = on_health
         self._health: Health | None = None
         self._last: list[bool] | None = None  # None: the next good poll is a snapshot
-        self._failures = 0  # failed connect/poll cycles since the last good poll
+        self._failures = 0  # failed poll cycles since the last good poll
+        self._misses = 0  # requests in a row this unit did not answer
+        self._suspect_logged = False
         self._running = False
-        # Coils a pulse may have left on: switched off first thing after every reconnect.
+        # Coils a failed pulse may have left on: switched off before the next poll.
         self._must_switch_off: set[int] = set()
+        self._pulsing: set[int] = set()  # coils a pulse is driving right now
         self._counters = dict.fromkeys(self.COUNTERS, 0)
-        self._log = _Prefixed(log, f"io module {name} unit {unit} at {host}:{port}")
+        self._log = _Prefixed(log, f"io module {name} unit {unit} at {bus.where}")
 
     @property
     def health(self) -> Health | None:
@@ -230,14 +643,20 @@ class IoModule:
         return self._health
 
     @property
+    def suspect(self) -> bool:
+        """The unit missed ``SUSPECT_AFTER`` requests in a row and is polled only rarely."""
+        return self._misses >= SUSPECT_AFTER
+
+    @property
     def counters(self) -> dict[str, int]:
-        """Requests sent (``polls``, ``writes``), failures by kind, reconnect attempts."""
+        """Requests sent (``polls``, ``writes``), failures by kind, retries after a fault
+        (``reconnects``; the bus reopens the line first when it is down)."""
         return dict(self._counters)
 
     # ------------------------------------------------------------------ polling
 
     async def run(self) -> None:
-        """Connect, poll every ``poll_ms``; on any fault reconnect with backoff, until cancelled.
+        """Poll every ``poll_ms``; on any fault retry with backoff, until cancelled.
 
         Device faults never end it. An exception raised by ``on_inputs`` or ``on_health``
         does: that is a bug on the caller's side, and it should surface, not be logged away.
@@ -245,33 +664,31 @@ class IoModule:
         if self._running:
             raise RuntimeError(f"io module {self.name} is already running")
         self._running = True
+        loop = asyncio.get_running_loop()
         try:
-            first = True
+            next_at = loop.time()
             while True:
-                if not first:
-                    self._counters["reconnects"] += 1
-                first = False
+                _honour_cancellation()
                 try:
-                    await self.bus.connect()
-                    self._last = None
-                    await self._switch_off_leftovers()
-                    await self._poll_forever()
+                    await self._poll_once()
                 except IoModuleError as exc:
-                    self.bus.close(exc.reason)
                     self._fault(exc.reason)
-                await asyncio.sleep(self._backoff_s())
+                    await asyncio.sleep(self._retry_delay_s())
+                    self._counters["reconnects"] += 1
+                    next_at = loop.time()
+                    continue
+                # Fixed rate; after a slow request, start again from now instead of bursting.
+                next_at = max(next_at + self._poll_s, loop.time())
+                await asyncio.sleep(next_at - loop.time())
         finally:
             self._running = False
-            self.bus.close(f"io module {self.name} stopped")
+            if self._owns_bus:
+                self.bus.close(f"io module {self.name} stopped")
 
-    async def _poll_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
-        while True:
-            self._good_poll(await self._read_inputs())
-            # Fixed rate; after a slow request, start again from now instead of bursting.
-            next_at = max(next_at + self._poll_s, loop.time())
-            await asyncio.sleep(next_at - loop.time())
+    async def _poll_once(self) -> None:
+        await self.bus.ensure_connected()
+        await self._switch_off_leftovers()
+        self._good_poll(await self._read_inputs())
 
     async def _read_inputs(self) -> list[bool]:
         n = self._inputs
@@ -307,18 +724,35 @@ class IoModule:
 
     def _fault(self, reason: str) -> None:
         self._failures += 1
+        self._last = None  # whatever happened meanwhile, the next good poll is a snapshot
+        if self.suspect and not self._suspect_logged:
+            self._suspect_logged = True
+            self._log.warning(
+                "no answer to %d requests in a row; polling it every %g s until it answers",
+                self._misses,
+                self._suspect_poll_s,
+            )
         if self._health is Health.FAULTY:
             # Same outage: one ERROR per outage, the rest at DEBUG (home-assistant#107230).
             self._log.debug("still faulty: %s", reason)
             return
         self._health = Health.FAULTY
-        self._log.error("device fault: %s; reconnecting with backoff", reason)
+        self._log.error("device fault: %s; retrying with backoff", reason)
         self._on_health(Health.FAULTY, reason)
 
-    def _backoff_s(self) -> float:
-        """Capped exponential backoff with jitter, so many lanes don't reconnect in step."""
-        base = min(RECONNECT_MAX_S, RECONNECT_MIN_S * 2 ** max(0, self._failures - 1))
-        return base * random.uniform(0.5, 1.0)
+    def _retry_delay_s(self) -> float:
+        """How long to wait after a fault before polling again.
+
+        A suspect unit waits ``suspect_poll_ms``; otherwise capped exponential backoff.
+        Both are jittered, so many lanes don't retry in step, and never shorter than
+        the bus's own wait before it tries to reopen a line that is down.
+        """
+        if self.suspect:
+            delay = self._suspect_poll_s * random.uniform(0.8, 1.0)
+        else:
+            base = min(RECONNECT_MAX_S, RECONNECT_MIN_S * 2 ** max(0, self._failures - 1))
+            delay = base * random.uniform(0.5, 1.0)
+        return max(delay, self.bus.retry_in_s())
 
     # ------------------------------------------------------------------ coils
 
@@ -333,7 +767,7 @@ class IoModule:
         )
         if response.address != address or not response.bits or bool(response.bits[0]) != value:
             raise IoModuleError(
-                f"{what}: answer echoes coil {response.address} = {response.bits[:1]}"
+                f"unit {self.unit} {what}: answer echoes coil {response.address} = {response.bits[:1]}"
             )
 
     async def pulse(self, address: int, ms: int) -> None:
@@ -342,24 +776,31 @@ class IoModule:
         A coil left on is dangerous: a barrier's open input held on keeps the boom up, and
         the next vehicle tailgates through. So the off write is retried until it succeeds
         or the module is declared faulty, runs even when the pulse is cancelled, and if it
-        still fails the coil is switched off first thing after the next reconnect.
+        still fails the poll loop switches the coil off before its next successful poll.
         """
+        self._pulsing.add(address)
         try:
-            await self.write_coil(address, True)
-        except IoModuleTimeout:
-            # The module may have switched the coil on and then gone quiet.
-            self._must_switch_off.add(address)
-            raise
-        try:
-            await asyncio.sleep(ms / 1000)
-        except asyncio.CancelledError:
-            with contextlib.suppress(IoModuleError):  # already logged; stay cancelled
-                await self._switch_off(address)
-            raise
-        await self._switch_off(address)
+            try:
+                await self.write_coil(address, True)
+            except IoModuleTimeout:
+                # The module may have switched the coil on and then gone quiet.
+                self._must_switch_off.add(address)
+                raise
+            try:
+                _honour_cancellation()
+                await asyncio.sleep(ms / 1000)
+            except asyncio.CancelledError:
+                with contextlib.suppress(IoModuleError):  # already logged; stay cancelled
+                    await self._switch_off(address)
+                raise
+            await self._switch_off(address)
+        finally:
+            self._pulsing.discard(address)
 
     async def _switch_off(self, address: int) -> None:
-        self._must_switch_off.add(address)  # until the module confirms it is off
+        # Until the module confirms it is off; the poll loop leaves it to this pulse
+        # meanwhile (``_pulsing``) and takes over if the pulse gives up or is cancelled.
+        self._must_switch_off.add(address)
         logged = False
         while True:
             try:
@@ -367,7 +808,7 @@ class IoModule:
             except IoModuleError as exc:
                 if self._health is Health.FAULTY or not self._running:
                     self._log.error(
-                        "coil %d may still be on (%s); will switch it off after reconnecting",
+                        "coil %d may still be on (%s); will switch it off before polling again",
                         address,
                         exc.reason,
                     )
@@ -385,24 +826,46 @@ class IoModule:
                 return
 
     async def _switch_off_leftovers(self) -> None:
-        for address in sorted(self._must_switch_off):
+        for address in sorted(self._must_switch_off - self._pulsing):
             await self.write_coil(address, False)
             self._must_switch_off.discard(address)
-            self._log.info("coil %d switched off after reconnecting", address)
+            self._log.info("coil %d switched off after a failed pulse", address)
 
     # ------------------------------------------------------------------ requests
 
-    async def _request(
-        self, call: Callable[[AsyncModbusTcpClient], Awaitable[ModbusPDU]], what: str
-    ) -> Any:
+    async def _request(self, call: Call, what: str) -> Any:
         try:
-            return await self.bus.execute(call, f"unit {self.unit} {what}")
+            response = await self.bus.execute(call, f"unit {self.unit} {what}")
         except IoModuleTimeout:
             self._counters["timeouts"] += 1
+            self._misses += 1
             raise
         except IoModuleExceptionResponse:
             self._counters["exceptions"] += 1
+            self._answered()
             raise
+        self._answered()
+        return response
+
+    def _answered(self) -> None:
+        if self._suspect_logged:
+            self._log.info("answers again; back to polling every %g s", self._poll_s)
+        self._misses = 0
+        self._suspect_logged = False
+
+
+def _honour_cancellation() -> None:
+    """Raise ``CancelledError`` if this task was cancelled but the cancellation got lost.
+
+    pymodbus waits with ``asyncio.wait_for``, which on 3.11 can drop a cancellation that
+    lands as the answer arrives; without this the poll loop would run on after its lane
+    stopped. Checked where a loop starts a new step, not after every request: a pulse
+    switching its coil off after being cancelled is itself running with a cancellation
+    pending, and its off write must count.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class _Prefixed(logging.LoggerAdapter):

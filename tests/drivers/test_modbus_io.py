@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from drivers.health import Health
-from drivers.modbus_io import IoModule, IoModuleError, IoModuleExceptionResponse
+from drivers.modbus_io import BusRegistry, IoModule, IoModuleError, IoModuleExceptionResponse
 from simulators.io_module import IoModuleSimulator
 
 UNIT = 7
@@ -298,3 +298,60 @@ async def test_cancelled_pulse_still_switches_the_coil_off(
         await pulse
     assert not sim.coil(2)
     assert [(a, v) for _, a, v in sim.coil_writes] == [(2, True), (2, False)]
+
+
+async def test_S5_units_behind_one_tcp_gateway_share_one_connection_and_one_silent_unit_stalls_none(
+    sim: IoModuleSimulator,
+) -> None:
+    """S5 / STYLE.md 4 over TCP: two units behind one gateway are one bus (one
+    connection, one lock). One silent unit is faulty on its own; the other keeps
+    reporting, and the connection stays up for it."""
+    await sim.stop()
+    other = sim.add_unit(UNIT + 1)
+    await sim.start()
+    registry = BusRegistry(request_timeout_s=TIMEOUT_S)
+    bus = registry.tcp("127.0.0.1", sim.port)
+    assert registry.tcp("127.0.0.1", sim.port) is bus
+    recs = {UNIT: Recorder(), UNIT + 1: Recorder()}
+    modules = {
+        unit: IoModule.on_bus(
+            f"io{unit}", bus, unit, 20, 16, rec.on_inputs, rec.on_health, suspect_poll_ms=500
+        )
+        for unit, rec in recs.items()
+    }
+    tasks = [asyncio.create_task(m.run()) for m in modules.values()]
+    try:
+        await until(lambda: all(m.health is Health.OK for m in modules.values()))
+        other.silent = True
+        await until(lambda: modules[UNIT + 1].health is Health.FAULTY)
+        reason = recs[UNIT + 1].health[-1][1]
+        assert f"unit {UNIT + 1} read discrete inputs 0-15: no answer within 0.3 s" in reason
+        await until(lambda: modules[UNIT + 1].suspect)
+        for i in range(4):
+            sim.set_input(i, True)
+            await until(lambda i=i: ({i: True}, False) in recs[UNIT].inputs)
+        assert recs[UNIT].healths == [Health.OK]
+        assert bus.connected and bus.counters["connects"] == 1 and bus.counters["drops"] == 0
+
+        other.set_input(2, True)
+        other.silent = False
+        await until(lambda: recs[UNIT + 1].healths == [Health.OK, Health.FAULTY, Health.OK])
+        assert recs[UNIT + 1].snapshots[-1] == {i: i == 2 for i in range(16)}
+
+        await sim.stop()  # the gateway goes away: both faulty, the bus reconnects for both
+        await until(lambda: all(m.health is Health.FAULTY for m in modules.values()))
+        await sim.start()
+        await until(lambda: all(m.health is Health.OK for m in modules.values()), timeout=10)
+        assert bus.counters["connects"] == 2
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        registry.close_all()
+    assert not bus.connected
+
+
+async def test_a_module_with_its_own_connection_closes_it_when_stopped(io: Running) -> None:
+    assert io.module.bus.connected
+    await io.stop()
+    assert not io.module.bus.connected
