@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.health import Health
+from drivers.modbus_io import BusRegistry
 from drivers.serial_device import CardReader, Weighbridge
 from gatectl.config import SiteConfig
 from gatectl.service import cancel_all, make_io_modules
@@ -59,7 +60,8 @@ async def probe(config: SiteConfig, seconds: float) -> list[Probe]:
         p.health.append(health.value)
         p.seen.append(f"{health.value}: {reason}")
 
-    modules = make_io_modules(config, points_by_module, on_inputs, on_module_health)
+    registry = BusRegistry()
+    modules = make_io_modules(config, points_by_module, on_inputs, on_module_health, registry)
     for name, module in modules.items():
         cfg = config.io_modules[name]
         where = f"{cfg.host}:{cfg.port} unit {cfg.unit}" if cfg.protocol == "modbus-tcp" else f"{cfg.port} unit {cfg.unit}"
@@ -98,6 +100,7 @@ async def probe(config: SiteConfig, seconds: float) -> list[Probe]:
 
     await asyncio.sleep(seconds)
     await cancel_all(tasks)
+    registry.close_all()
     for p, driver in readers:
         p.counters = driver.counters
     for name, module in modules.items():

@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from drivers.health import Health
-from drivers.modbus_io import IoModule, IoModuleError
+from drivers.modbus_io import BusRegistry, IoModule, IoModuleError
 from drivers.serial_device import CardReader, Weighbridge
 from gatectl.authorities.base import AuthorityError, PassRequest
 from gatectl.authorities.http_json import HttpJsonAuthority
@@ -95,17 +95,21 @@ def make_io_modules(
     points_by_module: dict[str, list[tuple[str, str, int]]],
     on_inputs: Callable[[str], Callable[[dict[int, bool], bool], None]],
     on_health: Callable[[str, Health, str], None],
+    registry: BusRegistry | None = None,
 ) -> dict[str, IoModule]:
-    """One driver per configured IO module, reading inputs 0..the highest address used."""
+    """One driver per configured IO module, on one bus per physical line (a TCP gateway
+    or an RS-485 port shared by several units), reading inputs 0..the highest used."""
+    registry = registry if registry is not None else BusRegistry()
     modules: dict[str, IoModule] = {}
     for name, mod in config.io_modules.items():
         count = max((addr for _, _, addr in points_by_module.get(name, [])), default=0) + 1
-        if mod.protocol != "modbus-tcp":
-            raise NotImplementedError(f"io module {name}: {mod.protocol} is not supported yet")
-        modules[name] = IoModule(
+        if mod.protocol == "modbus-tcp":
+            bus = registry.tcp(mod.host, mod.port)
+        else:
+            bus = registry.rtu(mod.port, mod.baudrate, mod.parity, mod.stopbits)
+        modules[name] = IoModule.on_bus(
             name,
-            mod.host,
-            mod.port,
+            bus,
             mod.unit,
             mod.poll_ms,
             count,
@@ -427,11 +431,13 @@ class Site:
             for role, point in lane.config.points.items():
                 if point.kind == "di":
                     self._io_points.setdefault(point.module, []).append((lane, point.address, role))
+        self.buses = BusRegistry()
         self.io = make_io_modules(
             config,
             {m: [(lane.id, role, addr) for lane, addr, role in pts] for m, pts in self._io_points.items()},
             lambda name: lambda values, snapshot: self._dispatch_inputs(name, values, snapshot),
             self._module_health,
+            self.buses,
         )
 
     def now(self) -> datetime:
@@ -588,6 +594,7 @@ class Site:
         finally:
             stopper.cancel()
             await cancel_all(tasks)
+            self.buses.close_all()
             for auth in self.authorities.values():
                 with contextlib.suppress(Exception):
                     await auth.close()
