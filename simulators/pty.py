@@ -10,15 +10,23 @@ like a USB adapter pulled out.
 Writes never block the event loop: the master is non-blocking, and what the kernel will
 not take now is queued and sent when the master becomes writable. Like a real device on
 a line nobody reads, the queue is bounded and its oldest bytes are lost beyond that.
+
+A pty cannot be created again at the same path, but a USB adapter plugged back in can:
+udev gives it the same ``/dev/serial/by-id/...`` link. `SwitchablePort` copies that: a
+fixed symlink that points at a fresh pty each time the device is plugged in, and does not
+exist while it is pulled out. Give the driver the link, then ``unplug()`` and
+``await replug()`` as often as the test or demo likes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tty
+from pathlib import Path
 
-__all__ = ["PtyPort"]
+__all__ = ["PtyPort", "SwitchablePort"]
 
 
 class PtyPort:
@@ -145,3 +153,69 @@ class PtyPort:
         excess = len(self.received) - self.MAX_RECEIVED
         if excess > 0:
             del self.received[:excess]
+
+
+class SwitchablePort:
+    """A stable path (symlink) in front of a pty that can be pulled out and plugged back.
+
+    While plugged in, ``link`` points at the slave of the current `PtyPort`; while pulled
+    out it does not exist, so an open fails with ENOENT as it does when udev removed the
+    by-id link. Pulling out closes the pty first (a driver holding it sees EIO) and
+    removes the link in the same step, so a driver retrying in between can never open a
+    pty that someone else created meanwhile under the freed pts number. The link is
+    always replaced atomically (rename over it).
+    """
+
+    def __init__(self, link: str | os.PathLike[str]) -> None:
+        self.link = Path(link)
+        self._pty: PtyPort | None = None
+        self.plugs = 0
+        """How many times a device was plugged in (the first `plug` included)."""
+
+    @property
+    def port(self) -> str:
+        """The path a driver opens: the link, valid across replugs."""
+        return str(self.link)
+
+    @property
+    def plugged(self) -> bool:
+        return self._pty is not None and not self._pty.closed
+
+    @property
+    def pty(self) -> PtyPort:
+        """The pty behind the link now; raises while unplugged."""
+        if self._pty is None or self._pty.closed:
+            raise RuntimeError(f"nothing plugged in at {self.link}")
+        return self._pty
+
+    async def plug(self) -> PtyPort:
+        """Plug a device in: a fresh pty behind the link. No-op if one is plugged in."""
+        if self.plugged:
+            assert self._pty is not None
+            return self._pty
+        pty = PtyPort.open()
+        try:
+            tmp = self.link.with_name(self.link.name + ".plugging")
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            tmp.symlink_to(pty.port)
+            os.replace(tmp, self.link)
+        except BaseException:
+            pty.close()
+            raise
+        self._pty = pty
+        self.plugs += 1
+        return pty
+
+    def unplug(self) -> None:
+        """Pull the device out: close its pty and remove the link (idempotent)."""
+        if self._pty is not None:
+            self._pty.close()
+            self._pty = None
+        with contextlib.suppress(FileNotFoundError):
+            self.link.unlink()
+
+    async def replug(self) -> PtyPort:
+        """Pull the device out (if it is in) and plug a fresh one in at the same path."""
+        self.unplug()
+        return await self.plug()

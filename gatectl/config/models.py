@@ -547,6 +547,16 @@ class CardReaderConfig(GatectlModel):
     format: Literal["ascii-line", "stx-hex-xor", "stx-bin-bcc"] = Field(
         title="Frame format", description="CONTRACT 2.1."
     )
+    silence_ms: Int | None = Field(
+        None,
+        gt=0,
+        title="Silence fault after",
+        description=(
+            "A reader that sends no valid frame for this long is faulty and the lane fails "
+            "closed. Readers only speak when a card is shown, so the default (null) never "
+            "treats silence as a fault; set it only for readers that send a heartbeat."
+        ),
+    )
 
 
 class WeighbridgeConfig(GatectlModel):
@@ -560,6 +570,16 @@ class WeighbridgeConfig(GatectlModel):
     )
     min_vehicle_kg: Number = Field(
         500, ge=0, title="Minimum vehicle weight", description="Below this the bridge is empty."
+    )
+    silence_ms: Int | None = Field(
+        3000,
+        gt=0,
+        title="Silence fault after",
+        description=(
+            "An indicator in continuous mode that sends no valid frame for this long is "
+            "faulty and the lane fails closed; the next valid frame clears it. null turns "
+            "the check off (only for indicators that do not stream)."
+        ),
     )
 
 

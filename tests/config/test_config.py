@@ -232,6 +232,35 @@ def test_open_hours_windows(tmp_path: Path) -> None:
     assert str(TimeWindow.parse("13:30-24:00")) == "13:30-24:00"
 
 
+def test_device_silence_keys_default_and_validate(tmp_path: Path) -> None:
+    """Added keys with defaults: configs without them keep working; set values must be > 0."""
+    config = load_config(write(tmp_path, BASE))
+    weighbridge = config.lanes[0].weighbridge
+    assert weighbridge is not None and weighbridge.silence_ms == 3000
+    assert config.lanes[0].card_reader.silence_ms is None  # readers are quiet between cards
+
+    text = edit(BASE, "      format: xk3190-tf0\n", "      format: xk3190-tf0\n      silence_ms: null\n")
+    text = edit(text, "      format: ascii-line\n", "      format: ascii-line\n      silence_ms: 60000\n")
+    config = load_config(write(tmp_path, text))
+    assert config.lanes[0].weighbridge is not None
+    assert config.lanes[0].weighbridge.silence_ms is None
+    assert config.lanes[1].card_reader.silence_ms == 60000
+
+    text = edit(BASE, "      format: xk3190-tf0\n", "      format: xk3190-tf0\n      silence_ms: 0\n")
+    text = edit(text, "      format: ascii-line\n", "      format: ascii-line\n      silence_ms: 1.5\n")
+    problems = problems_of(tmp_path, text)
+    zero = only(problems, "lanes[0].weighbridge.silence_ms")
+    assert zero.line == line_of(text, "silence_ms: 0")
+    assert "greater than 0" in zero.message
+    fraction = only(problems, "lanes[1].card_reader.silence_ms")
+    assert fraction.line == line_of(text, "silence_ms: 1.5")
+
+    schema = SiteConfig.model_json_schema()["$defs"]
+    for model in ("CardReaderConfig", "WeighbridgeConfig"):
+        field = schema[model]["properties"]["silence_ms"]
+        assert field["title"] and field["description"]
+
+
 def test_json_schema_has_titles() -> None:
     schema = SiteConfig.model_json_schema()
     lane = schema["$defs"]["LaneConfig"]["properties"]

@@ -19,6 +19,7 @@ FORMATS = [f.value for f in CardFormat]
 STX_FORMATS = [CardFormat.STX_HEX_XOR.value, CardFormat.STX_BIN_BCC.value]
 HEX = b"0123456789ABCDEFabcdef"
 FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+STREAM_FUZZ = settings(FUZZ, max_examples=120)  # whole-stream properties: costlier per example
 
 CONTRACT_EXAMPLES = [
     ("ascii-line", b"3A00F1229B\r\n", "3A00F1229B"),
@@ -30,32 +31,58 @@ CONTRACT_EXAMPLES = [
 # -- reference scanners (the contract, written as plainly as possible) -------------------
 
 
+def frame_at(fmt: str, data: bytes, i: int) -> tuple[int, str] | None:
+    """(length, card) of a valid frame starting at ``data[i]``, else None."""
+    if fmt == "ascii-line":
+        end = data.find(b"\n", i)
+        if end == -1 or (i and data[i - 1] != 0x0A):
+            return None
+        body = data[i : end - 1]
+        if data[end - 1 : end] == b"\r" and end > i and 1 <= len(body) <= 32 and all(
+            c in HEX for c in body
+        ):
+            return end + 1 - i, body.decode().upper()
+        return None
+    if data[i] != 0x02:
+        return None
+    if fmt == "stx-hex-xor":
+        w = data[i : i + 16]
+        if (
+            len(w) == 16
+            and all(c in HEX for c in w[1:13])
+            and w[13:16] == b"\r\n\x03"
+            and reduce(xor, bytes.fromhex(w[1:11].decode()), 0) == int(w[11:13], 16)
+        ):
+            return 16, w[1:11].decode().upper()
+        return None
+    w = data[i : i + 10]
+    if len(w) == 10 and w[1] == 0x0A and w[9] == 0x03 and reduce(xor, w[1:8], 0) == w[8]:
+        return 10, w[3:8].hex().upper()
+    return None
+
+
 def reference_cards(fmt: str, data: bytes) -> set[str]:
     """Every card number that some valid frame anywhere in ``data`` carries."""
-    found: set[str] = set()
-    if fmt == "ascii-line":
-        for line in data.split(b"\n")[:-1]:
-            body = line[:-1]
-            if line.endswith(b"\r") and 1 <= len(body) <= 32 and all(c in HEX for c in body):
-                found.add(body.decode().upper())
-        return found
-    for i, byte in enumerate(data):
-        if byte != 0x02:
+    return {hit[1] for i in range(len(data)) if (hit := frame_at(fmt, data, i))}
+
+
+def greedy_reference(fmt: str, data: bytes) -> list[str]:
+    """Exactly what a decoder must yield: scan left to right; at each position where a
+    valid frame starts, take it and continue after it; otherwise move on one byte.
+
+    For lines that is "every valid line"; for the STX formats it is "resync on the next
+    STX after a bad one", as CONTRACT 2.1 asks.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(data):
+        hit = frame_at(fmt, data, i)
+        if hit is None:
+            i += 1
             continue
-        if fmt == "stx-hex-xor":
-            w = data[i : i + 16]
-            if (
-                len(w) == 16
-                and all(c in HEX for c in w[1:13])
-                and w[13:16] == b"\r\n\x03"
-                and reduce(xor, bytes.fromhex(w[1:11].decode()), 0) == int(w[11:13], 16)
-            ):
-                found.add(w[1:11].decode().upper())
-        else:
-            w = data[i : i + 10]
-            if len(w) == 10 and w[1] == 0x0A and w[9] == 0x03 and reduce(xor, w[1:8], 0) == w[8]:
-                found.add(w[3:8].hex().upper())
-    return found
+        out.append(hit[1])
+        i += hit[0]
+    return out
 
 
 def decode(fmt: str, *chunks: bytes) -> tuple[list[str], object]:
@@ -317,3 +344,67 @@ def test_a_flipped_bit_is_dropped_or_still_checks(fmt: str, data: st.DataObject)
         assert set(got) <= reference_cards(fmt, bytes(frame))
     else:
         assert got in ([], [expected(card)])
+
+
+def frame_stream(fmt: str) -> st.SearchStrategy[list[bytes]]:
+    return st.lists(cards(fmt), min_size=2, max_size=8).map(
+        lambda sent: [encode_card(fmt, c) for c in sent]
+    )
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@STREAM_FUZZ
+@given(data=st.data())
+def test_valid_frames_cut_and_spliced_hide_no_other_frame(fmt: str, data: st.DataObject) -> None:
+    """A frame cut off mid-way (a cable pulled, a reader reset) and the line resuming in
+    the middle of another: nothing invented, and every intact frame around it is read,
+    unless the splice itself happens to form a valid frame overlapping it. The greedy
+    reference scanner states exactly which frames that leaves."""
+    frames = data.draw(frame_stream(fmt))
+    k = data.draw(st.integers(0, len(frames) - 2))
+    cut = data.draw(st.integers(0, len(frames[k])))
+    resume = data.draw(st.integers(0, len(frames[k + 1])))
+    pieces = [*frames[:k], frames[k][:cut] + frames[k + 1][resume:], *frames[k + 2 :]]
+    stream = b"".join(pieces)
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=20))
+    got, codec = decode(fmt, *split(stream, cuts))
+    assert got == greedy_reference(fmt, stream)
+    assert codec.buffered <= 34
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@STREAM_FUZZ
+@given(data=st.data())
+def test_a_flipped_bit_in_a_stream_costs_at_most_that_frame(fmt: str, data: st.DataObject) -> None:
+    """One bit flipped anywhere in a run of frames: exactly what the reference reads (the
+    frame hit is lost or still checks; a false STX it creates never hides the next one)."""
+    frames = data.draw(frame_stream(fmt))
+    stream = bytearray(b"".join(frames))
+    pos = data.draw(st.integers(0, len(stream) - 1))
+    stream[pos] ^= 1 << data.draw(st.integers(0, 7))
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=20))
+    got, _ = decode(fmt, *split(bytes(stream), cuts))
+    assert got == greedy_reference(fmt, bytes(stream))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@STREAM_FUZZ
+@given(data=st.data())
+def test_decoder_equals_the_greedy_reference_on_any_bytes(fmt: str, data: st.DataObject) -> None:
+    """Noise with real frames and fragments mixed in, cut anywhere: exactly the reference."""
+    parts = data.draw(
+        st.lists(
+            st.one_of(
+                st.binary(max_size=20),
+                cards(fmt).map(lambda c: encode_card(fmt, c)),
+                st.tuples(cards(fmt), st.integers(0, 16)).map(
+                    lambda t: encode_card(fmt, t[0])[: t[1]]
+                ),
+            ),
+            max_size=12,
+        )
+    )
+    stream = b"".join(parts)
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=20))
+    got, _ = decode(fmt, *split(stream, cuts))
+    assert got == greedy_reference(fmt, stream)

@@ -24,6 +24,7 @@ from drivers.codecs.weight import (
 
 FORMATS = [f.value for f in WeightFormat]
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+STREAM_FUZZ = settings(FUZZ, max_examples=120)  # whole-stream properties: costlier per example
 XK_EXAMPLE = bytes.fromhex("02 2B 30 30 32 30 30 30 32 31 42 03")
 DIGITS6 = re.compile(rb" *[0-9]+")
 
@@ -31,40 +32,59 @@ DIGITS6 = re.compile(rb" *[0-9]+")
 # -- reference decoders -----------------------------------------------------------------
 
 
+def weight_at(fmt: str, data: bytes, i: int) -> tuple[int, tuple[float, bool | None]] | None:
+    """(length, (kg, motion)) of a valid frame at ``data[i]`` (``data`` already 7-bit)."""
+    if data[i] != 0x02:
+        return None
+    if fmt == "xk3190-tf0":
+        w = data[i : i + 12]
+        if (
+            len(w) == 12
+            and w[1:2] in (b"+", b"-")
+            and w[2:9].isdigit()
+            and w[9:11] == f"{reduce(xor, w[1:9], 0):02X}".encode()
+            and w[11] == 0x03
+        ):
+            kg = int(w[2:8]) / 10 ** int(w[8:9]) * (-1 if w[1:2] == b"-" else 1)
+            return 12, (kg + 0.0, None)
+        return None
+    w = data[i : i + 18]
+    if (
+        len(w) == 18
+        and w[16] == 0x0D
+        and sum(w) % 128 == 0
+        and DIGITS6.fullmatch(w[4:10])
+        and DIGITS6.fullmatch(w[10:16])
+        and not w[2] & 0x04
+    ):
+        shown = int(w[4:10]) * (-1 if w[2] & 0x02 else 1)
+        gross = shown + int(w[10:16]) if w[2] & 0x01 else shown
+        places = (w[1] & 0x07) - 2
+        kg = gross / 10**places if places >= 0 else gross * 10 ** (-places)
+        return 18, (float(kg) + 0.0, bool(w[2] & 0x08))
+    return None
+
+
 def reference_weights(fmt: str, raw: bytes) -> set[tuple[float, bool | None]]:
     """(kg, motion) of every valid frame anywhere in ``raw`` (bit 7 ignored: 7E1 at 8N1)."""
     data = bytes(b & 0x7F for b in raw)
-    found: set[tuple[float, bool | None]] = set()
-    for i, byte in enumerate(data):
-        if byte != 0x02:
+    return {hit[1] for i in range(len(data)) if (hit := weight_at(fmt, data, i))}
+
+
+def greedy_reference(fmt: str, raw: bytes) -> list[tuple[float, bool | None]]:
+    """Exactly what a decoder must yield: left to right, take each valid frame and go on
+    after it, else move on one byte (resync on the next STX, CONTRACT 2.1/2.2)."""
+    data = bytes(b & 0x7F for b in raw)
+    out: list[tuple[float, bool | None]] = []
+    i = 0
+    while i < len(data):
+        hit = weight_at(fmt, data, i)
+        if hit is None:
+            i += 1
             continue
-        if fmt == "xk3190-tf0":
-            w = data[i : i + 12]
-            if (
-                len(w) == 12
-                and w[1:2] in (b"+", b"-")
-                and w[2:9].isdigit()
-                and w[9:11] == f"{reduce(xor, w[1:9], 0):02X}".encode()
-                and w[11] == 0x03
-            ):
-                kg = int(w[2:8]) / 10 ** int(w[8:9]) * (-1 if w[1:2] == b"-" else 1)
-                found.add((kg + 0.0, None))
-        else:
-            w = data[i : i + 18]
-            if (
-                len(w) == 18
-                and w[16] == 0x0D
-                and sum(w) % 128 == 0
-                and DIGITS6.fullmatch(w[4:10])
-                and DIGITS6.fullmatch(w[10:16])
-                and not w[2] & 0x04
-            ):
-                shown = int(w[4:10]) * (-1 if w[2] & 0x02 else 1)
-                gross = shown + int(w[10:16]) if w[2] & 0x01 else shown
-                places = (w[1] & 0x07) - 2
-                kg = gross / 10**places if places >= 0 else gross * 10 ** (-places)
-                found.add((float(kg) + 0.0, bool(w[2] & 0x08)))
-    return found
+        out.append(hit[1])
+        i += hit[0]
+    return out
 
 
 def decode(fmt: str, *chunks: bytes) -> tuple[list[WeightFrame], object]:
@@ -382,3 +402,72 @@ def test_a_flipped_bit_is_dropped_or_still_checks(fmt: str, data: st.DataObject)
         assert got == [as_frame(fmt, kg, motion)]
     else:
         assert got == []
+
+
+def weight_frames(fmt: str) -> st.SearchStrategy[list[bytes]]:
+    return st.lists(readings, min_size=2, max_size=8).map(
+        lambda sent: [encode_weight(fmt, kg, m) for kg, m in sent]
+    )
+
+
+def pairs(frames: list[WeightFrame]) -> list[tuple[float, bool | None]]:
+    return [(f.kg, f.motion) for f in frames]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@STREAM_FUZZ
+@given(data=st.data())
+def test_valid_frames_cut_and_spliced_hide_no_other_frame(fmt: str, data: st.DataObject) -> None:
+    """A frame cut off mid-way and the line resuming inside another: nothing invented,
+    every intact frame read unless the splice forms a valid frame overlapping it; the
+    greedy reference says exactly which."""
+    frames = data.draw(weight_frames(fmt))
+    k = data.draw(st.integers(0, len(frames) - 2))
+    cut = data.draw(st.integers(0, len(frames[k])))
+    resume = data.draw(st.integers(0, len(frames[k + 1])))
+    stream = b"".join([*frames[:k], frames[k][:cut] + frames[k + 1][resume:], *frames[k + 2 :]])
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=20))
+    got, codec = decode(fmt, *split(stream, cuts))
+    assert pairs(got) == greedy_reference(fmt, stream)
+    assert codec.buffered < 18
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@STREAM_FUZZ
+@given(data=st.data())
+def test_a_flipped_bit_in_a_stream_costs_at_most_that_frame(fmt: str, data: st.DataObject) -> None:
+    """One bit flipped anywhere in a run of frames: exactly what the reference reads."""
+    frames = data.draw(weight_frames(fmt))
+    stream = bytearray(b"".join(frames))
+    pos = data.draw(st.integers(0, len(stream) - 1))
+    stream[pos] ^= 1 << data.draw(st.integers(0, 7))
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=20))
+    got, _ = decode(fmt, *split(bytes(stream), cuts))
+    expected = greedy_reference(fmt, bytes(stream))
+    assert pairs(got) == expected
+    # At worst the frame hit and the next one (a false STX in the hit frame forming a
+    # valid frame that ends inside the next): frames are of one length, so never more.
+    assert len(expected) >= len(frames) - 2
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@STREAM_FUZZ
+@given(data=st.data())
+def test_decoder_equals_the_greedy_reference_on_any_bytes(fmt: str, data: st.DataObject) -> None:
+    """Noise, real frames and fragments mixed, cut anywhere: exactly the reference."""
+    parts = data.draw(
+        st.lists(
+            st.one_of(
+                st.binary(max_size=20),
+                readings.map(lambda r: encode_weight(fmt, *r)),
+                st.tuples(readings, st.integers(0, 18)).map(
+                    lambda t: encode_weight(fmt, *t[0])[: t[1]]
+                ),
+            ),
+            max_size=12,
+        )
+    )
+    stream = b"".join(parts)
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=20))
+    got, _ = decode(fmt, *split(stream, cuts))
+    assert pairs(got) == greedy_reference(fmt, stream)
