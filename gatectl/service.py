@@ -177,6 +177,7 @@ class LaneService:
             lane.card_reader.format,
             on_card=lambda card: self.queue.put_nowait(CardRead(card)),
             on_health=lambda h, reason: self._device_health("card_reader", h, reason),
+            silence_s=None if lane.card_reader.silence_ms is None else lane.card_reader.silence_ms / 1000,
         )
         self.weighbridge: Weighbridge | None = None
         if lane.weighbridge is not None:
@@ -188,6 +189,7 @@ class LaneService:
                 lane.weighbridge.stable_samples,
                 on_weight=self._on_weight,
                 on_health=lambda h, reason: self._device_health("weighbridge", h, reason),
+                silence_s=None if lane.weighbridge.silence_ms is None else lane.weighbridge.silence_ms / 1000,
             )
 
     # ---------------------------------------------------------- driver facts

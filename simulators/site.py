@@ -328,9 +328,13 @@ class SimLane:
         self.index = index
         self.spec = spec
         self.io = site.io
-        self.reader = CardReaderSimulator(spec.card_format)
+        # Behind symlinks, as udev names adapters: tests can unplug and replug them.
+        (site.workdir / "dev").mkdir(parents=True, exist_ok=True)
+        self.reader = CardReaderSimulator(spec.card_format, link=site.workdir / "dev" / f"{spec.id}-reader")
         self.scale: WeighbridgeSimulator | None = (
-            WeighbridgeSimulator(spec.weigh_format, interval_s=site.weigh_interval_s)
+            WeighbridgeSimulator(
+                spec.weigh_format, interval_s=site.weigh_interval_s, link=site.workdir / "dev" / f"{spec.id}-scale"
+            )
             if spec.weigh_format is not None
             else None
         )
