@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+
+from gatectl.service import cancel_all
 from pymodbus.client import AsyncModbusTcpClient
 
 from drivers.codecs.card import card_codec
@@ -89,11 +91,8 @@ class HandDaemon:
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._task is not None
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
+        # pymodbus's wait_for can swallow one cancellation (Python 3.11): cancel until done.
+        await cancel_all([self._task])
         loop = asyncio.get_running_loop()
         for fd in self._fds:
             loop.remove_reader(fd)
