@@ -19,7 +19,8 @@ from gatectl.service import Site
 SITE_KEY = web.AppKey("site", Site)
 
 
-def make_app(site: Site) -> web.Application:
+def make_app(site: Site, *setups) -> web.Application:
+    """The local API; each of ``setups`` is a ``setup_routes(app)`` adding a module's routes."""
     app = web.Application(middlewares=[require_token])
     app[SITE_KEY] = site
     app.router.add_get("/api/v1/health", health)
@@ -28,6 +29,8 @@ def make_app(site: Site) -> web.Application:
     app.router.add_post("/api/v1/lanes/{lane}/spot-checks", spot_checks)
     app.router.add_post("/api/v1/approvals", approvals)
     app.router.add_post("/api/v1/lanes/{lane}/emergency-accounts", emergency_accounts)
+    for setup in setups:
+        setup(app)
     return app
 
 
@@ -145,8 +148,8 @@ async def emergency_accounts(request: web.Request) -> web.Response:
     return web.json_response(result, status=200 if result["status"] == "accepted" else 422)
 
 
-async def start_api(site: Site) -> web.AppRunner:
-    runner = web.AppRunner(make_app(site), access_log=None)
+async def start_api(site: Site, *setups) -> web.AppRunner:
+    runner = web.AppRunner(make_app(site, *setups), access_log=None)
     await runner.setup()
     api = site.config.local_api
     await web.TCPSite(runner, api.host, api.port).start()

@@ -148,6 +148,13 @@ class Journal:
     def close(self) -> None:
         self._db.close()
 
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The journal's connection, for modules keeping their own tables (records,
+        ledgers, MQTT cursors) in the same file. Same thread only; write in short
+        transactions (``with journal.db:``)."""
+        return self._db
+
     # --------------------------------------------------------------- writing
 
     def write(

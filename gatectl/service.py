@@ -428,6 +428,7 @@ class Site:
         self.lanes: dict[str, LaneService] = {lane.id: LaneService(self, lane) for lane in config.lanes}
         self.io: dict[str, IoModule] = {}
         self._subscribers: list[Callable[[list[dict]], None]] = []
+        self._extra_tasks: list[tuple[Callable[[], Any], str]] = []
         self._io_points: dict[str, list[tuple[LaneService, int, str]]] = {}
         for lane in self.lanes.values():
             for role, point in lane.config.points.items():
@@ -542,6 +543,21 @@ class Site:
                 self.journal.inbox_done(item["id"], self.now(), result)
             await asyncio.sleep(INBOX_POLL_S)
 
+    def record(self, lane_id: str, type_: str, data: dict[str, Any], ts: datetime | None = None) -> dict[str, Any]:
+        """Journal (and publish) one event that is a record, not a lane rule: an alarm
+        acknowledged, an incident account, a fault ticket step, a handover, a ledger
+        written. ``lane_id`` is a configured lane or ``SITE_LANE`` for site-wide records.
+        Raises JournalError if it could not be recorded."""
+        if lane_id != SITE_LANE and lane_id not in self.lanes:
+            raise ValueError(f"unknown lane {lane_id!r}")
+        written = self.journal.write(lane_id, [PendingEvent(type_, ts or self.now(), data)])
+        self.published(written)
+        return written[0]
+
+    def add_task(self, factory: Callable[[], Any], name: str) -> None:
+        """Run ``factory()`` (a coroutine) beside the lanes for as long as the site runs."""
+        self._extra_tasks.append((factory, name))
+
     def outbox_added(self) -> None:
         for sender in self.outbox.values():
             sender.wake()
@@ -584,6 +600,7 @@ class Site:
         tasks = [asyncio.create_task(m.run(), name=f"io:{n}") for n, m in self.io.items()]
         tasks += [asyncio.create_task(s.run(), name=f"outbox:{t}") for t, s in self.outbox.items()]
         tasks.append(asyncio.create_task(self._poll_inbox(), name="inbox"))
+        tasks += [asyncio.create_task(factory(), name=name) for factory, name in self._extra_tasks]
         tasks += [asyncio.create_task(lane.run(), name=f"lane:{lane.id}") for lane in self.lanes.values()]
         if started is not None:
             started()
