@@ -1164,7 +1164,13 @@ class LaneCore:
 
 
 def _auth_json(auth: tuple[str, str] | None) -> dict | None:
-    return None if auth is None else {"kind": auth[0], "id": auth[1]}
+    if auth is None:
+        return None
+    out = {"kind": auth[0], "id": auth[1]}
+    if auth[0] == "approval":
+        # A use "AP-...#n" of an approval: name the approval itself for the ledger.
+        out["approval_id"] = auth[1].rsplit("#", 1)[0]
+    return out
 
 
 __all__ = ["LaneCore", "LaneRules", "LaneState", "TRANSITIONS", "GOODS_KINDS"]

@@ -172,7 +172,7 @@ async def test_panel_approval_lifts_exactly_once_across_a_restart(site) -> None:
     assert daemon.events("B1-IN", "manual_lift.refused")[0]["reason"] == "approval_exhausted"
     closed = daemon.events("B1-IN", "passage.closed")
     assert [c["outcome"] for c in closed] == ["manual"]
-    assert closed[0]["authorisation"] == {"kind": "approval", "id": "AP-20261127-0001#1"}
+    assert closed[0]["authorisation"] == {"kind": "approval", "id": "AP-20261127-0001#1", "approval_id": "AP-20261127-0001"}
     # A repeated POST of the same approval after its use is refused as exhausted.
     status, body = await daemon.post("/api/v1/approvals", doc)
     assert status == 422 and body["reason"] == "exhausted"
