@@ -235,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--workdir", default=None, help="keep the demo's config and journal here")
     p.add_argument("--plain", action="store_true", help="print events as lines instead of the live view")
+    p.add_argument("--faults", action="store_true",
+                   help="break a device now and then (reader unplugged, silent scale, stuck limit, IO module down)")
     p.set_defaults(func=cmd_demo)
     return parser
 

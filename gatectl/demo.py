@@ -113,6 +113,57 @@ def describe(ev: dict) -> str:
     return t
 
 
+FAULTS_ZH = {
+    "reader_unplugged": "读卡器USB断开",
+    "scale_silent": "地磅仪表无数据",
+    "reader_noise": "读卡器线路干扰",
+    "barrier_stuck": "道闸限位开关卡死",
+    "io_down": "IO模块断线",
+}
+
+
+async def inject_faults(sim, rng: random.Random, stop: asyncio.Event, note, period_s: float = 30.0,
+                        hold_s: float = 12.0) -> None:
+    """Break one device at a time, for real, then mend it: the lanes fail closed and recover."""
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), period_s)
+            return
+        except TimeoutError:
+            pass
+        lane = rng.choice(sim.lanes)
+        kinds = ["reader_unplugged", "reader_noise", "barrier_stuck", "io_down"]
+        if lane.scale is not None:
+            kinds.append("scale_silent")
+        kind = rng.choice(kinds)
+        note(f"注入故障 {lane.id}: {FAULTS_ZH[kind]}（{hold_s:.0f} 秒后恢复）")
+        if kind == "reader_unplugged":
+            lane.reader.unplug()
+        elif kind == "scale_silent":
+            lane.scale.silent = True
+        elif kind == "reader_noise":
+            for _ in range(20):
+                lane.reader.garbage(12)
+                lane.reader.present_corrupt("0BADCAFE00")
+        elif kind == "barrier_stuck":
+            lane.barrier.stuck = True
+        elif kind == "io_down":
+            await sim.io.stop()
+        try:
+            await asyncio.wait_for(stop.wait(), hold_s)
+        except TimeoutError:
+            pass
+        if kind == "reader_unplugged":
+            await lane.reader.replug()
+        elif kind == "scale_silent":
+            lane.scale.silent = False
+        elif kind == "barrier_stuck":
+            lane.barrier.stuck = False
+        elif kind == "io_down":
+            await sim.io.start()
+        note(f"已恢复 {lane.id}: {FAULTS_ZH[kind]}")
+
+
 class View:
     def __init__(self, site, sim, api_url: str) -> None:
         self.site = site
@@ -120,6 +171,7 @@ class View:
         self.api_url = api_url
         self.recent: deque[dict] = deque(maxlen=14)
         self.counts: dict[str, int] = {}
+        self.fault_note = ""
         site.subscribe(self.on_events)
 
     def on_events(self, events: list[dict]) -> None:
@@ -160,7 +212,8 @@ class View:
             style = "bold red" if ev["type"] == "alarm.raised" else ("green" if ev["type"] == "barrier.lifted" else "")
             events.add_row(ev["ts"][11:19], ev["lane_id"], str(ev["seq"]), Text(describe(ev), style))
         totals = "  ".join(f"{k}: {v}" for k, v in sorted(self.counts.items())) or "—"
-        footer = Text(f"通行统计 {totals}\nAPI {self.api_url}/api/v1/lanes   Ctrl-C 退出", style="dim")
+        note = f"\n{self.fault_note}" if self.fault_note else ""
+        footer = Text(f"通行统计 {totals}{note}\nAPI {self.api_url}/api/v1/lanes   Ctrl-C 退出", style="dim")
         return Panel(Group(lanes, events, footer), title="gatectl demo — 昆明综合保税区 (simulated site)")
 
 
@@ -198,6 +251,15 @@ async def run_demo(args) -> int:
     deadline = loop.time() + args.duration if args.duration else None
     console = Console()
     view = View(site, sim, api_url)
+    faults = None
+    if args.faults:
+
+        def note(text: str) -> None:
+            view.fault_note = text
+            if args.plain:
+                print(f"--- {text}", flush=True)
+
+        faults = asyncio.create_task(inject_faults(sim, random.Random(rng.random()), traffic_stop, note))
     if args.plain:
         site.subscribe(
             lambda evs: [
@@ -225,7 +287,7 @@ async def run_demo(args) -> int:
     finally:
         traffic_stop.set()
         traffic.cancel()
-        await asyncio.gather(traffic, return_exceptions=True)
+        await asyncio.gather(traffic, *([faults] if faults else []), return_exceptions=True)
         stop.set()
         await asyncio.gather(daemon, return_exceptions=True)
         await runner.cleanup()
