@@ -21,7 +21,6 @@ from drivers.modbus_io import BusRegistry, IoModule, IoModuleError
 from drivers.serial_device import CardReader, Weighbridge
 from gatectl.authorities.base import AuthorityError, PassRequest
 from gatectl.authorities.http_json import HttpJsonAuthority
-from gatectl.outbox import OutboxSender
 from gatectl.config import LaneConfig, SiteConfig
 from gatectl.journal import AuthorisationReplay, Journal, JournalError, OutboxItem, PendingEvent
 from gatectl.lane.commands import (
@@ -34,15 +33,16 @@ from gatectl.lane.commands import (
     RequestRelease,
 )
 from gatectl.lane.core import LaneCore, LaneRules
+from gatectl.outbox import OutboxSender
 from gatectl.lane.events import (
     ApprovalAccepted,
     ApprovalRefused,
     AuthorisationCommitted,
-    EmergencyAccount,
     AuthorisationRefused,
     CardRead,
     DeviceFault,
     DeviceRecovered,
+    EmergencyAccount,
     Event,
     InputsSnapshot,
     ReleaseDecided,
@@ -590,10 +590,9 @@ class Site:
             lane.on_module_inputs(module, mapped, snapshot)
 
     def _module_health(self, module: str, health: Health, reason: str) -> None:
+        # Every lane with any point (input or coil) on the module depends on it.
         for lane in self.lanes.values():
-            if module in lane._modules or any(
-                p.module == module for _, p in lane.config.points.items()
-            ):
+            if any(p.module == module for _, p in lane.config.points.items()):
                 lane._device_health(module, health, reason)
 
     async def run(self, stop: asyncio.Event, started: Callable[[], None] | None = None) -> None:
