@@ -1,0 +1,1483 @@
+"""Records kept beside the lanes: alarms, incidents, fault tickets, duty records and the
+daily equipment ledger (R8, R9, R13, R15, R16).
+
+Every change is a journaled event; the ``rec_*`` tables (in the journal's own SQLite
+file) are a projection of the journal, kept in step by ``Records.on_events`` and caught
+up from the journal after a gap or a restart, with a per-lane cursor persisted with each
+projected record. The tables can always be rebuilt from the events.
+
+Events journaled here (besides the ``event_id, seq, site_id, lane_id, type, ts``
+envelope; ``lane_id`` is the lane the record belongs to, ``_site`` for site-wide ones):
+
+- ``alarm.acknowledged`` {alarm_event_id, alarm, by, note} on the alarm's lane
+- ``incident.opened`` {incident_id, kind, reason, alarm_event_id} (hand-opened: also ``by``);
+  the core journals ``incident.opened`` {incident_id, kind: barrier_fault, reason} itself:
+  it is linked to its ``barrier_fault`` alarm here, never doubled
+- ``incident.updated`` {incident_id, account: {by, what, plate, photos, notified}}
+- ``incident.closed`` {incident_id, by, summary}
+- ``ticket.opened`` {ticket_id, device, lane_id, reason, source: fault|report} (report: also ``by``)
+- ``ticket.advanced`` {ticket_id, from, to, by, note, ...}: ``notified`` adds
+  ``parties`` [customs|park|om] and ``at``; ``fixed`` adds ``cause``, ``solution``,
+  ``category`` (hardware|software|other)
+- ``shift.handover`` {outgoing, incoming, notes, open_alarms, open_incidents, open_tickets} on ``_site``
+- ``shift.check`` {phase: start|end, guard, remarks, devices: {"lane/device": health}} on ``_site``
+- ``video.note`` {guard, note} on ``_site``
+- ``equipment.daily`` {date, lane_id, device, availability, faults, faulty_s,
+  frames_dropped, checks} on the device's lane
+
+The command-line tools (``gatectl.records_cli``) never append events: the daemon keeps
+each lane's ``seq`` in memory. They leave orders in ``rec_inbox``; ``Records.run`` takes
+them every second and journals them as the API would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time as _time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import date, datetime, time, timedelta
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from aiohttp import web
+
+from gatectl.journal import JournalError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gatectl.config import LaneConfig, SiteConfig
+    from gatectl.service import Site
+
+log = structlog.get_logger("gatectl.records")
+
+SITE_LANE = "_site"  # gatectl.service.SITE_LANE, without importing the service here
+ENVELOPE = ("event_id", "seq", "site_id", "lane_id", "type", "ts")
+
+#: How often ``run`` looks at the inbox, the clock and the devices.
+POLL_S = 1.0
+#: How often frame-drop counters are sampled into the day's total.
+SAMPLE_S = 30.0
+#: A fault open when the daemon stopped is closed at the restart unless the device is
+#: still faulty once the lane has looked (at the latest after this long).
+RESTART_GRACE_S = 60.0
+#: Days the equipment ledger catches up at most per pass (the rest on the next passes),
+#: so a long catch-up never holds the event loop for long.
+LEDGER_DAYS_PER_PASS = 3
+#: How far back a first run writes equipment ledger days.
+LEDGER_MAX_BACKFILL_DAYS = 366
+
+ALARM_ZH = {
+    "forced_passage": "闯卡",
+    "tailgating": "跟车",
+    "barrier_fault": "道闸故障",
+    "instruction_replay": "指令重复",
+    "emergency_release": "紧急放行",
+    "device_fault": "设备故障",
+    "authority_unreachable": "海关系统无应答",
+    "journal_fault": "日志故障",
+}
+#: Alarms that open an incident record (R8, R9). barrier_fault: the core opens it.
+INCIDENT_ALARMS = ("forced_passage", "tailgating", "barrier_fault")
+INCIDENT_KINDS = {
+    "forced_passage": "闯卡",
+    "tailgating": "跟车",
+    "barrier_fault": "道闸故障",
+    "damage": "设施损坏/刮蹭/撞毁",
+    "other": "其他",
+}
+
+TICKET_STATES = ("reported", "notified", "diagnosing", "fixed", "closed")
+TICKET_STATE_ZH = {
+    "reported": "已上报",
+    "notified": "已通报",
+    "diagnosing": "排查中",
+    "fixed": "已修复",
+    "closed": "已关闭",
+}
+#: The 故障处理单 flow (regulation section 4): the only moves a ticket can make.
+#: fixed -> diagnosing: the fix did not hold; the time to fix then runs to the next fix.
+TICKET_TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "reported": ("notified",),
+    "notified": ("diagnosing",),
+    "diagnosing": ("fixed",),
+    "fixed": ("closed", "diagnosing"),
+    "closed": (),
+}
+PARTIES = {"customs": "海关", "park": "园区管理方", "om": "运维单位"}
+CATEGORIES = {"hardware": "硬件故障", "software": "软件故障", "other": "其他原因"}
+#: Holds a guard may put down to a device or the network (anything else is the
+#: declared data or the lane's rules, R16, and opens no ticket).
+FAULT_HOLDS = ("device_fault", "journal_error", "lift_interrupted", "no_stable_weight", "no_authority")
+HEALTH_ZH = {"ok": "正常", "degraded": "异常", "faulty": "故障", "unknown": "未知"}
+
+RECORD_TYPES = frozenset({
+    "alarm.raised", "alarm.acknowledged",
+    "incident.opened", "incident.updated", "incident.closed",
+    "fault.opened", "fault.closed",
+    "ticket.opened", "ticket.advanced",
+    "shift.handover", "shift.check", "video.note",
+    "equipment.daily",
+})
+DUTY_TYPES = ("shift.handover", "shift.check", "video.note")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS rec_cursor (lane_id TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS rec_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rec_alarms (
+    event_id        TEXT PRIMARY KEY,
+    lane_id         TEXT NOT NULL,
+    seq             INTEGER NOT NULL,
+    alarm           TEXT NOT NULL,
+    ts              TEXT NOT NULL,
+    details         TEXT NOT NULL,
+    acknowledged_at TEXT,
+    acknowledged_by TEXT,
+    ack_note        TEXT
+);
+CREATE INDEX IF NOT EXISTS rec_alarms_open ON rec_alarms (acknowledged_at, ts);
+CREATE INDEX IF NOT EXISTS rec_alarms_kind ON rec_alarms (alarm, lane_id, seq);
+CREATE TABLE IF NOT EXISTS rec_incidents (
+    incident_id    TEXT PRIMARY KEY,
+    lane_id        TEXT NOT NULL,
+    kind           TEXT NOT NULL,
+    reason         TEXT,
+    alarm_event_id TEXT,
+    source         TEXT NOT NULL,          -- core | alarm | guard
+    opened_at      TEXT NOT NULL,
+    opened_by      TEXT,
+    accounts       TEXT NOT NULL DEFAULT '[]',
+    closed_at      TEXT,
+    closed_by      TEXT,
+    summary        TEXT
+);
+CREATE INDEX IF NOT EXISTS rec_incidents_alarm ON rec_incidents (alarm_event_id);
+CREATE TABLE IF NOT EXISTS rec_tickets (
+    ticket_id    TEXT PRIMARY KEY,
+    lane_id      TEXT NOT NULL,
+    device       TEXT NOT NULL,
+    device_key   TEXT NOT NULL,
+    reason       TEXT,
+    source       TEXT NOT NULL,            -- fault | report
+    reported_by  TEXT,
+    state        TEXT NOT NULL,
+    opened_at    TEXT NOT NULL,
+    opened_epoch REAL NOT NULL,
+    notified     TEXT,
+    cause        TEXT,
+    solution     TEXT,
+    category     TEXT,
+    fixed_at     TEXT,
+    fixed_epoch  REAL,
+    closed_at    TEXT,
+    history      TEXT NOT NULL DEFAULT '[]'
+);
+CREATE INDEX IF NOT EXISTS rec_tickets_device ON rec_tickets (device_key, state);
+CREATE TABLE IF NOT EXISTS rec_fault_spans (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    lane_id         TEXT NOT NULL,
+    device          TEXT NOT NULL,
+    device_key      TEXT NOT NULL,
+    reason          TEXT,
+    opened_event_id TEXT NOT NULL UNIQUE,
+    opened_epoch    REAL NOT NULL,
+    closed_epoch    REAL,
+    closed_how      TEXT,                  -- fault.closed | restart
+    ticket_id       TEXT
+);
+CREATE INDEX IF NOT EXISTS rec_spans_device ON rec_fault_spans (lane_id, device, opened_epoch);
+CREATE INDEX IF NOT EXISTS rec_spans_ticket ON rec_fault_spans (ticket_id);
+CREATE TABLE IF NOT EXISTS rec_duty (
+    event_id TEXT PRIMARY KEY,
+    type     TEXT NOT NULL,
+    seq      INTEGER NOT NULL,
+    ts       TEXT NOT NULL,
+    epoch    REAL NOT NULL,
+    body     TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rec_duty_type ON rec_duty (type, epoch);
+CREATE TABLE IF NOT EXISTS rec_equipment (
+    date           TEXT NOT NULL,
+    lane_id        TEXT NOT NULL,
+    device         TEXT NOT NULL,
+    availability   REAL NOT NULL,
+    faults         INTEGER NOT NULL,
+    faulty_s       REAL NOT NULL,
+    frames_dropped INTEGER NOT NULL,
+    checks         INTEGER NOT NULL,
+    event_id       TEXT NOT NULL,
+    PRIMARY KEY (date, lane_id, device)
+);
+-- Frames dropped per device and day, sampled from the running daemon's driver counters.
+CREATE TABLE IF NOT EXISTS rec_dropped (
+    date    TEXT NOT NULL,
+    lane_id TEXT NOT NULL,
+    device  TEXT NOT NULL,
+    dropped INTEGER NOT NULL,
+    PRIMARY KEY (date, lane_id, device)
+);
+-- Orders the CLI leaves for the running daemon.
+CREATE TABLE IF NOT EXISTS rec_inbox (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind         TEXT NOT NULL,
+    payload      TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    processed_at TEXT,
+    result       TEXT
+);
+"""
+
+
+class RecordError(Exception):
+    """An order refused: nothing was journaled. ``status`` is the HTTP status to answer."""
+
+    def __init__(self, status: int, code: str, message: str, message_zh: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.message_zh = message_zh
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": "refused", "code": self.code, "message": self.message, "message_zh": self.message_zh,
+                "http_status": self.status}
+
+
+def _epoch(ts: str) -> float:
+    return datetime.fromisoformat(ts).timestamp()
+
+
+def _details(ev: dict[str, Any], *drop: str) -> dict[str, Any]:
+    return {k: v for k, v in ev.items() if k not in ENVELOPE and k not in drop}
+
+
+def _text(payload: dict[str, Any], key: str, *, required: bool = True, max_len: int = 4000,
+          label_zh: str = "") -> str | None:
+    value = payload.get(key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise RecordError(422, "missing", f"{key!r} is required", f"缺少{label_zh or key}")
+        return None
+    if not isinstance(value, str):
+        raise RecordError(422, "malformed", f"{key!r} must be text", f"{label_zh or key}必须是文本")
+    value = value.strip()
+    if len(value) > max_len:
+        raise RecordError(422, "malformed", f"{key!r} is longer than {max_len} characters", f"{label_zh or key}过长")
+    return value
+
+
+def _texts(payload: dict[str, Any], key: str, label_zh: str = "") -> list[str]:
+    value = payload.get(key)
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [v for v in (s.strip() for s in value.split(",")) if v]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise RecordError(422, "malformed", f"{key!r} must be a list of texts", f"{label_zh or key}必须是文本列表")
+    return [v.strip() for v in value]
+
+
+def lane_devices(lane: "LaneConfig") -> list[str]:
+    """The devices of a configured lane as its snapshot and fault events name them."""
+    devices = ["card_reader"]
+    if lane.weighbridge is not None:
+        devices.append("weighbridge")
+    devices += sorted({p.module for _, p in lane.points.items()})
+    devices.append("barrier")
+    return devices
+
+
+def day_bounds(day: date, tz) -> tuple[datetime, datetime]:
+    """Midnight to midnight of ``day`` in the site's time zone."""
+    start = datetime.combine(day, time(0), tzinfo=tz)
+    return start, datetime.combine(day + timedelta(days=1), time(0), tzinfo=tz)
+
+
+class RecordStore:
+    """The record tables on one SQLite connection: schema, projection, queries, and the
+    checks every order passes before it is journaled (shared by the daemon and the CLI)."""
+
+    def __init__(self, db: sqlite3.Connection, config: "SiteConfig") -> None:
+        self.db = db
+        self.config = config
+        self.tz = config.site.tz
+        self.cursor: dict[str, int] = {}
+        self._ready = False
+        self._shared = set(config.io_modules) | {"journal"}
+
+    # ------------------------------------------------------------------ plumbing
+
+    def ensure_schema(self) -> None:
+        if self._ready:
+            return
+        self.db.executescript(SCHEMA)
+        self.cursor = dict(self.db.execute("SELECT lane_id, seq FROM rec_cursor").fetchall())
+        self._ready = True
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def rows(self, sql: str, args: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        cur = self.db.execute(sql, tuple(args))
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+    def device_key(self, lane_id: str | None, device: str) -> str:
+        """One physical device: IO modules and the journal are shared by the lanes."""
+        if device in self._shared or not lane_id or lane_id == SITE_LANE:
+            return device
+        return f"{lane_id}/{device}"
+
+    def meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM rec_meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO rec_meta (key, value) VALUES (?, ?)", (key, value))
+
+    # ---------------------------------------------------------------- projection
+
+    def ingest(self, events: Iterable[dict[str, Any]]) -> bool:
+        """Project journaled events (idempotent: those at or below the lane's cursor are
+        skipped; a gap is filled from the journal). True if a record table changed."""
+        changed = False
+        batch: list[dict[str, Any]] = []
+        try:
+            for ev in events:
+                lane, seq = ev.get("lane_id"), ev.get("seq")
+                if not isinstance(lane, str) or not isinstance(seq, int):
+                    continue
+                cur = self.cursor.get(lane, 0)
+                if seq <= cur:
+                    continue
+                if seq > cur + 1:
+                    changed |= self._commit(batch)
+                    batch = []
+                    changed |= self.catch_up(lane)
+                    continue
+                self.cursor[lane] = seq
+                if ev.get("type") in RECORD_TYPES:
+                    batch.append(ev)
+            changed |= self._commit(batch)
+        except sqlite3.Error:
+            # Forget what we believed projected; the next event of each lane finds the gap.
+            self.cursor = dict(self.db.execute("SELECT lane_id, seq FROM rec_cursor").fetchall())
+            raise
+        return changed
+
+    def _commit(self, batch: list[dict[str, Any]]) -> bool:
+        if not batch:
+            return False
+        with self.tx() as db:
+            for ev in batch:
+                self._project_one(ev)
+            for lane in {ev["lane_id"] for ev in batch}:
+                db.execute("INSERT OR REPLACE INTO rec_cursor (lane_id, seq) VALUES (?, ?)", (lane, self.cursor[lane]))
+        return True
+
+    def catch_up(self, lane: str | None = None) -> bool:
+        """Project what the journal holds beyond the cursor (one lane, or every lane)."""
+        if lane is None:
+            lanes = [r[0] for r in self.db.execute("SELECT DISTINCT lane_id FROM events").fetchall()]
+            changed = False
+            for one in lanes:
+                changed |= self.catch_up(one)
+            return changed
+        cur = self.cursor.get(lane, 0)
+        top = self.db.execute("SELECT MAX(seq) FROM events WHERE lane_id = ?", (lane,)).fetchone()[0]
+        if top is None or top <= cur:
+            return False
+        marks = ",".join("?" * len(RECORD_TYPES))
+        bodies = self.db.execute(
+            f"SELECT body FROM events WHERE lane_id = ? AND seq > ? AND seq <= ? AND type IN ({marks}) ORDER BY seq",
+            (lane, cur, top, *sorted(RECORD_TYPES)),
+        ).fetchall()
+        with self.tx() as db:
+            for (body,) in bodies:
+                self._project_one(json.loads(body))
+            db.execute("INSERT OR REPLACE INTO rec_cursor (lane_id, seq) VALUES (?, ?)", (lane, top))
+        self.cursor[lane] = top
+        if bodies:
+            log.info("records caught up from the journal", lane=lane, records=len(bodies), seq=top)
+        return bool(bodies)
+
+    def save_cursors(self) -> None:
+        """Persist how far every lane was read (events that changed no record included)."""
+        with self.tx() as db:
+            db.executemany("INSERT OR REPLACE INTO rec_cursor (lane_id, seq) VALUES (?, ?)", list(self.cursor.items()))
+
+    def _project_one(self, ev: dict[str, Any]) -> None:
+        try:
+            self._project(ev)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            # A malformed record must not stall the projection of everything after it.
+            log.error("record event not projected", event_id=ev.get("event_id"), type=ev.get("type"), error=repr(exc))
+
+    def _project(self, ev: dict[str, Any]) -> None:
+        t = ev["type"]
+        db = self.db
+        lane, ts = ev["lane_id"], ev["ts"]
+        if t == "alarm.raised":
+            db.execute(
+                "INSERT OR IGNORE INTO rec_alarms (event_id, lane_id, seq, alarm, ts, details) VALUES (?, ?, ?, ?, ?, ?)",
+                (ev["event_id"], lane, ev["seq"], str(ev.get("alarm")), ts,
+                 json.dumps(_details(ev, "alarm"), ensure_ascii=False)),
+            )
+        elif t == "alarm.acknowledged":
+            db.execute(
+                "UPDATE rec_alarms SET acknowledged_at = ?, acknowledged_by = ?, ack_note = ?"
+                " WHERE event_id = ? AND acknowledged_at IS NULL",
+                (ts, ev.get("by"), ev.get("note"), ev.get("alarm_event_id")),
+            )
+        elif t == "incident.opened":
+            self._project_incident(ev)
+        elif t == "incident.updated":
+            row = db.execute("SELECT accounts FROM rec_incidents WHERE incident_id = ?", (ev.get("incident_id"),)).fetchone()
+            if row is not None and ev["event_id"] not in row[0]:
+                accounts = json.loads(row[0])
+                accounts.append({"ts": ts, "event_id": ev["event_id"], **(ev.get("account") or {})})
+                db.execute("UPDATE rec_incidents SET accounts = ? WHERE incident_id = ?",
+                           (json.dumps(accounts, ensure_ascii=False), ev["incident_id"]))
+        elif t == "incident.closed":
+            db.execute(
+                "UPDATE rec_incidents SET closed_at = ?, closed_by = ?, summary = ? WHERE incident_id = ? AND closed_at IS NULL",
+                (ts, ev.get("by"), ev.get("summary"), ev.get("incident_id")),
+            )
+        elif t == "fault.opened":
+            device = str(ev.get("device"))
+            still = db.execute(
+                "SELECT id FROM rec_fault_spans WHERE lane_id = ? AND device = ? AND closed_epoch IS NULL", (lane, device)
+            ).fetchone()
+            if still is None:  # a fault re-reported after a restart continues its span
+                key = self.device_key(lane, device)
+                db.execute(
+                    "INSERT OR IGNORE INTO rec_fault_spans (lane_id, device, device_key, reason, opened_event_id,"
+                    " opened_epoch, ticket_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (lane, device, key, ev.get("reason"), ev["event_id"], _epoch(ts), self._open_ticket_for(key)),
+                )
+        elif t == "fault.closed":
+            db.execute(
+                "UPDATE rec_fault_spans SET closed_epoch = ?, closed_how = 'fault.closed'"
+                " WHERE lane_id = ? AND device = ? AND closed_epoch IS NULL",
+                (_epoch(ts), lane, str(ev.get("device"))),
+            )
+        elif t == "ticket.opened":
+            tid = ev.get("ticket_id")
+            ticket_lane = lane
+            key = self.device_key(ticket_lane, str(ev.get("device")))
+            history = [{"to": "reported", "ts": ts, "by": ev.get("by"), "event_id": ev["event_id"]}]
+            db.execute(
+                "INSERT OR IGNORE INTO rec_tickets (ticket_id, lane_id, device, device_key, reason, source, reported_by,"
+                " state, opened_at, opened_epoch, history) VALUES (?, ?, ?, ?, ?, ?, ?, 'reported', ?, ?, ?)",
+                (tid, ticket_lane, str(ev.get("device")), key, ev.get("reason"), ev.get("source") or "fault",
+                 ev.get("by"), ts, _epoch(ts), json.dumps(history, ensure_ascii=False)),
+            )
+            db.execute("UPDATE rec_fault_spans SET ticket_id = ? WHERE device_key = ? AND ticket_id IS NULL", (tid, key))
+        elif t == "ticket.advanced":
+            self._project_advance(ev)
+        elif t in DUTY_TYPES:
+            db.execute(
+                "INSERT OR IGNORE INTO rec_duty (event_id, type, seq, ts, epoch, body) VALUES (?, ?, ?, ?, ?, ?)",
+                (ev["event_id"], t, ev["seq"], ts, _epoch(ts), json.dumps(ev, ensure_ascii=False)),
+            )
+        elif t == "equipment.daily":
+            db.execute(
+                "INSERT OR REPLACE INTO rec_equipment (date, lane_id, device, availability, faults, faulty_s,"
+                " frames_dropped, checks, event_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (ev["date"], lane, ev["device"], ev["availability"], ev["faults"], ev["faulty_s"],
+                 ev["frames_dropped"], ev["checks"], ev["event_id"]),
+            )
+            through = self.meta("ledger_through")
+            if through is None or ev["date"] > through:
+                self.set_meta("ledger_through", ev["date"])
+
+    def _project_incident(self, ev: dict[str, Any]) -> None:
+        lane = ev["lane_id"]
+        if "alarm_event_id" in ev:
+            alarm_id, source = ev["alarm_event_id"], ("alarm" if ev["alarm_event_id"] else "guard")
+        else:
+            # The core's own incident for a barrier fault: link it to the alarm just before it.
+            source, alarm_id = "core", None
+            if ev.get("kind") == "barrier_fault":
+                row = self.db.execute(
+                    "SELECT a.event_id FROM rec_alarms a WHERE a.lane_id = ? AND a.alarm = 'barrier_fault' AND a.seq < ?"
+                    " AND NOT EXISTS (SELECT 1 FROM rec_incidents i WHERE i.alarm_event_id = a.event_id)"
+                    " ORDER BY a.seq DESC LIMIT 1",
+                    (lane, ev["seq"]),
+                ).fetchone()
+                alarm_id = row[0] if row else None
+        self.db.execute(
+            "INSERT OR IGNORE INTO rec_incidents (incident_id, lane_id, kind, reason, alarm_event_id, source, opened_at,"
+            " opened_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (ev.get("incident_id"), lane, str(ev.get("kind")), ev.get("reason"), alarm_id, source, ev["ts"], ev.get("by")),
+        )
+
+    def _project_advance(self, ev: dict[str, Any]) -> None:
+        tid = ev.get("ticket_id")
+        row = self.db.execute("SELECT state, history FROM rec_tickets WHERE ticket_id = ?", (tid,)).fetchone()
+        if row is None or row[0] != ev.get("from"):
+            log.warning("ticket step does not follow its ticket; not projected", ticket_id=tid, event_id=ev["event_id"])
+            return
+        to, ts = ev.get("to"), ev["ts"]
+        history = json.loads(row[1])
+        history.append({"ts": ts, "event_id": ev["event_id"], **_details(ev, "ticket_id")})
+        sets: dict[str, Any] = {"state": to, "history": json.dumps(history, ensure_ascii=False)}
+        if to == "notified":
+            sets["notified"] = json.dumps({p: ev.get("at") or ts for p in ev.get("parties") or []}, ensure_ascii=False)
+        elif to == "fixed":
+            sets.update(cause=ev.get("cause"), solution=ev.get("solution"), category=ev.get("category"),
+                        fixed_at=ts, fixed_epoch=_epoch(ts))
+        elif to == "diagnosing" and row[0] == "fixed":
+            sets.update(fixed_at=None, fixed_epoch=None)
+        elif to == "closed":
+            sets["closed_at"] = ts
+        cols = ", ".join(f"{k} = ?" for k in sets)
+        self.db.execute(f"UPDATE rec_tickets SET {cols} WHERE ticket_id = ?", (*sets.values(), tid))
+
+    def _open_ticket_for(self, device_key: str) -> str | None:
+        row = self.db.execute(
+            "SELECT ticket_id FROM rec_tickets WHERE device_key = ? AND state != 'closed' ORDER BY opened_epoch LIMIT 1",
+            (device_key,),
+        ).fetchone()
+        return row[0] if row else None
+
+    # ------------------------------------------------------- what is still to do
+
+    def alarms_needing_incident(self) -> list[dict[str, Any]]:
+        """Incident alarms (R8, R9) with no incident yet. A barrier_fault waits for the
+        core's own incident, which follows its alarm at once; only if the lane went on
+        without one is it opened here."""
+        out = []
+        for a in self.rows(
+            "SELECT a.event_id, a.lane_id, a.seq, a.alarm, a.details FROM rec_alarms a"
+            " WHERE a.alarm IN ('forced_passage', 'tailgating', 'barrier_fault')"
+            " AND NOT EXISTS (SELECT 1 FROM rec_incidents i WHERE i.alarm_event_id = a.event_id) ORDER BY a.ts"
+        ):
+            if a["alarm"] == "barrier_fault" and self.cursor.get(a["lane_id"], 0) <= a["seq"]:
+                continue
+            out.append(a)
+        return out
+
+    def spans_needing_ticket(self) -> list[dict[str, Any]]:
+        """The first fault of every device that has faults but no ticket open for them."""
+        seen: dict[str, dict[str, Any]] = {}
+        for s in self.rows("SELECT * FROM rec_fault_spans WHERE ticket_id IS NULL ORDER BY opened_epoch, id"):
+            seen.setdefault(s["device_key"], s)
+        return list(seen.values())
+
+    def attach_spans(self, device_key: str, ticket_id: str) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE rec_fault_spans SET ticket_id = ? WHERE device_key = ? AND ticket_id IS NULL",
+                       (ticket_id, device_key))
+
+    # -------------------------------------------------------------- queries
+
+    def alarm(self, event_id: str) -> dict[str, Any] | None:
+        rows = self.rows("SELECT * FROM rec_alarms WHERE event_id = ?", (event_id,))
+        return self._alarm_view(rows[0]) if rows else None
+
+    def alarms(self, open_only: bool = False, lane: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        sql, args = "SELECT * FROM rec_alarms", []
+        where = []
+        if open_only:
+            where.append("acknowledged_at IS NULL")
+        if lane:
+            where.append("lane_id = ?")
+            args.append(lane)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY ts DESC, seq DESC LIMIT ?"
+        args.append(limit)
+        return [self._alarm_view(r) for r in self.rows(sql, args)]
+
+    def _alarm_view(self, r: dict[str, Any]) -> dict[str, Any]:
+        r = dict(r)
+        r["details"] = json.loads(r["details"])
+        r["alarm_zh"] = ALARM_ZH.get(r["alarm"], r["alarm"])
+        r["open"] = r["acknowledged_at"] is None
+        inc = self.db.execute("SELECT incident_id FROM rec_incidents WHERE alarm_event_id = ?", (r["event_id"],)).fetchone()
+        r["incident_id"] = inc[0] if inc else None
+        return r
+
+    def incident(self, incident_id: str) -> dict[str, Any] | None:
+        rows = self.rows("SELECT * FROM rec_incidents WHERE incident_id = ?", (incident_id,))
+        return self._incident_view(rows[0]) if rows else None
+
+    def incidents(self, open_only: bool = False, limit: int = 200) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM rec_incidents" + (" WHERE closed_at IS NULL" if open_only else "")
+        return [self._incident_view(r) for r in self.rows(sql + " ORDER BY opened_at DESC, incident_id DESC LIMIT ?", (limit,))]
+
+    @staticmethod
+    def _incident_view(r: dict[str, Any]) -> dict[str, Any]:
+        r = dict(r)
+        r["accounts"] = json.loads(r["accounts"])
+        r["kind_zh"] = INCIDENT_KINDS.get(r["kind"], r["kind"])
+        r["open"] = r["closed_at"] is None
+        return r
+
+    def ticket(self, ticket_id: str) -> dict[str, Any] | None:
+        rows = self.rows("SELECT * FROM rec_tickets WHERE ticket_id = ?", (ticket_id,))
+        return self._ticket_view(rows[0]) if rows else None
+
+    def tickets(self, open_only: bool = False, device: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        sql, args, where = "SELECT * FROM rec_tickets", [], []
+        if open_only:
+            where.append("state != 'closed'")
+        if device:
+            where.append("(device_key = ? OR device = ?)")
+            args += [device, device]
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY opened_epoch DESC, ticket_id DESC LIMIT ?"
+        args.append(limit)
+        return [self._ticket_view(r) for r in self.rows(sql, args)]
+
+    def _ticket_view(self, r: dict[str, Any]) -> dict[str, Any]:
+        r = dict(r)
+        r["history"] = json.loads(r["history"])
+        r["notified"] = json.loads(r["notified"]) if r["notified"] else None
+        r["state_zh"] = TICKET_STATE_ZH.get(r["state"], r["state"])
+        r["next"] = list(TICKET_TRANSITIONS.get(r["state"], ()))
+        r["time_to_fix_s"] = None if r["fixed_epoch"] is None else round(r["fixed_epoch"] - r["opened_epoch"], 3)
+        r["faults"] = self.db.execute("SELECT COUNT(*) FROM rec_fault_spans WHERE ticket_id = ?", (r["ticket_id"],)).fetchone()[0]
+        return r
+
+    def open_items(self) -> dict[str, list[str]]:
+        """What a handover carries over: unacknowledged alarms, open incidents and tickets."""
+        return {
+            "open_alarms": [r[0] for r in self.db.execute(
+                "SELECT event_id FROM rec_alarms WHERE acknowledged_at IS NULL ORDER BY ts, seq")],
+            "open_incidents": [r[0] for r in self.db.execute(
+                "SELECT incident_id FROM rec_incidents WHERE closed_at IS NULL ORDER BY opened_at")],
+            "open_tickets": [r[0] for r in self.db.execute(
+                "SELECT ticket_id FROM rec_tickets WHERE state != 'closed' ORDER BY opened_epoch")],
+        }
+
+    def duty(self, types: Iterable[str] = DUTY_TYPES, limit: int = 100) -> list[dict[str, Any]]:
+        types = list(types)
+        marks = ",".join("?" * len(types))
+        return [json.loads(r[0]) for r in self.db.execute(
+            f"SELECT body FROM rec_duty WHERE type IN ({marks}) ORDER BY epoch DESC, seq DESC LIMIT ?", (*types, limit))]
+
+    def resolve(self, what: str, ident: str) -> str:
+        """An alarm event id or incident id from a unique prefix (at least 6 characters)."""
+        table, col = {"alarm": ("rec_alarms", "event_id"), "incident": ("rec_incidents", "incident_id"),
+                      "ticket": ("rec_tickets", "ticket_id")}[what]
+        if self.db.execute(f"SELECT 1 FROM {table} WHERE {col} = ?", (ident,)).fetchone():
+            return ident
+        if len(ident) >= 6:
+            like = ident.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            found = [r[0] for r in self.db.execute(f"SELECT {col} FROM {table} WHERE {col} LIKE ? ESCAPE '\\' LIMIT 2",
+                                                   (like,))]
+            if len(found) == 1:
+                return found[0]
+        return ident
+
+    # ------------------------------------------------------------- figures (R15)
+
+    def figures(self, start: date, end: date) -> dict[str, Any]:
+        """Ticket figures per device for the yearly O&M review: tickets opened from
+        ``start`` to ``end`` (site days, inclusive), how many were fixed, mean and max
+        time to fix (opened -> fixed, seconds), by category; and tickets open now."""
+        s, _ = day_bounds(start, self.tz)
+        _, e = day_bounds(end, self.tz)
+        per: dict[str, dict[str, Any]] = {}
+
+        def row(key: str, device: str, lane: str) -> dict[str, Any]:
+            return per.setdefault(key, {"device": key, "device_name": device, "lane_id": lane, "tickets": 0,
+                                        "fixed": 0, "mean_fix_s": None, "max_fix_s": None, "open_now": 0,
+                                        "categories": {c: 0 for c in CATEGORIES}, "_fix": []})
+
+        for t in self.rows("SELECT * FROM rec_tickets WHERE opened_epoch >= ? AND opened_epoch < ?",
+                           (s.timestamp(), e.timestamp())):
+            r = row(t["device_key"], t["device"], t["lane_id"])
+            r["tickets"] += 1
+            if t["fixed_epoch"] is not None:
+                r["_fix"].append(t["fixed_epoch"] - t["opened_epoch"])
+                if t["category"] in r["categories"]:
+                    r["categories"][t["category"]] += 1
+        for t in self.rows("SELECT device_key, device, lane_id FROM rec_tickets WHERE state != 'closed'"):
+            row(t["device_key"], t["device"], t["lane_id"])["open_now"] += 1
+        all_fix: list[float] = []
+        for r in per.values():
+            fix = r.pop("_fix")
+            all_fix += fix
+            r["fixed"] = len(fix)
+            if fix:
+                r["mean_fix_s"] = round(sum(fix) / len(fix), 3)
+                r["max_fix_s"] = round(max(fix), 3)
+        devices = sorted(per.values(), key=lambda r: r["device"])
+        total = {
+            "tickets": sum(r["tickets"] for r in devices),
+            "fixed": len(all_fix),
+            "mean_fix_s": round(sum(all_fix) / len(all_fix), 3) if all_fix else None,
+            "max_fix_s": round(max(all_fix), 3) if all_fix else None,
+            "open_now": sum(r["open_now"] for r in devices),
+        }
+        return {"from": start.isoformat(), "to": end.isoformat(), "devices": devices, "total": total}
+
+    # ---------------------------------------------------- daily equipment ledger
+
+    def equipment(self, day: date) -> list[dict[str, Any]]:
+        return self.rows("SELECT * FROM rec_equipment WHERE date = ? ORDER BY lane_id, device", (day.isoformat(),))
+
+    def compute_equipment(self, day: date, now: datetime | None = None) -> list[dict[str, Any]]:
+        """One row per device of every lane for ``day`` (site time): availability (share
+        of the day not faulty), faults opened that day, seconds faulty, frames dropped, and
+        shift checks done that day. A day not over yet counts up to ``now``."""
+        start, end = day_bounds(day, self.tz)
+        s, e = start.timestamp(), end.timestamp()
+        stop = min(e, now.timestamp()) if now is not None else e
+        length = max(stop - s, 0.0)
+        checks = self.db.execute(
+            "SELECT COUNT(*) FROM rec_duty WHERE type = 'shift.check' AND epoch >= ? AND epoch < ?", (s, e)
+        ).fetchone()[0]
+        devices: dict[tuple[str, str], None] = {}
+        for lane in self.config.lanes:
+            for dev in lane_devices(lane):
+                devices[(lane.id, dev)] = None
+        for lane_id, dev in self.db.execute(
+            "SELECT DISTINCT lane_id, device FROM rec_fault_spans WHERE opened_epoch < ? AND"
+            " (closed_epoch IS NULL OR closed_epoch > ?)", (e, s)
+        ):
+            devices[(lane_id, dev)] = None
+        for lane_id, dev in self.db.execute("SELECT lane_id, device FROM rec_dropped WHERE date = ?", (day.isoformat(),)):
+            devices[(lane_id, dev)] = None
+        out = []
+        for lane_id, dev in sorted(devices):
+            spans = self.db.execute(
+                "SELECT opened_epoch, closed_epoch FROM rec_fault_spans WHERE lane_id = ? AND device = ?"
+                " AND opened_epoch < ? AND (closed_epoch IS NULL OR closed_epoch > ?) ORDER BY opened_epoch",
+                (lane_id, dev, e, s),
+            ).fetchall()
+            faults = sum(1 for o, _ in spans if s <= o < e)
+            faulty, reach = 0.0, s
+            for o, c in spans:  # merged, clipped to [s, stop)
+                lo, hi = max(o, reach, s), min(c if c is not None else stop, stop)
+                if hi > lo:
+                    faulty += hi - lo
+                    reach = hi
+            dropped = self.db.execute(
+                "SELECT dropped FROM rec_dropped WHERE date = ? AND lane_id = ? AND device = ?",
+                (day.isoformat(), lane_id, dev),
+            ).fetchone()
+            out.append({
+                "date": day.isoformat(), "lane_id": lane_id, "device": dev,
+                "availability": round(1.0 - faulty / length, 6) if length > 0 else 1.0,
+                "faults": faults, "faulty_s": round(faulty, 3),
+                "frames_dropped": dropped[0] if dropped else 0, "checks": checks,
+            })
+        return out
+
+    def add_dropped(self, day: date, deltas: dict[tuple[str, str], int]) -> None:
+        if not deltas:
+            return
+        with self.tx() as db:
+            for (lane_id, dev), n in deltas.items():
+                db.execute(
+                    "INSERT INTO rec_dropped (date, lane_id, device, dropped) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (date, lane_id, device) DO UPDATE SET dropped = dropped + excluded.dropped",
+                    (day.isoformat(), lane_id, dev, n),
+                )
+
+    def first_event_day(self) -> date | None:
+        row = self.db.execute("SELECT MIN(ts) FROM events").fetchone()
+        return datetime.fromisoformat(row[0]).astimezone(self.tz).date() if row and row[0] else None
+
+    # ------------------------------------------------------------------ inbox
+
+    def inbox_put(self, kind: str, payload: dict[str, Any], at: datetime) -> int:
+        cur = self.db.execute("INSERT INTO rec_inbox (kind, payload, created_at) VALUES (?, ?, ?)",
+                              (kind, json.dumps(payload, ensure_ascii=False), at.isoformat()))
+        return int(cur.lastrowid)
+
+    def inbox_pending(self) -> list[dict[str, Any]]:
+        return [{"id": i, "kind": k, "payload": json.loads(p)} for i, k, p in self.db.execute(
+            "SELECT id, kind, payload FROM rec_inbox WHERE processed_at IS NULL ORDER BY id").fetchall()]
+
+    def inbox_done(self, item_id: int, at: datetime, result: dict[str, Any]) -> None:
+        self.db.execute("UPDATE rec_inbox SET processed_at = ?, result = ? WHERE id = ?",
+                        (at.isoformat(), json.dumps(result, ensure_ascii=False, default=str), item_id))
+
+    def inbox_result(self, item_id: int) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT result FROM rec_inbox WHERE id = ?", (item_id,)).fetchone()
+        return json.loads(row[0]) if row and row[0] else None
+
+    # ------------------------------------------------------------ order checks
+
+    def next_id(self, prefix: str, now: datetime) -> str:
+        table, col = {"INC": ("rec_incidents", "incident_id"), "FT": ("rec_tickets", "ticket_id")}[prefix]
+        stem = f"{prefix}-{now.astimezone(self.tz):%Y%m%d}-"
+        n = self.db.execute(f"SELECT COUNT(*) FROM {table} WHERE {col} LIKE ?", (stem + "%",)).fetchone()[0] + 1
+        while self.db.execute(f"SELECT 1 FROM {table} WHERE {col} = ?", (f"{stem}{n:03d}",)).fetchone():
+            n += 1
+        return f"{stem}{n:03d}"
+
+    def _lane(self, payload: dict[str, Any], key: str = "lane_id") -> str | None:
+        lane = _text(payload, key, required=False, max_len=64, label_zh="通道")
+        if lane is not None and lane != SITE_LANE and lane not in {l.id for l in self.config.lanes}:
+            raise RecordError(404, "unknown_lane", f"unknown lane {lane!r}", f"没有通道 {lane}")
+        return lane
+
+    def plan(self, kind: str, payload: dict[str, Any], now: datetime) -> tuple[str, str, dict[str, Any]]:
+        """Check an order against the records; return the event to journal as (lane, type,
+        data). Raises RecordError, having changed nothing."""
+        if not isinstance(payload, dict):
+            raise RecordError(422, "malformed", "the order must be a JSON object", "请求必须是 JSON 对象")
+        planner = getattr(self, "_plan_" + kind.replace(".", "_"), None)
+        if planner is None:
+            raise RecordError(400, "unknown_order", f"unknown order {kind!r}", f"未知操作 {kind}")
+        return planner(payload, now)
+
+    def _plan_alarm_ack(self, p: dict[str, Any], now: datetime):
+        event_id = _text(p, "event_id", max_len=64, label_zh="告警编号")
+        alarm = self.alarm(event_id)
+        if alarm is None:
+            raise RecordError(404, "unknown_alarm", f"no alarm {event_id!r}", f"没有告警 {event_id}")
+        if alarm["acknowledged_at"] is not None:
+            raise RecordError(409, "already_acknowledged",
+                              f"alarm {event_id} was acknowledged at {alarm['acknowledged_at']} by {alarm['acknowledged_by']}",
+                              f"该告警已由{alarm['acknowledged_by']}确认")
+        by = _text(p, "by", max_len=100, label_zh="确认人")
+        note = _text(p, "note", label_zh="处置说明")
+        return alarm["lane_id"], "alarm.acknowledged", {"alarm_event_id": event_id, "alarm": alarm["alarm"],
+                                                        "by": by, "note": note}
+
+    def _plan_incident_open(self, p: dict[str, Any], now: datetime):
+        lane = self._lane(p) or SITE_LANE
+        kind = _text(p, "kind", max_len=40, label_zh="事件类型")
+        if kind not in INCIDENT_KINDS:
+            raise RecordError(422, "malformed", f"kind must be one of {', '.join(INCIDENT_KINDS)}",
+                              "事件类型须为：" + "、".join(f"{k}（{v}）" for k, v in INCIDENT_KINDS.items()))
+        reason = _text(p, "reason", label_zh="事由")
+        by = _text(p, "by", max_len=100, label_zh="记录人")
+        return lane, "incident.opened", {"incident_id": self.next_id("INC", now), "kind": kind, "reason": reason,
+                                         "alarm_event_id": None, "by": by}
+
+    def _open_incident(self, p: dict[str, Any]) -> dict[str, Any]:
+        incident_id = _text(p, "incident_id", max_len=64, label_zh="事件编号")
+        inc = self.incident(incident_id)
+        if inc is None:
+            raise RecordError(404, "unknown_incident", f"no incident {incident_id!r}", f"没有事件 {incident_id}")
+        if inc["closed_at"] is not None:
+            raise RecordError(409, "incident_closed", f"incident {incident_id} was closed at {inc['closed_at']}",
+                              "该事件已关闭")
+        return inc
+
+    def _plan_incident_account(self, p: dict[str, Any], now: datetime):
+        inc = self._open_incident(p)
+        account = {
+            "by": _text(p, "by", max_len=100, label_zh="记录人"),
+            "what": _text(p, "what", label_zh="经过"),
+            "plate": _text(p, "plate", required=False, max_len=20, label_zh="车牌"),
+            "photos": _texts(p, "photos", "照片"),
+            "notified": _texts(p, "notified", "已通知"),
+        }
+        return inc["lane_id"], "incident.updated", {"incident_id": inc["incident_id"], "account": account}
+
+    def _plan_incident_close(self, p: dict[str, Any], now: datetime):
+        inc = self._open_incident(p)
+        by = _text(p, "by", max_len=100, label_zh="关闭人")
+        summary = _text(p, "summary", label_zh="处理结果")
+        if not inc["accounts"]:
+            raise RecordError(409, "no_account", "write the guard's account of the incident before closing it",
+                              "请先填写事故记录（经过、车牌、照片、通知对象）再关闭")
+        return inc["lane_id"], "incident.closed", {"incident_id": inc["incident_id"], "by": by, "summary": summary}
+
+    def _plan_ticket_open(self, p: dict[str, Any], now: datetime):
+        lane = self._lane(p)
+        device = _text(p, "device", max_len=64, label_zh="设备")
+        reason = _text(p, "reason", label_zh="故障情况")
+        by = _text(p, "by", max_len=100, label_zh="上报人")
+        passage_id = _text(p, "passage_id", required=False, max_len=64)
+        if passage_id is not None:
+            held = self.db.execute("SELECT outcome, reason FROM passages WHERE passage_id = ?", (passage_id,)).fetchone()
+            if held is None:
+                raise RecordError(404, "unknown_passage", f"no passage {passage_id!r}", f"没有通行记录 {passage_id}")
+            outcome, why = held
+            if not (why in FAULT_HOLDS or (why or "").startswith("authority_")):
+                raise RecordError(
+                    422, "not_a_fault",
+                    f"passage {passage_id} closed {outcome or 'open'} for {why or 'no fault'}: a hold for the declared data"
+                    " or the lane's rules is not a device fault and opens no ticket (R16)",
+                    "该车辆因申报数据或通道规则未予放行，不属于设备故障，不开故障处理单",
+                )
+        key = self.device_key(lane, device)
+        existing = self._open_ticket_for(key)
+        if existing is not None:
+            raise RecordError(409, "ticket_open", f"{key} already has open ticket {existing}",
+                              f"该设备已有未关闭的故障处理单 {existing}")
+        # lane_id is the event's own (the lane it is journaled on, _site for none).
+        data = {"ticket_id": self.next_id("FT", now), "device": device, "reason": reason, "source": "report", "by": by}
+        if passage_id is not None:
+            data["passage_id"] = passage_id
+        return lane or SITE_LANE, "ticket.opened", data
+
+    def _plan_ticket_advance(self, p: dict[str, Any], now: datetime):
+        ticket_id = _text(p, "ticket_id", max_len=64, label_zh="故障处理单编号")
+        t = self.ticket(ticket_id)
+        if t is None:
+            raise RecordError(404, "unknown_ticket", f"no ticket {ticket_id!r}", f"没有故障处理单 {ticket_id}")
+        to = _text(p, "to", max_len=20, label_zh="目标状态")
+        if to not in TICKET_STATES:
+            raise RecordError(422, "malformed", f"to must be one of {', '.join(TICKET_STATES)}",
+                              "目标状态须为：" + "、".join(f"{k}（{v}）" for k, v in TICKET_STATE_ZH.items()))
+        allowed = TICKET_TRANSITIONS[t["state"]]
+        if to not in allowed:
+            nxt = ", ".join(allowed) or "nothing (closed)"
+            nxt_zh = "、".join(TICKET_STATE_ZH[a] for a in allowed) or "无（已关闭）"
+            raise RecordError(409, "illegal_transition",
+                              f"ticket {ticket_id} cannot go from {t['state']} to {to}; from {t['state']} only to: {nxt}",
+                              f"故障处理单不能从“{TICKET_STATE_ZH[t['state']]}”改为“{TICKET_STATE_ZH[to]}”；只能改为：{nxt_zh}")
+        data: dict[str, Any] = {"ticket_id": ticket_id, "from": t["state"], "to": to,
+                                "by": _text(p, "by", max_len=100, label_zh="经办人"),
+                                "note": _text(p, "note", required=False, label_zh="备注") or ""}
+        if to == "notified":
+            parties = _texts(p, "parties", "通报对象")
+            bad = [x for x in parties if x not in PARTIES]
+            if not parties or bad:
+                raise RecordError(422, "malformed", "parties: who was told, some of customs, park, om",
+                                  "通报对象须为 customs（海关）、park（园区管理方）、om（运维单位）中的一个或多个")
+            at = _text(p, "at", required=False, max_len=40)
+            if at is not None:
+                try:
+                    when = datetime.fromisoformat(at)
+                except ValueError as exc:
+                    raise RecordError(422, "malformed", f"at must be an ISO time: {exc}", "通报时间格式错误") from exc
+                at = (when if when.tzinfo else when.replace(tzinfo=self.tz)).isoformat()
+            data.update(parties=list(dict.fromkeys(parties)), at=at or now.isoformat())
+        elif to == "fixed":
+            category = _text(p, "category", max_len=20, label_zh="故障类别")
+            if category not in CATEGORIES:
+                raise RecordError(422, "malformed", "category must be hardware, software or other",
+                                  "故障类别须为 hardware（硬件）、software（软件）或 other（其他原因）")
+            data.update(cause=_text(p, "cause", label_zh="故障原因"), solution=_text(p, "solution", label_zh="解决方案"),
+                        category=category)
+        return t["lane_id"] if t["lane_id"] else SITE_LANE, "ticket.advanced", data
+
+    def _plan_shift_handover(self, p: dict[str, Any], now: datetime):
+        outgoing = _text(p, "outgoing", max_len=100, label_zh="交班人")
+        incoming = _text(p, "incoming", max_len=100, label_zh="接班人")
+        if outgoing == incoming:
+            raise RecordError(422, "malformed", "outgoing and incoming guard must be different people",
+                              "交班人与接班人不能是同一人")
+        notes = p.get("notes", "")
+        if not isinstance(notes, str):
+            raise RecordError(422, "malformed", "'notes' must be text", "交接说明必须是文本")
+        return SITE_LANE, "shift.handover", {"outgoing": outgoing, "incoming": incoming, "notes": notes.strip(),
+                                             **self.open_items()}
+
+    def _plan_shift_check(self, p: dict[str, Any], now: datetime):
+        phase = _text(p, "phase", max_len=10, label_zh="检查时段")
+        if phase not in ("start", "end"):
+            raise RecordError(422, "malformed", "phase must be start or end", "检查时段须为 start（上岗）或 end（下岗）")
+        guard = _text(p, "guard", max_len=100, label_zh="检查人")
+        remarks = p.get("remarks", "")
+        if not isinstance(remarks, str):
+            raise RecordError(422, "malformed", "'remarks' must be text", "检查说明必须是文本")
+        return SITE_LANE, "shift.check", {"phase": phase, "guard": guard, "remarks": remarks.strip(), "devices": {}}
+
+    def _plan_video_note(self, p: dict[str, Any], now: datetime):
+        return SITE_LANE, "video.note", {"guard": _text(p, "guard", max_len=100, label_zh="值班人"),
+                                         "note": _text(p, "note", label_zh="视频监控记录")}
+
+
+#: Orders: the API, the CLI's inbox and ``Records.perform`` all take these.
+ORDERS = ("alarm.ack", "incident.open", "incident.account", "incident.close", "ticket.open", "ticket.advance",
+          "shift.handover", "shift.check", "video.note")
+
+
+class Records:
+    """Alarms, incidents, fault tickets, duty records and the daily equipment ledger of
+    one running site. Wiring::
+
+        records = Records(site)
+        records.ensure_schema()
+        site.subscribe(records.on_events)
+        site.add_task(records.run, "records")
+        runner = await start_api(site, records.setup_routes)
+    """
+
+    def __init__(self, site: "Site") -> None:
+        self.site = site
+        self.store = RecordStore(site.journal.db, site.config)
+        self._pending: deque[dict[str, Any]] = deque()
+        self._busy = False
+        self._scheduled = False
+        self._saved_cursor: dict[str, int] = {}
+        self._dirty = True
+        self._last_raw: dict[tuple[str, str], int] = {}
+        self._sample_day: date | None = None
+        self._sampled_at = 0.0
+        self._saved_at = 0.0
+        self._suspect: dict[int, tuple[str, str]] = {}
+        self._catch_up = False
+        self._started_at: datetime | None = None
+        self._started_mono = 0.0
+
+    def ensure_schema(self) -> None:
+        self.store.ensure_schema()
+
+    # ------------------------------------------------------------ events in
+
+    def on_events(self, events: list[dict[str, Any]]) -> None:
+        """Site subscriber: project every journaled event, then open what must be opened
+        (incidents for incident alarms, a ticket per faulty device). Inside the event loop
+        the work runs at its next turn, never between a lane's journal write and its coil
+        pulse; without a running loop it runs at once. Never raises: a failure here must
+        not stop a lane; ``run`` catches up from the journal."""
+        self._pending.extend(events)
+        if self._busy or self._scheduled:
+            return  # called back from our own record, or already due: that pass takes it
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._scheduled = True
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Project everything delivered so far and open what it calls for, now."""
+        self._scheduled = False
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            self.ensure_schema()
+            for _ in range(100):  # each pass settles what the last one journaled
+                if self._pending:
+                    batch = list(self._pending)
+                    self._pending.clear()
+                    if self.store.ingest(batch):
+                        self._dirty = True
+                if self._dirty and not self._reconcile():
+                    break  # could not journal; run() tries again
+                if not self._pending and not self._dirty:
+                    break
+        except Exception as exc:  # noqa: BLE001 - logged; the journal keeps the truth
+            self._lost_track(exc)
+        finally:
+            self._busy = False
+
+    def _lost_track(self, exc: BaseException) -> None:
+        """Something could not be projected: go back to the cursor last committed (it
+        moves in the same transaction as the projection) and read on from the journal at
+        the next pass, so every record event is projected exactly once."""
+        log.error("records could not follow the journal; catching up", error=repr(exc))
+        self._pending.clear()
+        self._dirty = True
+        self._catch_up = True
+        try:
+            self.store.cursor = dict(self.store.db.execute("SELECT lane_id, seq FROM rec_cursor").fetchall())
+        except sqlite3.Error:
+            pass
+
+    def _reconcile(self) -> bool:
+        self._dirty = False
+        now = self.site.now()
+        try:
+            for a in self.store.alarms_needing_incident():
+                self._record(a["lane_id"], "incident.opened", {
+                    "incident_id": self.store.next_id("INC", now), "kind": a["alarm"],
+                    "reason": json.loads(a["details"]).get("reason") or a["alarm"], "alarm_event_id": a["event_id"]})
+            for s in self.store.spans_needing_ticket():
+                existing = self.store._open_ticket_for(s["device_key"])
+                if existing is not None:
+                    self.store.attach_spans(s["device_key"], existing)
+                    continue
+                ticket_id = self.store.next_id("FT", now)
+                self._record(s["lane_id"], "ticket.opened", {
+                    "ticket_id": ticket_id, "device": s["device"], "reason": s["reason"] or "fault", "source": "fault"})
+                self.store.attach_spans(s["device_key"], ticket_id)
+        except (JournalError, sqlite3.Error) as exc:
+            self._dirty = True
+            log.error("records: could not open an incident or ticket; retrying", error=str(exc))
+            return False
+        return True
+
+    def _record_many(self, lane: str, type_: str, items: list[dict[str, Any]]) -> None:
+        from gatectl.journal import PendingEvent
+
+        if lane != SITE_LANE and lane not in self.site.lanes:
+            lane = SITE_LANE
+        now = self.site.now()
+        written = self.site.journal.write(lane, [PendingEvent(type_, now, data) for data in items])
+        self.site.published(written)
+        self._follow(written)
+
+    def _record(self, lane: str, type_: str, data: dict[str, Any]) -> dict[str, Any]:
+        if lane != SITE_LANE and lane not in self.site.lanes:
+            lane = SITE_LANE  # a lane since removed from the config
+        written = self.site.record(lane, type_, data)
+        self._follow([written])
+        return written
+
+    def _follow(self, written: list[dict[str, Any]]) -> None:
+        """Project what we just journaled at once (ids drawn next must see it); idempotent
+        if the site's subscription delivered it already. It is journaled whatever happens here."""
+        try:
+            if self.store.ingest(written):
+                self._dirty = True
+        except sqlite3.Error as exc:
+            self._lost_track(exc)
+
+    # ---------------------------------------------------------------- orders
+
+    def perform(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Carry out one order (API, CLI inbox): check it, journal its event, answer
+        ``{"status": "ok", "event": ..., <record>: ...}``. Raises RecordError (nothing
+        changed) or JournalError (nothing recorded)."""
+        self.ensure_schema()
+        self.flush()  # check the order against everything journaled so far
+        if kind not in ORDERS:
+            raise RecordError(400, "unknown_order", f"unknown order {kind!r}", f"未知操作 {kind}")
+        lane, type_, data = self.store.plan(kind, payload, self.site.now())
+        if type_ == "shift.check":
+            data["devices"] = self.device_health()
+        written = self._record(lane, type_, data)
+        if self._dirty:
+            self.flush()
+        result: dict[str, Any] = {"status": "ok", "event": written}
+        if kind == "alarm.ack":
+            result["alarm"] = self.store.alarm(data["alarm_event_id"])
+            # What the guard's screen reads from the answer.
+            result.update(event_id=data["alarm_event_id"], acknowledged_at=written["ts"], by=data["by"])
+        elif kind.startswith("incident."):
+            result["incident"] = self.store.incident(data["incident_id"])
+        elif kind.startswith("ticket."):
+            result["ticket"] = self.store.ticket(data["ticket_id"])
+        return result
+
+    def device_health(self) -> dict[str, str]:
+        """Every device of every lane as the running daemon sees it: {"lane/device": health}."""
+        out: dict[str, str] = {}
+        for lane in self.site.lanes.values():
+            faults = lane.core.faults
+            devices = lane.snapshot()["devices"]
+            for dev in lane_devices(lane.config):
+                info = devices.get(dev) or {}
+                health = info.get("health") or ("ok" if dev == "barrier" and lane.core.running else "unknown")
+                if dev in faults:
+                    health = "faulty"
+                out[f"{lane.id}/{dev}"] = health
+            for dev in faults:
+                out.setdefault(f"{lane.id}/{dev}", "faulty")
+        return out
+
+    # ------------------------------------------------------------ background
+
+    async def run(self) -> None:
+        """Background jobs until cancelled: the CLI's orders, frame-drop sampling, faults
+        left open by the last stop, and the daily equipment ledger at midnight site time
+        (missed days caught up)."""
+        self.ensure_schema()
+        self.start()
+        while True:
+            try:
+                self.tick()
+            except Exception as exc:  # noqa: BLE001 - never stop the daemon over a record
+                log.error("records job failed", error=repr(exc))
+            await asyncio.sleep(POLL_S)
+
+    def start(self) -> None:
+        """Once, as the daemon starts (before the lanes journal anything): catch up with
+        the journal and mark the faults the last run left open."""
+        self.store.catch_up()
+        self._started_at = self.site.now()
+        self._started_mono = _time.monotonic()
+        self._suspect = {r[0]: (r[1], r[2]) for r in self.store.db.execute(
+            "SELECT id, lane_id, device FROM rec_fault_spans WHERE closed_epoch IS NULL")}
+        self._dirty = True
+        self.flush()
+
+    def tick(self) -> None:
+        """One pass of the background jobs (``run`` calls it every second)."""
+        self.ensure_schema()
+        now = self.site.now()
+        if self._catch_up:
+            self._catch_up = False
+            self.store.catch_up()
+        self.flush()
+        self._process_inbox(now)
+        self._settle_restart_faults()
+        self.sample(now)
+        self._write_ledger(now)
+        if _time.monotonic() - self._saved_at > SAMPLE_S and self.store.cursor != self._saved_cursor:
+            self._saved_at = _time.monotonic()
+            self.store.save_cursors()
+            self._saved_cursor = dict(self.store.cursor)
+
+    def _process_inbox(self, now: datetime) -> None:
+        for item in self.store.inbox_pending():
+            try:
+                result = self.perform(item["kind"], item["payload"])
+            except RecordError as exc:
+                result = exc.to_dict()
+            except JournalError as exc:
+                log.error("records: order not journaled; retrying", id=item["id"], error=str(exc))
+                return
+            except Exception as exc:  # noqa: BLE001 - answer the CLI rather than retry forever
+                log.error("records: order failed", id=item["id"], error=repr(exc))
+                result = {"status": "failed", "code": "internal", "message": repr(exc), "message_zh": "处理失败"}
+            self.store.inbox_done(item["id"], self.site.now(), result)
+
+    def _settle_restart_faults(self) -> None:
+        """A fault open when the daemon last stopped lasted at least until the restart; it
+        goes on if the lane finds the device faulty again, else it ends at the restart."""
+        if not self._suspect or self._started_at is None:
+            return
+        late = _time.monotonic() - self._started_mono > RESTART_GRACE_S
+        ended: list[int] = []
+        for span_id, (lane_id, device) in list(self._suspect.items()):
+            lane = self.site.lanes.get(lane_id)
+            if lane is None:
+                ended.append(span_id)
+                continue
+            if not lane.core.running and not late:
+                continue
+            if device in lane.core.faults:
+                del self._suspect[span_id]  # still faulty: the span goes on
+                continue
+            devices = lane.snapshot()["devices"]
+            healthy = devices[device].get("health") == "ok" if device in devices else lane.core.running
+            if late or healthy:
+                ended.append(span_id)
+        if ended:
+            with self.store.tx() as db:
+                db.executemany(
+                    "UPDATE rec_fault_spans SET closed_epoch = ?, closed_how = 'restart' WHERE id = ? AND closed_epoch IS NULL",
+                    [(self._started_at.timestamp(), i) for i in ended])
+            for i in ended:
+                self._suspect.pop(i, None)
+
+    @staticmethod
+    def _dropped_counter(counters: dict[str, Any]) -> int:
+        if isinstance(counters.get("dropped"), dict):  # serial devices: frames dropped by reason
+            return int(sum(counters["dropped"].values()))
+        return int(counters.get("timeouts", 0)) + int(counters.get("exceptions", 0))  # IO modules: failed polls
+
+    def sample(self, now: datetime, force: bool = False) -> None:
+        """Add the frames dropped since the last sample to the day's total (the driver
+        counters live in memory and start again from 0 with the process)."""
+        today = now.astimezone(self.store.tz).date()
+        due = force or self._sample_day != today or _time.monotonic() - self._sampled_at >= SAMPLE_S
+        if not due:
+            return
+        day = self._sample_day or today  # at midnight the last stretch belongs to the day just ended
+        deltas: dict[tuple[str, str], int] = {}
+        for lane in self.site.lanes.values():
+            for dev, counters in lane.snapshot()["devices"].items():
+                raw = self._dropped_counter(counters)
+                last = self._last_raw.get((lane.id, dev), 0)
+                delta = raw - last if raw >= last else raw
+                self._last_raw[(lane.id, dev)] = raw
+                if delta > 0:
+                    deltas[(lane.id, dev)] = delta
+        self.store.add_dropped(day, deltas)
+        self._sample_day = today
+        self._sampled_at = _time.monotonic()
+
+    def _write_ledger(self, now: datetime) -> None:
+        """Journal the equipment ledger of every day that ended and has none yet."""
+        today = now.astimezone(self.store.tz).date()
+        through = self.store.meta("ledger_through")
+        if through is not None:
+            first = date.fromisoformat(through) + timedelta(days=1)
+        else:
+            first = self.store.first_event_day() or today
+            first = max(first, today - timedelta(days=LEDGER_MAX_BACKFILL_DAYS))
+        day, done = first, 0
+        while day < today and done < LEDGER_DAYS_PER_PASS:
+            self.write_equipment_day(day)
+            day += timedelta(days=1)
+            done += 1
+
+    def write_equipment_day(self, day: date) -> list[dict[str, Any]]:
+        """Journal ``equipment.daily`` for every device row of ``day`` not journaled yet."""
+        have = {(r["lane_id"], r["device"]) for r in self.store.equipment(day)}
+        per_lane: dict[str, list[dict[str, Any]]] = {}
+        for row in self.store.compute_equipment(day):
+            if (row["lane_id"], row["device"]) not in have:
+                per_lane.setdefault(row["lane_id"], []).append({k: v for k, v in row.items() if k != "lane_id"})
+        for lane_id, rows in per_lane.items():  # one journal transaction per lane and day
+            self._record_many(lane_id, "equipment.daily", rows)
+        with self.store.tx():
+            through = self.store.meta("ledger_through")
+            if through is None or day.isoformat() > through:
+                self.store.set_meta("ledger_through", day.isoformat())
+        log.info("equipment ledger written", date=day.isoformat())
+        return self.store.equipment(day)
+
+    # ------------------------------------------------------------------ API
+
+    def setup_routes(self, app: web.Application) -> None:
+        """Add the records API under /api/v1 (pass to ``make_app`` / ``start_api``)."""
+        app[RECORDS_KEY] = self
+        r = app.router
+        r.add_get("/api/v1/alarms", api_alarms)
+        r.add_get("/api/v1/alarms/{event_id}", api_alarm)
+        r.add_post("/api/v1/alarms/{event_id}/ack", api_order("alarm.ack", event_id="event_id"))
+        r.add_get("/api/v1/incidents", api_incidents)
+        r.add_post("/api/v1/incidents", api_order("incident.open"))
+        r.add_get("/api/v1/incidents/{incident_id}", api_incident)
+        r.add_post("/api/v1/incidents/{incident_id}/account", api_order("incident.account", incident_id="incident_id"))
+        r.add_post("/api/v1/incidents/{incident_id}/close", api_order("incident.close", incident_id="incident_id"))
+        r.add_get("/api/v1/tickets/figures", api_figures)
+        r.add_get("/api/v1/tickets", api_tickets)
+        r.add_post("/api/v1/tickets", api_order("ticket.open"))
+        r.add_get("/api/v1/tickets/{ticket_id}", api_ticket)
+        r.add_post("/api/v1/tickets/{ticket_id}/advance", api_order("ticket.advance", ticket_id="ticket_id"))
+        r.add_get("/api/v1/shifts", api_shifts)
+        r.add_get("/api/v1/shifts/open-items", api_open_items)
+        r.add_post("/api/v1/shifts/handover", api_order("shift.handover"))
+        r.add_post("/api/v1/shifts/checks", api_order("shift.check"))
+        r.add_post("/api/v1/shifts/video-notes", api_order("video.note"))
+        r.add_get("/api/v1/ledger/equipment", api_equipment)
+
+
+RECORDS_KEY = web.AppKey("records", Records)
+
+
+# ---------------------------------------------------------------------- handlers
+
+
+def _err(status: int, message: str, **extra: Any) -> web.Response:
+    from gatectl.api import error
+
+    return error(status, message, **extra)
+
+
+def _records(request: web.Request) -> Records:
+    rec = request.app[RECORDS_KEY]
+    rec.flush()  # answer with everything journaled so far
+    return rec
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "").lower() in ("1", "true", "yes")
+
+
+def _limit(request: web.Request) -> int:
+    try:
+        return max(1, min(int(request.query.get("limit", "1000")), 5000))
+    except ValueError:
+        raise web.HTTPBadRequest(text=json.dumps({"error": "limit must be an integer"}),
+                                 content_type="application/json") from None
+
+
+def api_order(kind: str, **from_path: str):
+    async def handler(request: web.Request) -> web.Response:
+        from gatectl.api import json_body
+
+        body = await json_body(request)
+        for key, part in from_path.items():
+            body[key] = request.match_info[part]
+        try:
+            result = _records(request).perform(kind, body)
+        except RecordError as exc:
+            return _err(exc.status, exc.message, code=exc.code, message_zh=exc.message_zh)
+        except JournalError as exc:
+            return _err(503, f"not recorded: {exc}", code="journal_error", message_zh="日志写入失败，未记录")
+        return web.json_response(result, status=201 if kind.endswith(".open") else 200)
+
+    return handler
+
+
+async def api_alarms(request: web.Request) -> web.Response:
+    """GET /api/v1/alarms?open=1&lane=L&limit=N: every alarm kind in one list, newest first."""
+    rec = _records(request)
+    return web.json_response({"alarms": rec.store.alarms(_flag(request, "open"), request.query.get("lane") or None,
+                                                          _limit(request))})
+
+
+async def api_alarm(request: web.Request) -> web.Response:
+    alarm = _records(request).store.alarm(request.match_info["event_id"])
+    return web.json_response(alarm) if alarm else _err(404, "no such alarm", code="unknown_alarm")
+
+
+async def api_incidents(request: web.Request) -> web.Response:
+    return web.json_response({"incidents": _records(request).store.incidents(_flag(request, "open"), _limit(request))})
+
+
+async def api_incident(request: web.Request) -> web.Response:
+    inc = _records(request).store.incident(request.match_info["incident_id"])
+    return web.json_response(inc) if inc else _err(404, "no such incident", code="unknown_incident")
+
+
+async def api_tickets(request: web.Request) -> web.Response:
+    rec = _records(request)
+    return web.json_response({"tickets": rec.store.tickets(_flag(request, "open"), request.query.get("device") or None,
+                                                            _limit(request))})
+
+
+async def api_ticket(request: web.Request) -> web.Response:
+    t = _records(request).store.ticket(request.match_info["ticket_id"])
+    return web.json_response(t) if t else _err(404, "no such ticket", code="unknown_ticket")
+
+
+def _period(rec: Records, start: str | None, end: str | None) -> tuple[date, date]:
+    today = rec.site.now().astimezone(rec.store.tz).date()
+    s = date.fromisoformat(start) if start else date(today.year, 1, 1)
+    e = date.fromisoformat(end) if end else date(s.year, 12, 31)
+    if e < s:
+        raise ValueError("to is before from")
+    return s, e
+
+
+async def api_figures(request: web.Request) -> web.Response:
+    """GET /api/v1/tickets/figures?from=YYYY-MM-DD&to=YYYY-MM-DD (default: this year)."""
+    rec = _records(request)
+    try:
+        s, e = _period(rec, request.query.get("from"), request.query.get("to"))
+    except ValueError as exc:
+        return _err(400, f"from/to must be dates YYYY-MM-DD: {exc}")
+    return web.json_response(rec.store.figures(s, e))
+
+
+async def api_shifts(request: web.Request) -> web.Response:
+    return web.json_response({"records": _records(request).store.duty(limit=_limit(request))})
+
+
+async def api_open_items(request: web.Request) -> web.Response:
+    return web.json_response(_records(request).store.open_items())
+
+
+async def api_equipment(request: web.Request) -> web.Response:
+    """GET /api/v1/ledger/equipment?date=YYYY-MM-DD (default yesterday): the stored rows,
+    or, for a day not written yet, the rows so far (``final`` false)."""
+    rec = _records(request)
+    today = rec.site.now().astimezone(rec.store.tz).date()
+    try:
+        day = date.fromisoformat(request.query["date"]) if request.query.get("date") else today - timedelta(days=1)
+    except ValueError:
+        return _err(400, "date must be YYYY-MM-DD")
+    rows = rec.store.equipment(day)
+    if rows:
+        return web.json_response({"date": day.isoformat(), "final": True, "rows": rows})
+    if day > today:
+        return _err(400, "that day has not begun")
+    return web.json_response({"date": day.isoformat(), "final": False,
+                              "rows": rec.store.compute_equipment(day, rec.site.now())})
+
+
+# -------------------------------------------------------------------------- CLI
+
+
+def add_subcommands(subparsers) -> None:
+    """Register ``alarm``, ``incident``, ``ticket``, ``shift`` and ``ledger equipment``."""
+    from gatectl.records_cli import add_subcommands as add
+
+    add(subparsers)
+
+
