@@ -30,18 +30,18 @@ def cmd_check_config(args) -> int:
 
 async def run_daemon(config, stop: asyncio.Event | None = None) -> int:
     """The daemon: every lane, the local API; returns once ``stop`` is set (SIGTERM)."""
-    from gatectl.api import start_api
-    from gatectl.service import Site
-
     import structlog
+
+    from gatectl.api import start_api
+    from gatectl.daemon import assemble
 
     log = structlog.get_logger("gatectl")
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    site = Site(config)
-    runner = await start_api(site)
+    site, setups = assemble(config)
+    runner = await start_api(site, *setups)
     log.info("started", site=config.site.id, lanes=[lane.id for lane in config.lanes], api=config.local_api.listen)
     try:
         await site.run(stop)
@@ -207,7 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_events)
 
     from gatectl.keys import add_subcommands
+    from gatectl.records import add_subcommands as add_record_commands
 
+    add_record_commands(sub)
     approval = add_subcommands(sub)
     p = approval.add_parser("add", help="import a signed approval (R10, R17)")
     p.add_argument("--config", required=True)

@@ -213,13 +213,16 @@ class View:
             events.add_row(ev["ts"][11:19], ev["lane_id"], str(ev["seq"]), Text(describe(ev), style))
         totals = "  ".join(f"{k}: {v}" for k, v in sorted(self.counts.items())) or "—"
         note = f"\n{self.fault_note}" if self.fault_note else ""
-        footer = Text(f"通行统计 {totals}{note}\nAPI {self.api_url}/api/v1/lanes   Ctrl-C 退出", style="dim")
+        footer = Text(
+            f"通行统计 {totals}{note}\n值班屏幕 {self.api_url}/   API {self.api_url}/api/v1/lanes   Ctrl-C 退出",
+            style="dim",
+        )
         return Panel(Group(lanes, events, footer), title="gatectl demo — 昆明综合保税区 (simulated site)")
 
 
 async def run_demo(args) -> int:
     from gatectl.api import start_api
-    from gatectl.service import Site
+    from gatectl.daemon import assemble
     from simulators.site import LaneSpec, SimulatedSite
 
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="gatectl-demo-"))
@@ -239,8 +242,8 @@ async def run_demo(args) -> int:
         workdir / "site.yaml", journal_path=str(workdir / "gatectl.db"), api_listen=f"127.0.0.1:{port}"
     )
     config = load_config(cfg_path)
-    site = Site(config)
-    runner = await start_api(site)
+    site, setups = assemble(config)
+    runner = await start_api(site, *setups)
     api_url = f"http://127.0.0.1:{port}"
     stop = asyncio.Event()
     traffic_stop = asyncio.Event()

@@ -1,0 +1,33 @@
+"""Assemble the whole daemon: the lanes (Site) and the modules around them.
+
+``gatectl run`` and ``gatectl demo`` both build the daemon here, so the demo shows
+exactly what a lane PC runs: lanes, records (alarms, incidents, tickets, duty, the daily
+equipment ledger), the guard's screen, metrics, the central MQTT link and the scheduled
+checkpoint ledger, each only where configured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from gatectl.config import SiteConfig
+from gatectl.service import Site
+
+
+def assemble(config: SiteConfig) -> tuple[Site, list[Callable[[Any], None]]]:
+    """The site and the route setups its local API needs."""
+    from gatectl import screen
+    from gatectl.records import Records
+
+    site = Site(config)
+    setups: list[Callable[[Any], None]] = []
+
+    records = Records(site)
+    records.ensure_schema()
+    site.subscribe(records.on_events)
+    site.add_task(records.run, "records")
+    setups.append(records.setup_routes)
+
+    setups.append(screen.setup_routes)
+    return site, setups
