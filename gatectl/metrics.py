@@ -1,0 +1,470 @@
+"""Prometheus metrics for ``GET /metrics`` (CONTRACT section 6).
+
+One ``Metrics`` per ``Site``, with its own ``CollectorRegistry`` (never the global one, so
+a test can run several sites in one process). Two kinds of metric:
+
+- **counters and a histogram fed from journaled events**: ``Metrics(site)`` subscribes to
+  ``site.subscribe``, so they count exactly what the journal recorded (passages closed,
+  lifts, alarms, approvals, refused manual lifts, authority failures) and the decision
+  latency (``release.decided`` → ``barrier.lifted`` of the same passage: the authority's
+  answer to the open coil, journal commit included). They start at zero with the process,
+  as Prometheus counters do; the journal keeps the history.
+- **gauges and driver counters read at scrape time** by a custom collector: lane state,
+  device health, device frame/drop counters, IO module polls/timeouts, open faults,
+  outbox depth. Nothing is cached; a scrape shows the site as it is.
+
+Labels are bounded: lanes and devices come from the config, every other label value from
+a closed set the code defines (anything else is counted as ``other``). No card number,
+plate, passage, request or approval id is ever a label.
+
+Wiring: ``metrics = Metrics(site)`` then ``start_api(site, metrics.setup_routes)``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from gatectl.approvals import REASON_CODES as APPROVAL_REFUSALS
+from gatectl.authorities.base import AUTHORITY_ERROR_REASONS
+from gatectl.lane.core import LaneState
+from gatectl.lane.events import DECISIONS
+from gatectl.service import SITE_LANE
+
+log = structlog.get_logger("gatectl.metrics")
+
+#: Decision latency buckets (seconds): the lane's own share is a journal commit (a few ms,
+#: an fsync); anything near a second means the disk or the event loop is in trouble.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+#: Closed label sets. A value outside them is counted as ``other`` (a bug to look at, not
+#: a new time series per value).
+OUTCOMES = ("passed", "held", "backed_out", "forced", "manual", "emergency")
+LIFT_KINDS = ("release_instruction", "whitelist", "staff_card", "approval", "emergency")
+ALARMS = (
+    "forced_passage",
+    "tailgating",
+    "barrier_fault",
+    "device_fault",
+    "authority_unreachable",
+    "emergency_release",
+    "instruction_replay",
+    "journal_fault",
+)
+MANUAL_LIFT_REFUSALS = (
+    "no_valid_approval",
+    "approval_exhausted",
+    "approval_expired",
+    "approval_not_yet_valid",
+    "lift_in_progress",
+)
+APPROVAL_TRIGGERS = ("panel", "remote")
+DECISION_SOURCES = ("authority", "local")
+RELEASE_FAILURES = tuple(sorted(AUTHORITY_ERROR_REASONS))
+HEALTH_VALUES = {"ok": 0, "degraded": 1, "faulty": 2}
+OTHER = "other"
+
+#: How many passages may wait between their decision and their lift (one per lane in
+#: practice); past this the oldest are forgotten, so memory stays bounded whatever happens.
+MAX_PENDING_DECISIONS = 1024
+
+_TOKEN = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
+def _one_of(value: Any, allowed: Iterable[str]) -> str:
+    return value if isinstance(value, str) and value in allowed else OTHER
+
+
+def _token(value: Any) -> str:
+    """A driver-defined key (drop reason, counter name) as a label or name part."""
+    return value if isinstance(value, str) and _TOKEN.fullmatch(value) else OTHER
+
+
+def _ts(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return None
+
+
+class Metrics:
+    """The site's metrics: ``on_events`` is subscribed to the site, ``setup_routes`` adds
+    ``GET /metrics`` to the local API."""
+
+    def __init__(self, site: Any, *, subscribe: bool = True, process: bool = True) -> None:
+        self.site = site
+        # ``_created`` series double every counter for nothing an operator needs.
+        disable_created_metrics()
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._lanes = frozenset(site.lanes) | {SITE_LANE}
+        self.passages = Counter(
+            "gatectl_passages", "Passages closed, by lane and outcome.", ["lane", "outcome"], registry=r
+        )
+        self.lifts = Counter(
+            "gatectl_barrier_lifts",
+            "Barrier lifts under an authorisation, by lane and kind of authorisation.",
+            ["lane", "authorisation"],
+            registry=r,
+        )
+        self.safety_reverses = Counter(
+            "gatectl_barrier_safety_reverses",
+            "Barrier lifted again because the safety loop was occupied while it lowered.",
+            ["lane"],
+            registry=r,
+        )
+        self.alarms = Counter("gatectl_alarms", "Alarms raised, by lane and kind.", ["lane", "alarm"], registry=r)
+        self.decisions = Counter(
+            "gatectl_release_decisions",
+            "Release decisions journaled, by lane, source (authority or the lane's own lists) and decision.",
+            ["lane", "source", "decision"],
+            registry=r,
+        )
+        self.release_failures = Counter(
+            "gatectl_release_failures",
+            "Release requests the authority gave no usable answer to, by lane and reason.",
+            ["lane", "reason"],
+            registry=r,
+        )
+        self.decision_latency = Histogram(
+            "gatectl_decision_latency_seconds",
+            "From the release decision (authority answer or local list) to the barrier lift of the same "
+            "passage: journal commit of the authorisation, then the open coil.",
+            ["lane", "source"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.approvals_accepted = Counter(
+            "gatectl_approvals_accepted",
+            "Approvals (manual or remote lifts) accepted, by lane and trigger.",
+            ["lane", "trigger"],
+            registry=r,
+        )
+        self.approvals_refused = Counter(
+            "gatectl_approvals_refused",
+            "Approvals refused, by lane and reason code.",
+            ["lane", "reason"],
+            registry=r,
+        )
+        self.approval_lifts = Counter(
+            "gatectl_approval_lifts",
+            "Lifts spent from approvals, by lane and trigger.",
+            ["lane", "trigger"],
+            registry=r,
+        )
+        self.manual_lifts_refused = Counter(
+            "gatectl_manual_lifts_refused",
+            "Manual lift button presses refused, by lane and reason.",
+            ["lane", "reason"],
+            registry=r,
+        )
+        self.events = Counter(
+            "gatectl_journal_events", "Events written to the journal, by lane.", ["lane"], registry=r
+        )
+        self.errors = Counter(
+            "gatectl_metrics_errors",
+            "Journaled events the metrics could not account for (a gatectl bug; see the log).",
+            registry=r,
+        )
+        for lane in site.lanes:
+            for outcome in OUTCOMES:
+                self.passages.labels(lane, outcome)
+            for kind in LIFT_KINDS:
+                self.lifts.labels(lane, kind)
+            self.safety_reverses.labels(lane)
+            self.events.labels(lane)
+        #: (lane, passage_id) -> (ts, source) of a ``release`` decision not yet lifted.
+        self._decided: dict[tuple[str, str], tuple[datetime, str]] = {}
+        r.register(SiteCollector(site))
+        if process:
+            _ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
+        if subscribe:
+            site.subscribe(self.on_events)
+
+    # ------------------------------------------------------------------ events
+
+    def on_events(self, events: list[dict]) -> None:
+        """Count journaled events. Called inside the lane's journal write: never raises."""
+        for ev in events:
+            try:
+                self._count(ev)
+            except Exception:  # noqa: BLE001 - metrics must never break a lane
+                self.errors.inc()
+                log.exception("metrics could not count an event", type=ev.get("type"), lane=ev.get("lane_id"))
+
+    def _count(self, ev: dict) -> None:
+        lane = _one_of(ev.get("lane_id"), self._lanes)
+        type_ = ev.get("type")
+        self.events.labels(lane).inc()
+        if type_ == "passage.closed":
+            self.passages.labels(lane, _one_of(ev.get("outcome"), OUTCOMES)).inc()
+            self._decided.pop((lane, ev.get("passage_id")), None)  # type: ignore[arg-type]
+        elif type_ == "barrier.lifted":
+            if ev.get("reason") == "safety_reverse":
+                self.safety_reverses.labels(lane).inc()
+                return
+            auth = ev.get("authorisation") or {}
+            self.lifts.labels(lane, _one_of(auth.get("kind"), LIFT_KINDS)).inc()
+            decided = self._decided.pop((lane, ev.get("passage_id")), None)  # type: ignore[arg-type]
+            lifted_at = _ts(ev.get("ts"))
+            if decided is not None and lifted_at is not None:
+                decided_at, source = decided
+                seconds = max(0.0, (lifted_at - decided_at).total_seconds())
+                self.decision_latency.labels(lane, source).observe(seconds)
+        elif type_ == "release.decided":
+            source = _one_of(ev.get("source"), DECISION_SOURCES)
+            decision = _one_of(ev.get("decision"), DECISIONS)
+            self.decisions.labels(lane, source, decision).inc()
+            decided_at = _ts(ev.get("ts"))
+            if decision == "release" and decided_at is not None and isinstance(ev.get("passage_id"), str):
+                self._decided[(lane, ev["passage_id"])] = (decided_at, source)
+                while len(self._decided) > MAX_PENDING_DECISIONS:
+                    del self._decided[next(iter(self._decided))]
+        elif type_ == "release.failed":
+            self.release_failures.labels(lane, _one_of(ev.get("reason"), RELEASE_FAILURES)).inc()
+        elif type_ == "alarm.raised":
+            self.alarms.labels(lane, _one_of(ev.get("alarm"), ALARMS)).inc()
+        elif type_ == "approval.accepted":
+            self.approvals_accepted.labels(lane, _one_of(ev.get("trigger"), APPROVAL_TRIGGERS)).inc()
+        elif type_ == "approval.refused":
+            self.approvals_refused.labels(lane, _one_of(ev.get("reason"), APPROVAL_REFUSALS)).inc()
+        elif type_ == "approval.used":
+            self.approval_lifts.labels(lane, _one_of(ev.get("trigger"), APPROVAL_TRIGGERS)).inc()
+        elif type_ == "manual_lift.refused":
+            self.manual_lifts_refused.labels(lane, _one_of(ev.get("reason"), MANUAL_LIFT_REFUSALS)).inc()
+
+    # ------------------------------------------------------------------ HTTP
+
+    def setup_routes(self, app: web.Application) -> None:
+        """For ``make_app(site, metrics.setup_routes)``: ``GET /metrics``."""
+        app.router.add_get("/metrics", self.handle)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        # Prometheus text 0.0.4 by default; OpenMetrics when the scraper asks for it.
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encoder(self.registry), headers={"Content-Type": content_type})
+
+    def exposition(self) -> bytes:
+        """The text exposition, as ``GET /metrics`` answers it to a plain client."""
+        encoder, _ = choose_encoder("")
+        return encoder(self.registry)
+
+
+class SiteCollector(Collector):
+    """Gauges and driver counters read from the running site at each scrape."""
+
+    def __init__(self, site: Any) -> None:
+        self.site = site
+
+    def describe(self) -> list[Metric]:
+        # Dynamic families: nothing to check at registration (and no site access then).
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        site = self.site
+        ready = GaugeMetricFamily("gatectl_site_ready", "1 once every lane runs (as /api/v1/health says).")
+        ready.add_metric([], 1.0 if site.running else 0.0)
+        yield ready
+        yield from self._lanes()
+        yield from self._io_modules()
+        yield from self._outbox()
+
+    # -------------------------------------------------------------- lanes
+
+    def _lanes(self) -> Iterator[Metric]:
+        info = InfoMetricFamily("gatectl_lane", "The configured lanes.", labels=["lane"])
+        state = GaugeMetricFamily(
+            "gatectl_lane_state", "The lane core's state, one-hot (1 for the current state).", labels=["lane", "state"]
+        )
+        open_hours = GaugeMetricFamily(
+            "gatectl_lane_open_hours", "1 while the lane is within its open hours (R2).", labels=["lane"]
+        )
+        faults_open = GaugeMetricFamily(
+            "gatectl_lane_faults_open", "Faults open on the lane (it fails closed while any is).", labels=["lane"]
+        )
+        fault = GaugeMetricFamily(
+            "gatectl_lane_fault", "1 for each device with an open fault on the lane.", labels=["lane", "device"]
+        )
+        spot_next = GaugeMetricFamily(
+            "gatectl_spot_check_hold_next", "Customs spot checks: vehicles still to hold (R7).", labels=["lane"]
+        )
+        spot_fraction = GaugeMetricFamily(
+            "gatectl_spot_check_fraction", "Customs spot checks: share of vehicles held at random (R7).",
+            labels=["lane"],
+        )
+        seq = GaugeMetricFamily("gatectl_journal_seq", "The lane's last journaled seq.", labels=["lane"])
+        health = GaugeMetricFamily(
+            "gatectl_device_health",
+            "Device health as the lane sees it: 0 ok, 1 degraded, 2 faulty (absent until first reported).",
+            labels=["lane", "device"],
+        )
+        serial = _SerialFamilies()
+        for lane_id, lane in self.site.lanes.items():
+            try:
+                snap = lane.snapshot()
+            except Exception:  # noqa: BLE001 - one lane's snapshot must not blank the scrape
+                log.exception("lane snapshot failed", lane=lane_id)
+                continue
+            info.add_metric(
+                [lane_id],
+                {"kind": str(snap.get("kind")), "direction": str(snap.get("direction")), "name": str(snap.get("name"))},
+            )
+            current = snap.get("state")
+            for s in LaneState:
+                state.add_metric([lane_id, s.value], 1.0 if s.value == current else 0.0)
+            open_hours.add_metric([lane_id], 1.0 if snap.get("open_now") else 0.0)
+            faults = snap.get("faults") or {}
+            faults_open.add_metric([lane_id], float(len(faults)))
+            for device in sorted(faults):
+                fault.add_metric([lane_id, str(device)], 1.0)
+            spots = snap.get("spot_checks") or {}
+            spot_next.add_metric([lane_id], float(spots.get("hold_next") or 0))
+            spot_fraction.add_metric([lane_id], float(spots.get("fraction") or 0.0))
+            seq.add_metric([lane_id], float(snap.get("last_seq") or 0))
+            for device, counters in sorted((snap.get("devices") or {}).items()):
+                value = HEALTH_VALUES.get((counters or {}).get("health"))
+                if value is not None:
+                    health.add_metric([lane_id, device], float(value))
+                if counters and "frames" in counters:
+                    serial.add(lane_id, device, counters)
+        yield from (info, state, open_hours, faults_open, fault, spot_next, spot_fraction, seq, health)
+        yield from serial.families()
+
+    # --------------------------------------------------------- IO modules
+
+    IO_HELP = {
+        "polls": "Discrete input polls sent.",
+        "writes": "Coil writes sent.",
+        "timeouts": "Requests that got no answer in time.",
+        "exceptions": "Requests answered with a Modbus exception.",
+        "reconnects": "Retries after a fault.",
+    }
+
+    def _io_modules(self) -> Iterator[Metric]:
+        health = GaugeMetricFamily(
+            "gatectl_io_module_health",
+            "IO module health: 0 ok, 1 degraded, 2 faulty (absent until first reported).",
+            labels=["module"],
+        )
+        counts: dict[str, dict[str, float]] = {}
+        for name, module in sorted(self.site.io.items()):
+            try:
+                h = module.health
+                value = HEALTH_VALUES.get(h.value if h is not None else None)
+                if value is not None:
+                    health.add_metric([name], float(value))
+                for key, count in module.counters.items():
+                    per_module = counts.setdefault(_token(key), {})
+                    per_module[name] = per_module.get(name, 0.0) + float(count)
+            except Exception:  # noqa: BLE001
+                log.exception("io module counters failed", module=name)
+        yield health
+        for key, per_module in counts.items():
+            fam = CounterMetricFamily(
+                f"gatectl_io_module_{key}", self.IO_HELP.get(key, f"IO module {key}."), labels=["module"]
+            )
+            for name, count in per_module.items():
+                fam.add_metric([name], count)
+            yield fam
+
+    # -------------------------------------------------------------- outbox
+
+    def _outbox(self) -> Iterator[Metric]:
+        pending = GaugeMetricFamily(
+            "gatectl_outbox_pending",
+            "Journal outbox items not yet delivered, by target (e.g. authority:<name> pass confirmations).",
+            labels=["target"],
+        )
+        try:
+            for target in sorted(self.site.outbox):
+                pending.add_metric([target], float(self.site.journal.outbox_depth(target)))
+        except Exception:  # noqa: BLE001 - the journal may be closing
+            log.warning("outbox depth unavailable", exc_info=True)
+        yield pending
+        mqtt_depth = getattr(self.site, "mqtt_depth", None)
+        if callable(mqtt_depth):
+            try:
+                depth = float(mqtt_depth())
+            except Exception:  # noqa: BLE001
+                log.warning("mqtt backlog unavailable", exc_info=True)
+            else:
+                backlog = GaugeMetricFamily("gatectl_mqtt_backlog", "Events waiting to be published over MQTT.")
+                backlog.add_metric([], depth)
+                yield backlog
+
+
+class _ProcessCollector(ProcessCollector):
+    """``process_*`` metrics even where ``/proc/stat`` is hidden (the unit's ProcSubset=pid):
+    the boot time comes from CLOCK_BOOTTIME then, and ``/proc/self`` is all that is read."""
+
+    def _boot_time(self) -> float:
+        try:
+            btime = super()._boot_time()
+        except OSError:
+            btime = None
+        return btime or time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+class _SerialFamilies:
+    """Serial device (card reader, weighbridge) counters of every lane, one family each."""
+
+    COUNTERS = {
+        "frames": ("gatectl_device_frames", "Valid frames decoded."),
+        "bytes": ("gatectl_device_bytes", "Bytes read from the port."),
+        "reconnects": ("gatectl_device_reconnects", "Times the port was reopened."),
+        "open_failures": ("gatectl_device_open_failures", "Failed attempts to open the port."),
+        "silence_faults": ("gatectl_device_silence_faults", "Times the device fell silent for too long."),
+    }
+
+    def __init__(self) -> None:
+        labels = ["lane", "device"]
+        self.counters = {
+            key: CounterMetricFamily(name, doc, labels=labels) for key, (name, doc) in self.COUNTERS.items()
+        }
+        self.dropped = CounterMetricFamily(
+            "gatectl_device_frames_dropped", "Malformed frames counted and dropped, by reason.",
+            labels=["lane", "device", "reason"],
+        )
+        self.error_ratio = GaugeMetricFamily(
+            "gatectl_device_error_ratio", "Share of bad frames in the device's current window.", labels=labels
+        )
+        self.frame_age = GaugeMetricFamily(
+            "gatectl_device_last_frame_age_seconds", "Seconds since the last valid frame (absent before one).",
+            labels=labels,
+        )
+
+    def add(self, lane: str, device: str, c: dict[str, Any]) -> None:
+        for key, fam in self.counters.items():
+            if isinstance(c.get(key), (int, float)):
+                fam.add_metric([lane, device], float(c[key]))
+        dropped: dict[str, float] = {}
+        for reason, count in (c.get("dropped") or {}).items():
+            key = _token(str(reason))
+            dropped[key] = dropped.get(key, 0.0) + float(count)
+        for reason, count in sorted(dropped.items()):
+            self.dropped.add_metric([lane, device, reason], count)
+        if isinstance(c.get("error_rate"), (int, float)):
+            self.error_ratio.add_metric([lane, device], float(c["error_rate"]))
+        if isinstance(c.get("last_frame_age_s"), (int, float)):
+            self.frame_age.add_metric([lane, device], float(c["last_frame_age_s"]))
+
+    def families(self) -> Iterator[Metric]:
+        yield from self.counters.values()
+        yield self.dropped
+        yield self.error_ratio
+        yield self.frame_age
