@@ -40,7 +40,7 @@ async def run_daemon(config, stop: asyncio.Event | None = None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    site, setups = assemble(config)
+    site, setups = assemble(config, stop)
     runner = await start_api(site, *setups)
     log.info("started", site=config.site.id, lanes=[lane.id for lane in config.lanes], api=config.local_api.listen)
     try:

@@ -15,10 +15,13 @@ from gatectl.config import SiteConfig
 from gatectl.service import Site
 
 
-def assemble(config: SiteConfig) -> tuple[Site, list[Callable[[Any], None]]]:
-    """The site and the route setups its local API needs."""
+def assemble(config: SiteConfig, stop=None) -> tuple[Site, list[Callable[[Any], None]]]:
+    """The site and the route setups its local API needs. ``stop`` (an asyncio.Event set
+    on SIGTERM) lets the systemd notifier say STOPPING."""
     from gatectl import screen
+    from gatectl.metrics import Metrics
     from gatectl.records import Records
+    from gatectl.systemd import run_notifier
 
     site = Site(config)
     setups: list[Callable[[Any], None]] = []
@@ -30,4 +33,10 @@ def assemble(config: SiteConfig) -> tuple[Site, list[Callable[[Any], None]]]:
     setups.append(records.setup_routes)
 
     setups.append(screen.setup_routes)
+
+    metrics = Metrics(site)  # subscribes itself
+    setups.append(metrics.setup_routes)
+
+    if stop is not None:
+        site.add_task(lambda: run_notifier(site, stop), "systemd-notify")
     return site, setups

@@ -484,11 +484,12 @@ class Site:
             if lane is not None:
                 await lane.submit(event)
             else:
-                self.journal.write(
+                self.record(
                     SITE_LANE,
-                    [PendingEvent("approval.refused", now, {"approval_id": approval_id, "reason": exc.code,
-                                                           "message": exc.message, "source": source,
-                                                           "lane": lane_id})],
+                    "approval.refused",
+                    {"approval_id": approval_id, "reason": exc.code, "message": exc.message, "source": source,
+                     "lane": lane_id},
+                    now,
                 )
             log.warning("approval refused", approval_id=approval_id, reason=exc.code, source=source)
             return result
