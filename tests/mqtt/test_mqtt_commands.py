@@ -1,0 +1,117 @@
+"""Inbound MQTT (CONTRACT 4 and 5): signed approvals on ``cmd/approvals`` (R10, R17) and
+customs spot checks on ``cmd/spot-checks`` (R7) reach the lanes; anything invalid is
+refused with its reason, journaled and published, and the link carries on."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gatectl.approvals import public_key_b64, sign
+from simulators.site import FLEET
+
+from .conftest import PREFIX, wait_until
+
+TZ = ZoneInfo("Asia/Shanghai")
+CUSTOMS = Ed25519PrivateKey.generate()
+
+
+def approval(approval_id: str, lane: str = "B1-IN", trigger: str = "remote") -> dict:
+    now = datetime.now(TZ)
+    return {
+        "approval_id": approval_id, "lane_id": lane, "trigger": trigger, "reason": "network_fault",
+        "detail": "海关网络中断，远程放行",
+        "requested_by": {"org": "某某物流有限公司", "name": "张三"},
+        "verified_by": {"org": "运维单位", "name": "李四"},
+        "approved_by": {"org": "昆明海关", "name": "王五"},
+        "countersigned_by": None, "plate": None,
+        "valid_from": (now - timedelta(minutes=1)).isoformat(),
+        "valid_until": (now + timedelta(hours=1)).isoformat(),
+        "max_lifts": 1, "signatures": [],
+    }
+
+
+def dumps(doc) -> bytes:
+    return json.dumps(doc, ensure_ascii=False).encode()
+
+
+async def drive_through(lane) -> None:
+    for loop, on in [("safety", True), ("arrival", False), ("exit", True), ("safety", False), ("exit", False)]:
+        lane.set_loop(loop, on)
+        await asyncio.sleep(0.15)
+
+
+async def test_approval_by_mqtt_is_accepted_and_lifts_once(brokers, collectors, sites) -> None:
+    """R17 over MQTT: a customs-signed remote approval published on ``cmd/approvals`` is
+    accepted and lifts once; an unsigned one is refused on its lane and one for a lane
+    that does not exist is refused site-wide; each outcome journaled and published."""
+    broker = await brokers()
+    col = await collectors(broker.port)
+    h = await sites(broker.port, trust={"customs": [public_key_b64(CUSTOMS)]})
+    lane = h.sim.lane("B1-IN")
+    await wait_until(lambda: h.link.connected)
+
+    await col.publish(f"{PREFIX}/cmd/approvals", dumps(approval("AP-MQTT-0")))  # no signature
+    await col.publish(f"{PREFIX}/cmd/approvals", dumps(sign(approval("AP-MQTT-X", lane="X9-IN"), "customs", CUSTOMS)))
+    await col.publish(f"{PREFIX}/cmd/approvals", dumps(sign(approval("AP-MQTT-1"), "customs", CUSTOMS)))
+    await wait_until(lambda: lane.barrier.position == "up")
+    await drive_through(lane)
+    await wait_until(lambda: h.journal("B1-IN", "passage.closed") != [])
+
+    accepted = h.journal("B1-IN", "approval.accepted")
+    assert [a["approval_id"] for a in accepted] == ["AP-MQTT-1"]
+    refused = h.journal("B1-IN", "approval.refused")
+    assert [(r["approval_id"], r["source"]) for r in refused] == [("AP-MQTT-0", "mqtt")]
+    site_refused = h.journal("_site", "approval.refused")
+    assert [(r["approval_id"], r["source"]) for r in site_refused] == [("AP-MQTT-X", "mqtt")]
+    assert [c["outcome"] for c in h.journal("B1-IN", "passage.closed")] == ["manual"]
+    lifted = h.journal("B1-IN", "barrier.lifted")
+    assert len(lifted) == 1 and lane.opens == 1
+
+    # Published like every journaled event, site-wide ones on site/events.
+    await wait_until(lambda: [e["approval_id"] for e in col.events("B1-IN") if e["type"] == "approval.accepted"]
+                     == ["AP-MQTT-1"])
+    await wait_until(lambda: [e["approval_id"] for e in col.events("_site") if e["type"] == "approval.refused"]
+                     == ["AP-MQTT-X"])
+    assert h.link.commands["approvals"] == 3
+
+
+async def test_spot_check_by_mqtt_holds_the_next_vehicle_and_bad_orders_are_refused(
+    brokers, collectors, sites
+) -> None:
+    """R7 over MQTT: ``{"lane_id", "hold_next": 1}`` holds the next released lorry, the one
+    after passes. Not JSON, an unknown lane, a bad value and a retained order (which would
+    be applied again on every reconnect) are each refused as ``command.refused`` with the
+    reason, journaled on ``_site`` and published; the link stays up throughout."""
+    broker = await brokers()
+    col = await collectors(broker.port)
+    topic = f"{PREFIX}/cmd/spot-checks"
+    # Left retained on the broker before the daemon subscribes.
+    await col.publish(topic, dumps({"lane_id": "B1-IN", "clear": True}), retain=True)
+    h = await sites(broker.port)
+    await wait_until(lambda: h.link.connected)
+    for payload in (b"\xff not json", dumps({"lane_id": "Z9", "hold_next": 1}),
+                    dumps({"lane_id": "B1-IN", "hold_next": -1}), dumps(["B1-IN", 1])):
+        await col.publish(topic, payload)
+    await col.publish(topic, dumps({"lane_id": "B1-IN", "hold_next": 1}))
+    await wait_until(lambda: h.journal("B1-IN", "spot_check.ordered") != [])
+    ordered = h.journal("B1-IN", "spot_check.ordered")
+    assert [(o["order"]["hold_next"], o["source"]) for o in ordered] == [(1, "mqtt")]
+
+    lane = h.sim.lane("B1-IN")
+    assert await lane.drive(FLEET[0], wait_for_lift_s=1.5) == "backed_out"
+    assert await lane.drive(FLEET[0]) == "passed"
+    await wait_until(lambda: len(h.journal("B1-IN", "passage.closed")) == 2)
+    assert [c["outcome"] for c in h.journal("B1-IN", "passage.closed")] == ["held", "passed"]
+    assert [e["reason"] for e in h.journal("B1-IN", "passage.held")] == ["spot_check"]
+
+    refused = h.journal("_site", "command.refused")
+    assert sorted(r["reason"] for r in refused) == ["invalid", "malformed", "malformed", "retained", "unknown_lane"]
+    assert all(r["source"] == "mqtt" and r["topic"] == topic and r["message"] for r in refused)
+    assert [r["lane"] for r in refused if r["reason"] == "invalid"] == ["B1-IN"]
+    await wait_until(lambda: len([e for e in col.events("_site") if e["type"] == "command.refused"]) == 5)
+    assert h.link.outages == 0 and h.link.connected
