@@ -37,6 +37,14 @@ def assemble(config: SiteConfig, stop=None) -> tuple[Site, list[Callable[[Any], 
     metrics = Metrics(site)  # subscribes itself
     setups.append(metrics.setup_routes)
 
+    if config.mqtt is not None:
+        from gatectl.mqtt import MqttLink
+
+        link = MqttLink(site)
+        site.subscribe(link.on_events)
+        site.add_task(link.run, "mqtt")
+        site.mqtt_depth = link.depth  # outbox depth in /metrics
+
     if stop is not None:
         site.add_task(lambda: run_notifier(site, stop), "systemd-notify")
     return site, setups
