@@ -18,6 +18,7 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from datetime import time as dt_time
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -59,6 +60,7 @@ __all__ = [
     "JournalConfig",
     "LaneConfig",
     "LaneKind",
+    "LedgerConfig",
     "LocalApiConfig",
     "ModbusRtuModule",
     "ModbusTcpModule",
@@ -687,6 +689,39 @@ class LaneConfig(GatectlModel):
         return any(w.contains(local) for w in self.open_hours)
 
 
+class LedgerConfig(GatectlModel):
+    """R14: the checkpoint ledger (卡口登记台账) the daemon writes by itself every period."""
+
+    dir: ConfigPath | None = Field(
+        None,
+        title="Ledger directory",
+        description="Where the daemon writes each period's ledger (relative to the config file); "
+        "None: no scheduled ledger (`gatectl ledger export` works either way).",
+    )
+    every_days: Int = Field(
+        15, ge=1, le=366, title="Period (days)", description="Length of one ledger period, in site-local days."
+    )
+    formats: list[Literal["csv", "xlsx"]] = Field(
+        default_factory=lambda: ["xlsx"],
+        min_length=1,
+        title="Formats",
+        description="One file (csv: one set of files) per format and period.",
+    )
+    first_day: date | None = Field(
+        None,
+        title="First period's first day",
+        description="Periods run every_days from this site-local date; None: from the day of the journal's "
+        "first event. Periods ending before it are never written.",
+    )
+
+    @field_validator("formats")
+    @classmethod
+    def _formats_once(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("name each format once")
+        return value
+
+
 class SiteConfig(GatectlModel):
     """The whole config file (CONTRACT section 1)."""
 
@@ -706,6 +741,9 @@ class SiteConfig(GatectlModel):
         default_factory=list, title="Staff", description="Cards that open personnel lanes."
     )
     lanes: list[LaneConfig] = Field(min_length=1, title="Lanes")
+    ledger: LedgerConfig = Field(
+        default_factory=LedgerConfig, title="Checkpoint ledger", description="R14: the ledger written every period."
+    )
 
     @model_validator(mode="after")
     def _defaults_and_cross_checks(self, info: ValidationInfo) -> SiteConfig:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import re
-from datetime import time
+from datetime import date, time
 from pathlib import Path
 
 import pytest
@@ -259,6 +259,28 @@ def test_device_silence_keys_default_and_validate(tmp_path: Path) -> None:
     for model in ("CardReaderConfig", "WeighbridgeConfig"):
         field = schema[model]["properties"]["silence_ms"]
         assert field["title"] and field["description"]
+
+
+def test_ledger_section_defaults_and_validates(tmp_path: Path) -> None:
+    """R14: the optional ``ledger`` section; without it nothing is scheduled."""
+    ledger = load_config(write(tmp_path, BASE)).ledger
+    assert (ledger.dir, ledger.every_days, ledger.formats, ledger.first_day) == (None, 15, ["xlsx"], None)
+
+    text = BASE + "ledger:\n  dir: ledgers\n  every_days: 7\n  formats: [csv, xlsx]\n  first_day: 2026-11-13\n"
+    ledger = load_config(write(tmp_path, text)).ledger
+    assert ledger.dir == tmp_path / "ledgers"  # relative to the config file
+    assert (ledger.every_days, ledger.formats, ledger.first_day) == (7, ["csv", "xlsx"], date(2026, 11, 13))
+
+    text = BASE + "ledger:\n  every_days: 0\n  formats: [csv, pdf]\n  first_day: someday\n  email: x\n"
+    problems = problems_of(tmp_path, text)
+    assert only(problems, "ledger.every_days").line == line_of(text, "every_days: 0")
+    assert only(problems, "ledger.formats[1]").line == line_of(text, "formats: [csv, pdf]")
+    assert only(problems, "ledger.first_day").line == line_of(text, "first_day: someday")
+    assert only(problems, "ledger.email").line == line_of(text, "email: x")
+    text = BASE + "ledger:\n  formats: [csv, csv]\n"
+    assert "name each format once" in only(problems_of(tmp_path, text), "ledger.formats").message
+    field = SiteConfig.model_json_schema()["$defs"]["LedgerConfig"]["properties"]["dir"]
+    assert field["title"] and field["description"]
 
 
 def test_json_schema_has_titles() -> None:

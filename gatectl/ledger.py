@@ -1,0 +1,1243 @@
+"""R14: the checkpoint ledger (卡口登记台账), exported for park management and customs.
+
+Every passage of a period, and the anomalies around them, read from the journal:
+
+- ``export(journal, config, start, end, fmt, out)`` writes one period (site-local days,
+  ``start`` and ``end`` inclusive) as ``xlsx`` (one workbook, one sheet per part) or ``csv``
+  (one file per part, see below). It streams: one SQL cursor per part, ordered by time on
+  the journal's indexes (``passages_opened``, ``events_type``), each row written as it is
+  read, all parts inside one read transaction so they agree with each other.
+- ``gatectl ledger export --config F [--from D] [--to D] [--format csv|xlsx] --out PATH``
+  (CONTRACT 7). Without dates: the 15 days ending today (today included, so what just
+  happened is in it); ``--from`` alone: 15 days from it; ``--to`` alone: 15 days ending on
+  it. ``--format`` defaults to the suffix of ``--out``. Exit 0 ok, 1 runtime failure (no
+  journal, cannot write), 2 bad usage or bad config.
+- ``LedgerScheduler(site).run()`` writes each complete period into ``ledger.dir`` by
+  itself and journals ``ledger.exported`` on lane ``_site`` (published like every event).
+
+The parts (Chinese names are the sheet names and the CSV file suffixes):
+
+=============  ==========================================================  =====  ====
+part           rows                                                         xlsx   csv
+=============  ==========================================================  =====  ====
+卡口登记台账    every passage opened in the period                           yes    ``out``
+不予放行        the passages closed ``held``                                 yes    (filter)
+手动抬杆        the passages lifted under an approval (``manual``)           yes    (filter)
+紧急放行        the emergency releases (``emergency``)                       yes    (filter)
+告警            ``alarm.raised``, with its acknowledgement                   yes    yes
+事件记录        ``incident.opened/updated/closed``                           yes    yes
+审批            approvals accepted, refused, expired; refused manual lifts   yes    yes
+交接班          ``shift.handover``                                           yes    yes
+值班记录        ``shift.check`` and ``video.note``                          yes    yes
+设备台账        ``equipment.daily`` (by its ``date``)                        yes    no
+故障处理单      ``ticket.opened/advanced``                                   yes    no
+说明            site, period, time zone, row counts                          yes    no
+=============  ==========================================================  =====  ====
+
+CSV layout: ``out`` is the passages file; every other CSV part goes beside it as
+``{out.stem}-{part}.csv`` (``台账.csv``, ``台账-告警.csv``, …), header-only when the part is
+empty, so the set of files is always the same. If ``out`` is an existing directory, the
+files are named by period inside it (``卡口登记台账_{site}_{YYYYMMDD}-{YYYYMMDD}.csv``). CSV is
+UTF-8 with a BOM (Excel opens the Chinese correctly); free text that a spreadsheet would
+take for a formula (``= + - @``) is prefixed with ``'``. Holds, manual and emergency lifts
+are rows of the passages file with their own ``通行结果``/``结果代码``, to filter on.
+
+Every value meant for people is Chinese, with the raw code in the next column (``通行结果``
+/ ``结果代码``, ``授权类型`` / ``授权类型代码``, …). Times are site-local (``site.timezone``)
+wall-clock times without offset, to the second; a passage belongs to the site-local day it
+opened on. In xlsx they are real date-time cells.
+
+Rows come in the order of the journal's time stamps as stored (the daemon stamps site
+time, so that is time order; a journal mixing UTC offsets still gets every row of the
+period once, bounds checked per row, only its order follows the text). Memory stays flat
+whatever the period holds: besides the row being written, an export keeps only the
+emergency accounts and alarm acknowledgements it joins to their rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import heapq
+import json
+import os
+import sqlite3
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta, tzinfo
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from gatectl.demo import KINDS_ZH
+from gatectl.lane.core import HOLD_TEXTS
+from gatectl.records import (
+    ALARM_ZH,
+    CATEGORIES,
+    HEALTH_ZH,
+    INCIDENT_KINDS,
+    PARTIES,
+    TICKET_STATE_ZH,
+)
+
+if TYPE_CHECKING:
+    from gatectl.config import SiteConfig
+    from gatectl.service import Site
+
+log = structlog.get_logger("gatectl.ledger")
+
+FORMATS = ("csv", "xlsx")
+DEFAULT_DAYS = 15
+TITLE = "卡口登记台账"
+#: The scheduler writes a period this long after its last day ended, so passages still
+#: open at midnight (a held vehicle backing out) have closed.
+SETTLE = timedelta(minutes=30)
+#: Rows per xlsx sheet (Excel's limit, header included); more continue in "name(2)".
+XLSX_MAX_ROWS = 1_048_576
+#: How often a running export looks at its stop flag.
+STOP_CHECK_ROWS = 2048
+
+# --------------------------------------------------------------------------------------
+# Words for people (raw codes stay in their own columns; unknown codes show as they are)
+
+DIRECTION_ZH = {"in": "进", "out": "出"}
+OUTCOME_ZH = {
+    "passed": "通行",
+    "held": "不予放行",
+    "backed_out": "倒车离开",
+    "forced": "闯卡",
+    "emergency": "紧急放行",
+    "manual": "手动抬杆",
+}
+OPEN_PASSAGE_ZH = "未结束"
+DECISION_ZH = {"release": "放行", "hold": "不予放行", "inspect": "待检", "deny": "禁止通行"}
+AUTH_ZH = {
+    "release_instruction": "海关放行指令",
+    "whitelist": "行政车辆白名单",
+    "staff_card": "人员卡",
+    "approval": "审批抬杆",
+    "emergency": "紧急放行",
+}
+REASON_ZH = {
+    "hold": "海关指令不予放行",
+    "inspect": "海关指令待检",
+    "deny": "海关指令禁止通行",
+    "no_authority": "通道未配置放行系统",
+    "device_fault": "设备故障",
+    "journal_error": "日志写入失败",
+    "instruction_replay": "放行指令重复使用",
+    "no_card": "未读到IC卡",
+    "no_stable_weight": "未能稳定称重",
+    "lift_interrupted": "抬杆中断",
+    "forced_passage": "闯卡",
+    "closed_hours": "非开放时间",
+    "not_registered": "未登记车辆",
+    "admin_overweight": "行政车辆超重（疑似夹带货物）",
+    "not_staff": "非登记人员卡",
+    "spot_check": "海关抽查",
+    "authority_timeout": "海关系统超时无应答",
+    "authority_connection": "海关系统连接失败",
+    "authority_http_status": "海关系统返回错误",
+    "authority_malformed": "海关系统应答格式错误",
+    "authority_mismatch": "海关系统应答不匹配",
+    "recovered_unobserved": "重启后未见车辆",
+    "daemon_restart": "系统重启",
+    "left_after_lift": "抬杆后车辆离开",
+}
+APPROVAL_REASON_ZH = {
+    "equipment_fault": "设备故障",
+    "network_fault": "网络故障",
+    "other": "其他",
+    # approval.refused
+    "malformed": "审批单格式错误",
+    "unsigned": "无海关签名",
+    "unknown_key": "签名密钥不受信任",
+    "bad_signature": "签名校验失败",
+    "missing_chain": "审批链不完整",
+    "missing_countersignature": "缺少园区管理方会签",
+    "missing_park_signature": "缺少园区管理方签名",
+    "unknown_lane": "通道不存在",
+    "not_yet_valid": "审批单尚未生效",
+    "expired": "审批单已过期",
+    "exhausted": "审批次数已用完",
+    # manual_lift.refused
+    "no_valid_approval": "无有效审批",
+    "approval_exhausted": "审批次数已用完",
+    "approval_expired": "审批已过期",
+    "approval_not_yet_valid": "审批尚未生效",
+    "lift_in_progress": "正在抬杆",
+}
+APPROVAL_EVENT_ZH = {
+    "approval.accepted": "审批通过",
+    "approval.refused": "审批被拒",
+    "approval.expired": "审批过期未用",
+    "manual_lift.refused": "手动抬杆被拒",
+}
+TRIGGER_ZH = {"panel": "现场按钮抬杆", "remote": "远程放行"}
+INCIDENT_ACTION_ZH = {"incident.opened": "开启", "incident.updated": "处置", "incident.closed": "关闭"}
+DEVICE_ZH = {"card_reader": "读卡器", "weighbridge": "地磅", "barrier": "道闸", "journal": "日志"}
+DUTY_ZH = {"start": "上岗检查", "end": "下岗检查", "video.note": "视频监控记录"}
+TICKET_SOURCE_ZH = {"fault": "设备自动报障", "report": "人工上报"}
+#: Labels of the content fields of records (what is not a column of its own).
+FIELD_ZH = {
+    "what": "经过", "plate": "车牌", "photos": "照片", "notified": "已通知", "note": "备注", "parties": "通报对象",
+    "at": "通报时间", "cause": "故障原因", "solution": "解决方案", "category": "故障类别", "passage_id": "通行编号",
+}
+SITE_WIDE_ZH = "全场"
+
+
+def zh(words: dict[str, str], code: Any) -> str | None:
+    """The Chinese word for ``code``; the code itself if there is none; None for None."""
+    if code is None:
+        return None
+    return words.get(code, str(code))
+
+
+def reason_zh(code: str | None) -> str | None:
+    if code is None:
+        return None
+    return REASON_ZH.get(code) or HOLD_TEXTS.get(code) or code
+
+
+# --------------------------------------------------------------------------------------
+# Periods
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """Site-local days ``start``..``end``, both included."""
+
+    start: date
+    end: date
+
+    def __post_init__(self) -> None:
+        if self.end < self.start:
+            raise ValueError(f"the period ends ({self.end}) before it starts ({self.start})")
+
+    @classmethod
+    def ending(cls, end: date, days: int = DEFAULT_DAYS) -> Period:
+        return cls(end - timedelta(days=days - 1), end)
+
+    @classmethod
+    def starting(cls, start: date, days: int = DEFAULT_DAYS) -> Period:
+        return cls(start, start + timedelta(days=days - 1))
+
+    def filename(self, site_id: str, fmt: str) -> str:
+        return f"{TITLE}_{site_id}_{self.start:%Y%m%d}-{self.end:%Y%m%d}.{fmt}"
+
+    def __str__(self) -> str:
+        return f"{self.start.isoformat()}..{self.end.isoformat()}"
+
+
+class LedgerError(Exception):
+    """The ledger could not be written (no journal, an unwritable file, …)."""
+
+
+class LedgerCancelled(LedgerError):
+    """The export was asked to stop; nothing was left behind."""
+
+
+@dataclass
+class LedgerExport:
+    """What one export wrote: the main file, every file, rows per part."""
+
+    period: Period
+    format: str
+    path: Path
+    files: list[Path]
+    rows: dict[str, int]
+
+    @property
+    def passages(self) -> int:
+        return self.rows[PASSAGES]
+
+
+# --------------------------------------------------------------------------------------
+# Columns and parts
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    header: str
+    width: float = 12
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    name: str
+    columns: tuple[Column, ...]
+    csv: bool
+    outcome: str | None = None  # a view of the passages: those closed with this outcome
+    freeze: str = "B2"  # the header row and the time column stay in view
+
+
+PASSAGES = TITLE
+PASSAGE_COLUMNS = (
+    Column("时间", 20),
+    Column("离开时间", 20),
+    Column("通道", 10),
+    Column("通道名称", 18),
+    Column("通道类型", 9),
+    Column("方向", 6),
+    Column("IC卡号", 14),
+    Column("车牌", 12),
+    Column("毛重(kg)", 10),
+    Column("海关指令", 10),
+    Column("指令代码", 9),
+    Column("放行指令号", 24),
+    Column("核放单号", 22),
+    Column("海关提示", 18),
+    Column("通行结果", 10),
+    Column("结果代码", 11),
+    Column("授权类型", 14),
+    Column("授权类型代码", 18),
+    Column("授权编号", 24),
+    Column("原因", 20),
+    Column("原因代码", 18),
+    Column("备注", 40),
+    Column("通行编号", 36),
+)
+PARTS: tuple[Part, ...] = (
+    Part(PASSAGES, PASSAGE_COLUMNS, csv=True),
+    Part("不予放行", PASSAGE_COLUMNS, csv=False, outcome="held"),
+    Part("手动抬杆", PASSAGE_COLUMNS, csv=False, outcome="manual"),
+    Part("紧急放行", PASSAGE_COLUMNS, csv=False, outcome="emergency"),
+    Part("告警", (
+        Column("时间", 20), Column("通道", 10), Column("通道名称", 18), Column("告警", 14), Column("告警代码", 20),
+        Column("通行编号", 36), Column("详情", 40), Column("确认时间", 20), Column("确认人", 10),
+        Column("确认备注", 30), Column("事件编号", 36),
+    ), csv=True),
+    Part("事件记录", (
+        Column("时间", 20), Column("通道", 10), Column("通道名称", 18), Column("事件编号", 36), Column("动作", 8),
+        Column("动作代码", 16), Column("类型", 12), Column("类型代码", 16), Column("内容", 40), Column("处理人", 10),
+    ), csv=True),
+    Part("审批", (
+        Column("时间", 20), Column("通道", 10), Column("通道名称", 18), Column("事项", 14), Column("事项代码", 20),
+        Column("审批编号", 24), Column("触发方式", 14), Column("原因", 18), Column("原因代码", 22),
+        Column("详情", 50),
+    ), csv=True),
+    Part("交接班", (
+        Column("时间", 20), Column("交班人", 10), Column("接班人", 10), Column("值班记录", 50),
+        Column("移交未结告警", 30), Column("移交未结事件", 30), Column("移交未结故障单", 30),
+    ), csv=True),
+    Part("值班记录", (
+        Column("时间", 20), Column("通道", 10), Column("通道名称", 18), Column("记录", 14), Column("记录代码", 12),
+        Column("值班人", 10), Column("设备情况", 40), Column("内容", 50),
+    ), csv=True),
+    Part("设备台账", (
+        Column("日期", 12), Column("通道", 10), Column("通道名称", 18), Column("设备", 12), Column("设备代码", 14),
+        Column("可用率(%)", 10), Column("故障次数", 8), Column("故障时长(秒)", 12), Column("丢帧数", 8),
+        Column("当日班次检查(次)", 16), Column("记录时间", 20),
+    ), csv=False, freeze="A2"),
+    Part("故障处理单", (
+        Column("时间", 20), Column("故障单号", 36), Column("通道", 10), Column("设备", 12), Column("动作", 8),
+        Column("状态", 16), Column("状态代码", 12), Column("处理人", 10), Column("内容", 50), Column("来源", 10),
+    ), csv=False),
+)
+NOTES = "说明"
+_PART = {p.name: p for p in PARTS}
+_VIEWS = {p.outcome: p.name for p in PARTS if p.outcome is not None}
+
+#: Keys every event has; what is left of an event is its own content.
+_ENVELOPE = frozenset({"event_id", "seq", "site_id", "lane_id", "type", "ts"})
+
+
+def render(value: Any) -> str | None:
+    """Structured values of records (lists of open alarms, device checks) as one line."""
+    if value is None or value == "" or value == [] or value == {}:
+        return None
+    if isinstance(value, bool):
+        return "是" if value else "否"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return _number_text(value)
+    if isinstance(value, dict):
+        return "；".join(f"{k}: {_compact(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return "、".join(_compact(v) for v in value)
+    return str(value)
+
+
+def _compact(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if value is None:
+        return ""
+    return render(value) or ""
+
+
+def _number_text(value: float | int) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+# --------------------------------------------------------------------------------------
+# Reading the journal
+
+
+@dataclass(frozen=True, slots=True)
+class _Lane:
+    name: str | None = None
+    kind: str | None = None
+    direction: str | None = None
+
+
+class _Reader:
+    """One period of one journal, read in one transaction; site-local times."""
+
+    def __init__(self, db: sqlite3.Connection, config: SiteConfig, period: Period,
+                 stop: threading.Event | None) -> None:
+        self.db = db
+        self.tz: tzinfo = config.site.tz
+        self.period = period
+        self.stop = stop
+        self.lanes: dict[str, _Lane] = {
+            lane.id: _Lane(lane.name, KINDS_ZH.get(lane.kind, lane.kind), DIRECTION_ZH[lane.direction])
+            for lane in config.lanes
+        }
+        self.lanes["_site"] = _Lane(SITE_WIDE_ZH)
+        self.plates = {v.card: v.plate for v in config.administrative_vehicles}
+        self.staff = {m.card: m.name for m in config.staff}
+        # Exact bounds as instants; the SQL bounds are a day wider on each side, so a time
+        # stamp written with any UTC offset is found, then filtered exactly here.
+        self.lo = datetime.combine(period.start, time(0), self.tz)
+        self.hi = datetime.combine(period.end + timedelta(days=1), time(0), self.tz)
+        self.sql_lo = (period.start - timedelta(days=1)).isoformat()
+        self.sql_hi = (period.end + timedelta(days=2)).isoformat()
+        self._emergency: dict[str, dict] | None = None
+        self._opened: dict[str, dict[Any, dict]] = {}
+        self._rows = 0
+
+    # ---------------------------------------------------------------- helpers
+
+    def instant(self, ts: str) -> datetime:
+        t = datetime.fromisoformat(ts)
+        return t if t.tzinfo is not None else t.replace(tzinfo=self.tz)
+
+    def local(self, ts: str | None) -> datetime | None:
+        """``ts`` as site-local wall-clock time (naive, whole seconds)."""
+        if ts is None:
+            return None
+        return self.instant(ts).astimezone(self.tz).replace(tzinfo=None, microsecond=0)
+
+    def time_text(self, value: Any) -> str | None:
+        """A time stamp inside an event's content, as site-local text."""
+        if not isinstance(value, str):
+            return render(value)
+        try:
+            local = self.local(value)
+        except ValueError:
+            return value
+        return None if local is None else local.strftime("%Y-%m-%d %H:%M:%S")
+
+    def fields(self, content: Any, *skip: str) -> str | None:
+        """A record's content for people: "经过：…；车牌：…", codes in Chinese."""
+        if not isinstance(content, dict):
+            return render(content)
+        parts = []
+        for key, value in content.items():
+            if key in _ENVELOPE or key in skip or value in (None, "", [], {}):
+                continue
+            if key in ("parties", "notified"):
+                value = [PARTIES.get(v, v) for v in value] if isinstance(value, list) else PARTIES.get(value, value)
+            elif key == "category":
+                value = zh(CATEGORIES, value)
+            elif key == "at":
+                value = self.time_text(value)
+            parts.append(f"{FIELD_ZH.get(key, key)}：{render(value)}")
+        return "；".join(parts) or None
+
+    def in_period(self, ts: str) -> datetime | None:
+        """Site-local time of ``ts`` if it falls in the period, else None."""
+        t = self.instant(ts)
+        if not self.lo <= t < self.hi:
+            return None
+        return t.astimezone(self.tz).replace(tzinfo=None, microsecond=0)
+
+    def lane(self, lane_id: str | None) -> _Lane:
+        return self.lanes.get(lane_id or "", _Lane())
+
+    def tick(self) -> None:
+        self._rows += 1
+        if self.stop is not None and self._rows % STOP_CHECK_ROWS == 0 and self.stop.is_set():
+            raise LedgerCancelled("ledger export stopped")
+
+    def events(self, *types: str, since: str | None = None, until: str | None = None) -> Iterator[tuple[str, dict]]:
+        """Events of ``types`` by time (one index range per type, merged), as (ts, body)."""
+        lo = self.sql_lo if since is None else since
+        hi = self.sql_hi if until is None else until
+
+        def one(type_: str) -> Iterator[tuple[str, str]]:
+            yield from self.db.execute(
+                "SELECT ts, body FROM events WHERE type = ? AND ts >= ? AND ts < ? ORDER BY ts", (type_, lo, hi)
+            )
+
+        for ts, body in heapq.merge(*(one(t) for t in types), key=lambda r: r[0]):
+            yield ts, json.loads(body)
+
+    def period_events(self, *types: str) -> Iterator[tuple[datetime, dict]]:
+        for ts, body in self.events(*types):
+            t = self.in_period(ts)
+            if t is not None:
+                self.tick()
+                yield t, body
+
+    def opened(self, type_: str, key: str, ident: Any) -> dict:
+        """What the ``type_`` event naming ``ident`` said (the ``ticket.opened`` of a ticket
+        advanced now): remembered from this period's rows, or looked up once."""
+        known = self._opened.setdefault(type_, {})
+        if ident not in known:
+            row = None
+            if ident is not None:
+                row = self.db.execute(
+                    "SELECT body FROM events WHERE type = ? AND json_extract(body, ?) = ? ORDER BY ts LIMIT 1",
+                    (type_, f"$.{key}", ident),
+                ).fetchone()
+            known[ident] = json.loads(row[0]) if row else {}
+        return known[ident]
+
+    def remember(self, body: dict, key: str, *fields: str) -> None:
+        self._opened.setdefault(body["type"], {})[body.get(key)] = {f: body.get(f) for f in fields}
+
+    def emergency_account(self, passage_id: str) -> dict | None:
+        """The guard's account of an emergency release; given after it, maybe after the period."""
+        if self._emergency is None:
+            self._emergency = {}
+            for _, body in self.events("emergency.account", until="\uffff"):
+                # The latest account counts; only what the ledger shows is kept.
+                shown = ("vehicle_type", "plate", "note", "by")
+                self._emergency[body.get("passage_id")] = {k: body.get(k) for k in shown}
+        return self._emergency.get(passage_id)
+
+    def approval(self, approval_id: str) -> dict | None:
+        """The approval document (a primary-key look-up per manual lift; not kept)."""
+        try:
+            row = self.db.execute("SELECT document FROM approvals WHERE approval_id = ?", (approval_id,)).fetchone()
+        except sqlite3.OperationalError:  # a journal from before approvals
+            return None
+        return json.loads(row[0]) if row else None
+
+    # ------------------------------------------------------------------ parts
+
+    def passages(self) -> Iterator[tuple[str | None, tuple]]:
+        """Every passage opened in the period, by time, with its outcome code."""
+        cur = self.db.execute(
+            "SELECT passage_id, lane_id, opened_at, closed_at, card, gross_weight_kg, decision, instruction_id,"
+            " form_id, hint, auth_kind, auth_id, outcome, reason FROM passages"
+            " WHERE opened_at >= ? AND opened_at < ? ORDER BY opened_at",
+            (self.sql_lo, self.sql_hi),
+        )
+        for (pid, lane_id, opened_at, closed_at, card, kg, decision, instruction, form, hint, auth_kind, auth_id,
+             outcome, reason) in cur:
+            t = self.in_period(opened_at)
+            if t is None:
+                continue
+            self.tick()
+            lane = self.lane(lane_id)
+            plate, note = self._vehicle(pid, card, auth_kind, auth_id)
+            yield outcome, (
+                t, self.local(closed_at), lane_id, lane.name, lane.kind, lane.direction, card, plate, kg,
+                zh(DECISION_ZH, decision), decision, instruction, form, hint,
+                OPEN_PASSAGE_ZH if outcome is None else zh(OUTCOME_ZH, outcome), outcome,
+                zh(AUTH_ZH, auth_kind), auth_kind, auth_id, reason_zh(reason), reason, note, pid,
+            )
+
+    def _vehicle(self, pid: str, card: str | None, auth_kind: str | None,
+                 auth_id: str | None) -> tuple[str | None, str | None]:
+        """Plate and remarks: from the emergency account, the approval, or the site's lists."""
+        plate = self.plates.get(card) if card else None
+        notes: list[str] = []
+        if auth_kind == "emergency":
+            acc = self.emergency_account(pid)
+            if acc is None:
+                notes.append("特种车辆信息未登记")
+            else:
+                plate = acc.get("plate") or plate
+                notes.append(f"特种车辆：{acc.get('vehicle_type') or ''}")
+                if acc.get("note"):
+                    notes.append(str(acc["note"]))
+                if acc.get("by"):
+                    notes.append(f"登记人：{acc['by']}")
+        elif auth_kind == "approval" and auth_id:
+            approval_id = auth_id.rsplit("#", 1)[0]
+            doc = self.approval(approval_id) or {}
+            plate = doc.get("plate") or plate
+            why = zh(APPROVAL_REASON_ZH, doc.get("reason"))
+            detail = "：".join(x for x in (why, doc.get("detail")) if x)
+            notes.append(f"审批 {approval_id}" + (f"（{detail}）" if detail else ""))
+            for key, word in (("requested_by", "申请"), ("verified_by", "核实"), ("approved_by", "批准"),
+                              ("countersigned_by", "会签")):
+                who = doc.get(key)
+                if isinstance(who, dict):
+                    notes.append(f"{word}：{who.get('org') or ''} {who.get('name') or ''}".rstrip())
+        elif card and card in self.staff:
+            notes.append(f"人员：{self.staff[card]}")
+        return plate, "；".join(notes) or None
+
+    def alarms(self) -> Iterator[tuple]:
+        acks: dict[str, tuple[str, dict]] = {}  # the first acknowledgement of each alarm
+        for ts, body in self.events("alarm.acknowledged", until="\uffff"):
+            acks.setdefault(body.get("alarm_event_id"), (ts, {"by": body.get("by"), "note": body.get("note")}))
+        for t, body in self.period_events("alarm.raised"):
+            lane = self.lane(body.get("lane_id"))
+            ack_ts, ack = acks.get(body.get("event_id"), (None, {}))
+            yield (
+                t, body.get("lane_id"), lane.name, zh(ALARM_ZH, body.get("alarm")), body.get("alarm"),
+                body.get("passage_id"), self.fields(body, "alarm", "passage_id"), self.local(ack_ts), ack.get("by"),
+                ack.get("note") or None, body.get("event_id"),
+            )
+
+    def incidents(self) -> Iterator[tuple]:
+        for t, body in self.period_events("incident.opened", "incident.updated", "incident.closed"):
+            type_, ident = body["type"], body.get("incident_id")
+            if type_ == "incident.opened":
+                self.remember(body, "incident_id", "kind")
+                opened, content, who = body, body.get("reason"), body.get("by")
+            elif type_ == "incident.updated":
+                opened = self.opened("incident.opened", "incident_id", ident)
+                account = body.get("account")
+                content = self.fields(account, "by")
+                who = account.get("by") if isinstance(account, dict) else None
+            else:
+                opened = self.opened("incident.opened", "incident_id", ident)
+                content, who = body.get("summary"), body.get("by")
+            lane_id = body.get("lane_id")
+            kind = opened.get("kind")
+            yield (
+                t, lane_id, self.lane(lane_id).name, ident, INCIDENT_ACTION_ZH.get(type_), type_,
+                zh(INCIDENT_KINDS, kind), kind, render(content), render(who),
+            )
+
+    def approvals(self) -> Iterator[tuple]:
+        for t, body in self.period_events(*APPROVAL_EVENT_ZH):
+            type_ = body["type"]
+            lane_id = body.get("lane_id")
+            if lane_id == "_site" and body.get("lane"):
+                lane_id = body["lane"]  # refused for a lane that is not configured
+            reason = body.get("reason")
+            if type_ == "approval.accepted":
+                reason = None
+                detail = "；".join(x for x in (
+                    f"有效期 {self.time_text(body.get('valid_from'))} 至 {self.time_text(body.get('valid_until'))}",
+                    f"可抬杆 {body.get('max_lifts')} 次",
+                    f"车牌 {body['plate']}" if body.get("plate") else None,
+                ) if x)
+            elif type_ == "approval.refused":
+                detail = "；".join(x for x in (body.get("message"), f"来源 {body['source']}" if body.get("source")
+                                               else None) if x) or None
+            else:
+                detail = self.fields(body, "approval_id", "reason", "passage_id")
+            yield (
+                t, lane_id, self.lane(lane_id).name, APPROVAL_EVENT_ZH[type_], type_, body.get("approval_id"),
+                zh(TRIGGER_ZH, body.get("trigger")), zh(APPROVAL_REASON_ZH, reason), reason, detail,
+            )
+
+    def handovers(self) -> Iterator[tuple]:
+        def carried(items: Any) -> str | None:
+            if isinstance(items, list):
+                return f"{len(items)}项" + (f"：{render(items)}" if items else "")
+            return render(items)
+
+        for t, body in self.period_events("shift.handover"):
+            yield (
+                t, render(body.get("outgoing")), render(body.get("incoming")), render(body.get("notes")),
+                carried(body.get("open_alarms")), carried(body.get("open_incidents")),
+                carried(body.get("open_tickets")),
+            )
+
+    def duty(self) -> Iterator[tuple]:
+        """Shift-start and shift-end checks and video-monitoring notes (R13)."""
+        for t, body in self.period_events("shift.check", "video.note"):
+            lane_id = body.get("lane_id")
+            if body["type"] == "shift.check":
+                code, content = body.get("phase"), body.get("remarks")
+                devices = body.get("devices")
+                if isinstance(devices, dict):
+                    devices = {k: HEALTH_ZH.get(v, v) if isinstance(v, str) else v for k, v in devices.items()}
+            else:
+                code, content, devices = "video.note", body.get("note"), None
+            yield (
+                t, lane_id, self.lane(lane_id).name, zh(DUTY_ZH, code), code, render(body.get("guard")),
+                render(devices), render(content),
+            )
+
+    def equipment(self) -> Iterator[tuple]:
+        """Daily rows by the day they describe (journaled the day after, or later)."""
+        first, last = self.period.start.isoformat(), self.period.end.isoformat()
+        until = (self.period.end + timedelta(days=8)).isoformat()  # written the day after, or later
+        for ts, body in self.events("equipment.daily", until=until):
+            day = str(body.get("date") or "")[:10]
+            if not first <= day <= last:
+                continue
+            self.tick()
+            lane_id = body.get("lane_id")
+            device = body.get("device")
+            availability = _scalar(body.get("availability"))
+            if isinstance(availability, (int, float)):
+                availability = round(availability * 100, 4)  # a share of the day, shown in per cent
+            yield (
+                day, lane_id, self.lane(lane_id).name, zh(DEVICE_ZH, device), device, availability,
+                _scalar(body.get("faults")), _scalar(body.get("faulty_s")), _scalar(body.get("frames_dropped")),
+                _scalar(body.get("checks")), self.local(ts),
+            )
+
+    def tickets(self) -> Iterator[tuple]:
+        """Fault tickets (故障处理单) step by step: reported, notified, diagnosing, fixed, closed."""
+        for t, body in self.period_events("ticket.opened", "ticket.advanced"):
+            ident = body.get("ticket_id")
+            if body["type"] == "ticket.opened":
+                self.remember(body, "ticket_id", "device", "lane_id")
+                opened = body
+                action, state, code = "开单", zh(TICKET_STATE_ZH, "reported"), "reported"
+                content = "；".join(x for x in (render(body.get("reason")), self.fields(
+                    {"passage_id": body.get("passage_id")})) if x) or None
+                source = zh(TICKET_SOURCE_ZH, body.get("source"))
+            else:
+                opened = self.opened("ticket.opened", "ticket_id", ident)
+                action, code, source = "流转", body.get("to"), None
+                state = f"{zh(TICKET_STATE_ZH, body.get('from')) or ''}→{zh(TICKET_STATE_ZH, code) or ''}"
+                content = self.fields(body, "ticket_id", "from", "to", "by")
+            device = opened.get("device")
+            yield (
+                t, ident, opened.get("lane_id") or body.get("lane_id"), zh(DEVICE_ZH, device), action, state, code,
+                render(body.get("by")), content, source,
+            )
+
+
+def _scalar(value: Any) -> Any:
+    """Numbers stay numbers (sortable in xlsx); anything else becomes text."""
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return value
+    return render(value)
+
+
+_ROWS: dict[str, Callable[[_Reader], Iterable[tuple]]] = {
+    "告警": _Reader.alarms,
+    "事件记录": _Reader.incidents,
+    "审批": _Reader.approvals,
+    "交接班": _Reader.handovers,
+    "值班记录": _Reader.duty,
+    "设备台账": _Reader.equipment,
+    "故障处理单": _Reader.tickets,
+}
+
+
+@contextlib.contextmanager
+def _open_journal(source: Any) -> Iterator[sqlite3.Connection]:
+    """A connection inside one read transaction: a ``Journal`` or a path gets a connection
+    of its own (safe beside the daemon's writes, WAL); a connection is used as it is."""
+    if isinstance(source, sqlite3.Connection):
+        db, own = source, False
+    else:
+        path = Path(str(getattr(source, "path", source)))
+        if not path.is_file():
+            raise LedgerError(f"no journal at {path}")
+        try:
+            db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA busy_timeout=5000")
+            db.execute("PRAGMA query_only=ON")
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot open journal {path}: {exc}") from exc
+        own = True
+    began = not db.in_transaction
+    try:
+        if began:
+            db.execute("BEGIN")
+        yield db
+    except sqlite3.Error as exc:
+        raise LedgerError(f"journal unreadable: {exc}") from exc
+    finally:
+        if began and db.in_transaction:
+            db.execute("ROLLBACK")
+        if own:
+            db.close()
+
+
+# --------------------------------------------------------------------------------------
+# Writers
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Whole files only: flushed to disk, then renamed over the final name."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+
+
+_FORMULA_START = frozenset("=+-@\t\r")
+
+
+def _csv_value(value: Any) -> Any:
+    """CSV text of a value (csv.writer itself writes None as empty): the hot path of csv."""
+    kind = type(value)
+    if kind is str:
+        return "'" + value if value[:1] in _FORMULA_START else value  # a spreadsheet must not run it
+    if kind is datetime:
+        return value.isoformat(" ")  # whole seconds, site time: 2026-11-13 09:00:00
+    if kind is float:
+        return _number_text(value)
+    return value
+
+
+class _CsvOut:
+    """One CSV file per part that has one; the passages file is ``out`` itself."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.files: dict[str, tuple[Path, Path, Any, Any]] = {}
+
+    def path(self, part: Part) -> Path:
+        if part.name == PASSAGES:
+            return self.out
+        return self.out.with_name(f"{self.out.stem}-{part.name}{self.out.suffix or '.csv'}")
+
+    def open(self, part: Part) -> Callable[[tuple], None] | None:
+        if not part.csv:
+            return None
+        final = self.path(part)
+        tmp = _tmp(final)
+        f = open(tmp, "w", encoding="utf-8-sig", newline="")
+        writer = csv.writer(f)
+        writer.writerow([c.header for c in part.columns])
+        self.files[part.name] = (final, tmp, f, writer)
+        row = writer.writerow
+        return lambda values: row([_csv_value(v) for v in values])
+
+    def close(self, summary: list[tuple[str, Any]]) -> list[Path]:
+        for _, tmp, f, _ in self.files.values():
+            f.close()
+        for final, tmp, _, _ in self.files.values():
+            _publish(tmp, final)
+        return [final for final, *_ in self.files.values()]
+
+    def abort(self) -> None:
+        for _, tmp, f, _ in self.files.values():
+            f.close()
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+class _XlsxSheet:
+    """Rows of one part; past Excel's row limit they continue in "name(2)", …"""
+
+    def __init__(self, out: _XlsxOut, part: Part) -> None:
+        from openpyxl.utils import get_column_letter
+
+        self.out = out
+        self.part = part
+        self.last_column = get_column_letter(len(part.columns))
+        self.sheets = 0
+        self.ws: Any = None
+        self.n = 0
+        self._next_sheet()
+
+    def _next_sheet(self) -> None:
+        self.finish()
+        self.sheets += 1
+        title = self.part.name if self.sheets == 1 else f"{self.part.name}({self.sheets})"
+        self.ws = self.out.sheet(title, self.part.columns, self.part.freeze)
+        self.n = 0
+
+    def finish(self) -> None:
+        """Filter buttons on the header, over every row written (set before the save)."""
+        if self.ws is not None:
+            self.ws.auto_filter.ref = f"A1:{self.last_column}{self.n + 1}"
+
+    def __call__(self, values: tuple) -> None:
+        from openpyxl.cell import WriteOnlyCell
+        from openpyxl.utils.exceptions import IllegalCharacterError
+
+        if self.n >= XLSX_MAX_ROWS - 1:
+            self._next_sheet()
+        row: list[Any] = list(values)
+        for i, v in enumerate(row):
+            if isinstance(v, str) and v.startswith("="):
+                cell = WriteOnlyCell(self.ws, value=v)
+                cell.data_type = "s"  # text, never a formula
+                row[i] = cell
+        try:
+            self.ws.append(row)
+        except IllegalCharacterError:
+            from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+
+            self.ws.append([ILLEGAL_CHARACTERS_RE.sub("", v) if isinstance(v, str) else v for v in row])
+        self.n += 1
+
+
+class _XlsxOut:
+    """One workbook in openpyxl's write-only mode: rows go to disk as they come."""
+
+    def __init__(self, out: Path) -> None:
+        try:
+            from openpyxl import Workbook
+        except ImportError as exc:  # pragma: no cover - openpyxl is a dependency
+            raise LedgerError("xlsx needs openpyxl (pip install openpyxl)") from exc
+        self.out = out
+        self.wb = Workbook(write_only=True)
+        self.tmp = _tmp(out)
+        self.parts: list[_XlsxSheet] = []
+
+    def sheet(self, title: str, columns: tuple[Column, ...], freeze: str | None) -> Any:
+        """A new sheet with its column widths, frozen panes and a bold header row."""
+        from openpyxl.cell import WriteOnlyCell
+        from openpyxl.styles import Alignment, Font, PatternFill
+        from openpyxl.utils import get_column_letter
+
+        ws = self.wb.create_sheet(title)
+        for i, col in enumerate(columns, 1):
+            ws.column_dimensions[get_column_letter(i)].width = col.width
+        if freeze:
+            ws.freeze_panes = freeze
+        bold, fill, center = Font(bold=True), PatternFill("solid", fgColor="DDEBF7"), Alignment(horizontal="center")
+        header = []
+        for col in columns:
+            cell = WriteOnlyCell(ws, value=col.header)
+            cell.font, cell.fill, cell.alignment = bold, fill, center
+            header.append(cell)
+        ws.append(header)
+        return ws
+
+    def open(self, part: Part) -> _XlsxSheet:
+        sheet = _XlsxSheet(self, part)
+        self.parts.append(sheet)
+        return sheet
+
+    def close(self, summary: list[tuple[str, Any]]) -> list[Path]:
+        for part in self.parts:
+            part.finish()
+        ws = self.sheet(NOTES, (Column("项目", 18), Column("内容", 60)), "A2")
+        for key, value in summary:
+            ws.append([key, value])
+        self.wb.save(str(self.tmp))
+        _publish(self.tmp, self.out)
+        return [self.out]
+
+    def abort(self) -> None:
+        for ws in self.wb.worksheets:  # finish each streamed sheet and drop its temporary file
+            with contextlib.suppress(Exception):
+                ws.close()
+                ws._writer.cleanup()
+        with contextlib.suppress(OSError):
+            self.tmp.unlink()
+
+
+# --------------------------------------------------------------------------------------
+# Export
+
+
+def default_output(out: Path, config: SiteConfig, period: Period, fmt: str) -> Path:
+    """``out`` itself, or the period's file name inside ``out`` if that is a directory."""
+    return out / period.filename(config.site.id, fmt) if out.is_dir() else out
+
+
+def export(
+    journal: Any,
+    config: SiteConfig,
+    start: date,
+    end: date,
+    fmt: str,
+    out: str | os.PathLike[str],
+    *,
+    stop: threading.Event | None = None,
+    generated_at: datetime | None = None,
+) -> LedgerExport:
+    """Write the ledger of site-local days ``start``..``end`` (inclusive) to ``out``.
+
+    ``journal``: a ``Journal``, a journal file path, or an ``sqlite3.Connection`` (used as
+    is: from another thread only if nothing else uses it). ``fmt``: ``csv`` or ``xlsx``.
+    Files appear whole or not at all. Raises ``LedgerError`` (``LedgerCancelled`` once
+    ``stop`` is set), ``ValueError`` for a bad period or format.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be csv or xlsx, not {fmt!r}")
+    period = Period(start, end)
+    out_path = default_output(Path(out), config, period, fmt)
+    if not out_path.parent.is_dir():
+        raise LedgerError(f"no directory {out_path.parent}")
+    tz = config.site.tz
+    made = (generated_at or datetime.now(tz)).astimezone(tz)
+    counts: dict[str, int] = {}
+    writer: _CsvOut | _XlsxOut
+    try:
+        writer = _CsvOut(out_path) if fmt == "csv" else _XlsxOut(out_path)
+    except OSError as exc:
+        raise LedgerError(f"cannot write {out_path}: {exc}") from exc
+    try:
+        with _open_journal(journal) as db:
+            reader = _Reader(db, config, period, stop)
+            main = writer.open(_PART[PASSAGES])
+            assert main is not None
+            views = {outcome: writer.open(_PART[name]) for outcome, name in _VIEWS.items()}
+            counts[PASSAGES] = 0
+            for name in _VIEWS.values():
+                counts[name] = 0
+            for outcome, row in reader.passages():
+                main(row)
+                counts[PASSAGES] += 1
+                if outcome in views:
+                    counts[_VIEWS[outcome]] += 1
+                    view = views[outcome]
+                    if view is not None:
+                        view(row)
+            for name, rows in _ROWS.items():
+                append = writer.open(_PART[name])
+                if append is None:
+                    continue  # not a part of the CSV layout
+                counts[name] = 0
+                for row in rows(reader):
+                    append(row)
+                    counts[name] += 1
+        summary: list[tuple[str, Any]] = [
+            ("站点", config.site.id),
+            ("站点名称", config.site.name),
+            ("台账期间", f"{period.start.isoformat()} 至 {period.end.isoformat()}（含首尾两日）"),
+            ("时区", f"{config.site.timezone}（表中时间均为该时区当地时间）"),
+            ("生成时间", made.replace(tzinfo=None, microsecond=0)),
+            *((f"{name}（行数）", n) for name, n in counts.items()),
+        ]
+        files = writer.close(summary)
+    except BaseException as exc:
+        writer.abort()
+        if isinstance(exc, OSError):
+            raise LedgerError(f"cannot write {out_path}: {exc}") from exc
+        raise
+    return LedgerExport(period, fmt, out_path, files, counts)
+
+
+# --------------------------------------------------------------------------------------
+# CLI (CONTRACT 7)
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date like 2026-11-27, got {text!r}") from None
+
+
+def period_for(today: date, start: date | None, end: date | None, days: int = DEFAULT_DAYS) -> Period:
+    """The CLI's period: both dates as given; one of them: 15 days from or to it; none:
+    the 15 days ending today."""
+    if start is not None and end is not None:
+        return Period(start, end)
+    if start is not None:
+        return Period.starting(start, days)
+    return Period.ending(end if end is not None else today, days)
+
+
+def add_ledger_commands(ledger: Any) -> None:
+    """Register ``export`` on an existing ``ledger`` subparsers group."""
+    p = ledger.add_parser(
+        "export",
+        help="checkpoint ledger (卡口登记台账) of a period, csv or xlsx (R14)",
+        description="Write every passage of a period, with holds, manual and emergency lifts, alarms, incidents, "
+        "approvals and handovers. Default period: the 15 days ending today (site time).",
+    )
+    p.add_argument("--config", required=True)
+    p.add_argument("--from", dest="start", type=_day, metavar="YYYY-MM-DD", help="first day (site-local)")
+    p.add_argument("--to", dest="end", type=_day, metavar="YYYY-MM-DD", help="last day, included")
+    p.add_argument("--format", choices=FORMATS, help="default: the suffix of --out")
+    p.add_argument("--out", required=True, help="file (csv: the passages file, other parts beside it) or directory")
+    p.set_defaults(func=cmd_export)
+
+
+def add_subcommands(subparsers: Any) -> Any:
+    """Register ``ledger`` (with ``export``) on the top-level subparsers; returns the
+    ``ledger`` group so other ledger commands can join it."""
+    ledger = subparsers.add_parser("ledger", help="checkpoint ledger (R14)").add_subparsers(
+        dest="ledger_cmd", required=True
+    )
+    add_ledger_commands(ledger)
+    return ledger
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from gatectl.config import ConfigError, format_problems, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(format_problems(exc.problems), file=sys.stderr)
+        return EXIT_USAGE
+    out = Path(args.out)
+    fmt = args.format or out.suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        print("say --format csv or --format xlsx (or end --out in .csv or .xlsx)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        period = period_for(datetime.now(config.site.tz).date(), args.start, args.end)
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        result = export(config.journal.path, config, period.start, period.end, fmt, out)
+    except LedgerError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_FAILURE
+    parts = ", ".join(f"{name} {n}" for name, n in result.rows.items() if name != PASSAGES)
+    print(f"{TITLE} {period}: {result.passages} passages ({parts})")
+    for path in result.files:
+        print(path)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------
+# Scheduled ledger
+
+
+@dataclass
+class LedgerScheduler:
+    """Writes each complete period's ledger into ``ledger.dir`` by itself (R14).
+
+    Periods are ``every_days`` site-local days long, counted from ``ledger.first_day`` (or
+    the day of the journal's first event). A period is due ``SETTLE`` after its last day
+    ended; every due period not yet written is written, oldest first, so a daemon that was
+    down catches up. What was written is the ``ledger.exported`` events of lane ``_site``
+    (one per period and format, journaled once the file is in place): a period with one is
+    never written again. Exports run in a worker thread on their own connection.
+    """
+
+    site: Site
+    poll_s: float = 300.0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def config(self):
+        return self.site.config.ledger
+
+    def anchor(self) -> date:
+        if self.config.first_day is not None:
+            return self.config.first_day
+        db = self.site.journal.db
+        firsts = [
+            row[0]
+            for lane in [*self.site.lanes, "_site"]
+            for row in db.execute("SELECT ts FROM events WHERE lane_id = ? AND seq = 1", (lane,))
+        ]
+        tz = self.site.tz
+        if not firsts:
+            return self.site.now().astimezone(tz).date()
+        return min(datetime.fromisoformat(ts).astimezone(tz).date() for ts in firsts)
+
+    def written(self) -> set[tuple[str, str, str]]:
+        """(period_from, period_to, format) of every ledger already written."""
+        done = set()
+        for (body,) in self.site.journal.db.execute("SELECT body FROM events WHERE type = 'ledger.exported'"):
+            ev = json.loads(body)
+            done.add((ev.get("period_from"), ev.get("period_to"), ev.get("format")))
+        return done
+
+    def periods(self, now: datetime) -> list[Period]:
+        """Every period that is complete and settled at ``now``, oldest first."""
+        anchor, days = self.anchor(), self.config.every_days
+        local = now.astimezone(self.site.tz)
+        out = []
+        start = anchor
+        while True:
+            period = Period.starting(start, days)
+            due = datetime.combine(period.end + timedelta(days=1), time(0), self.site.tz) + SETTLE
+            if due > local:
+                return out
+            out.append(period)
+            start = period.end + timedelta(days=1)
+
+    def due(self, now: datetime) -> list[tuple[Period, str]]:
+        done = self.written()
+        return [
+            (p, fmt)
+            for p in self.periods(now)
+            for fmt in self.config.formats
+            if (p.start.isoformat(), p.end.isoformat(), fmt) not in done
+        ]
+
+    def next_due(self, now: datetime) -> datetime:
+        """When the period running at ``now`` will be due."""
+        anchor, days = self.anchor(), self.config.every_days
+        local = now.astimezone(self.site.tz)
+        elapsed = max(0, (local.date() - anchor).days)
+        end = anchor + timedelta(days=(elapsed // days + 1) * days - 1)
+        due = datetime.combine(end + timedelta(days=1), time(0), self.site.tz) + SETTLE
+        if due <= local:  # the current period's end is settled already (just after midnight)
+            due = datetime.combine(end + timedelta(days=days + 1), time(0), self.site.tz) + SETTLE
+        return due
+
+    async def run_once(self) -> list[dict]:
+        """Write every due ledger; returns the ``ledger.exported`` events journaled."""
+        from gatectl.service import SITE_LANE
+
+        directory = self.config.dir
+        if directory is None:
+            return []
+        written = []
+        for period, fmt in self.due(self.site.now()):
+            path = Path(directory) / period.filename(self.site.config.site.id, fmt)
+            try:
+                await asyncio.to_thread(Path(directory).mkdir, parents=True, exist_ok=True)
+                result = await asyncio.to_thread(
+                    export, self.site.journal.path, self.site.config, period.start, period.end, fmt, path,
+                    stop=self._stop, generated_at=self.site.now(),
+                )
+            except asyncio.CancelledError:
+                self._stop.set()  # the worker thread gives up at its next check
+                raise
+            except (LedgerError, OSError) as exc:
+                log.error("ledger not written", period=str(period), format=fmt, path=str(path), error=str(exc))
+                break  # try again at the next poll
+            ev = self.site.record(SITE_LANE, "ledger.exported", {
+                "period_from": period.start.isoformat(),
+                "period_to": period.end.isoformat(),
+                "path": str(result.path),
+                "format": fmt,
+                "rows": result.passages,
+                "files": [str(p) for p in result.files],
+                "sheets": result.rows,
+            })
+            log.info("ledger written", period=str(period), format=fmt, path=str(result.path), rows=result.passages)
+            written.append(ev)
+        return written
+
+    async def run(self) -> None:
+        """For ``site.add_task``: never returns (a finished task would stop the site)."""
+        if self.config.dir is None:
+            log.info("no ledger.dir: the ledger is written only by `gatectl ledger export`")
+            await asyncio.Event().wait()
+        while True:
+            try:
+                await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a ledger problem must not stop the lanes
+                log.error("ledger scheduler failed", error=repr(exc))
+            now = self.site.now()
+            wait = (self.next_due(now) - now).total_seconds()
+            await asyncio.sleep(min(max(wait, 1.0), self.poll_s))
+
+
+__all__ = [
+    "FORMATS",
+    "PARTS",
+    "TITLE",
+    "LedgerCancelled",
+    "LedgerError",
+    "LedgerExport",
+    "LedgerScheduler",
+    "Period",
+    "add_ledger_commands",
+    "add_subcommands",
+    "cmd_export",
+    "export",
+    "period_for",
+]
