@@ -207,8 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_events)
 
     from gatectl.keys import add_subcommands
+    from gatectl.ledger import add_subcommands as add_ledger_commands
     from gatectl.records import add_subcommands as add_record_commands
 
+    add_ledger_commands(sub)  # creates the `ledger` group; records adds `ledger equipment` to it
     add_record_commands(sub)
     approval = add_subcommands(sub)
     p = approval.add_parser("add", help="import a signed approval (R10, R17)")

@@ -45,6 +45,10 @@ def assemble(config: SiteConfig, stop=None) -> tuple[Site, list[Callable[[Any], 
         site.add_task(link.run, "mqtt")
         site.mqtt_depth = link.depth  # outbox depth in /metrics
 
+    from gatectl.ledger import LedgerScheduler
+
+    site.add_task(LedgerScheduler(site).run, "ledger")  # waits forever without ledger.dir
+
     if stop is not None:
         site.add_task(lambda: run_notifier(site, stop), "systemd-notify")
     return site, setups
