@@ -76,7 +76,7 @@ import contextlib
 import logging
 import os
 import random
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Literal
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -633,9 +633,20 @@ class IoModule:
         self._running = False
         # Coils a failed pulse may have left on: switched off before the next poll.
         self._must_switch_off: set[int] = set()
+        self._owned_coils: set[int] = set()
         self._pulsing: set[int] = set()  # coils a pulse is driving right now
         self._counters = dict.fromkeys(self.COUNTERS, 0)
         self._log = _Prefixed(log, f"io module {name} unit {unit} at {bus.where}")
+
+    def own_coils(self, addresses: Iterable[int]) -> None:
+        """Coils only this driver drives: each is switched off before the first poll.
+
+        A controller killed inside a pulse leaves its coil energised; nobody else would
+        ever switch it off, and the barrier's next pulse on that coil would be no edge.
+        """
+        self._owned_coils.update(addresses)
+        if not self._running:
+            self._must_switch_off.update(self._owned_coils)
 
     @property
     def health(self) -> Health | None:

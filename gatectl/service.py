@@ -442,6 +442,10 @@ class Site:
             self._module_health,
             self.buses,
         )
+        # A daemon killed inside a pulse left that coil on: off before the first poll.
+        for lane in self.lanes.values():
+            for point in (lane.config.points.barrier_open, lane.config.points.barrier_close):
+                self.io[point.module].own_coils([point.address])
 
     def now(self) -> datetime:
         return self._now() if self._now is not None else datetime.now(self.tz)

@@ -288,6 +288,23 @@ async def test_a_coil_left_on_by_a_failed_pulse_is_switched_off_after_reconnecti
     assert [(a, v) for _, a, v in sim.coil_writes] == [(0, True), (0, False)]
 
 
+async def test_s1_coils_it_owns_are_switched_off_before_the_first_poll(sim: IoModuleSimulator) -> None:
+    """S1: a controller killed inside a pulse left a barrier coil on; the next driver of that
+    module switches every coil it owns off before it reads an input, and leaves others alone."""
+    sim._coil_written(1, True)  # on since the last controller died mid-pulse
+    sim._coil_written(5, True)  # someone else's output on the same module
+    sim.coil_writes.clear()
+    running = start_module(sim.port)
+    running.module.own_coils([0, 1])
+    try:
+        await until(lambda: running.module.health is Health.OK)
+        assert not sim.coil(1) and sim.coil(5)
+        assert [(a, v) for _, a, v in sim.coil_writes] == [(0, False), (1, False)]
+        assert running.rec.snapshots  # the inputs were read after the coils were safe
+    finally:
+        await running.stop()
+
+
 async def test_cancelled_pulse_still_switches_the_coil_off(
     sim: IoModuleSimulator, io: Running
 ) -> None:
