@@ -40,6 +40,7 @@ from gatectl.lane.events import (
     AuthorisationCommitted,
     AuthorisationRefused,
     CardRead,
+    CoilWriteFailed,
     DeviceFault,
     DeviceRecovered,
     EmergencyAccount,
@@ -138,6 +139,9 @@ def lane_rules(lane: LaneConfig, site: SiteConfig) -> LaneRules:
         whitelist={v.card: v.curb_weight_kg for v in site.administrative_vehicles},
         curb_tolerance_kg=lane.curb_weight_tolerance_kg,
         staff={m.card: m.name for m in site.staff},
+        barrier_devices=frozenset(
+            getattr(lane.points, role).module for role in ("barrier_up", "barrier_down", "barrier_open", "barrier_close")
+        ),
     )
 
 
@@ -368,6 +372,7 @@ class LaneService:
             except IoModuleError as exc:
                 self.log.error("coil pulse failed", coil=cmd.coil, error=str(exc))
                 self.queue.put_nowait(DeviceFault(point.module, f"coil write failed: {exc}"))
+                self.queue.put_nowait(CoilWriteFailed(point.module, cmd.coil))
 
     async def _ask(self, cmd: RequestRelease) -> None:
         assert self.authority is not None

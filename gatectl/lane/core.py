@@ -42,6 +42,7 @@ from gatectl.lane.events import (
     AuthorisationCommitted,
     AuthorisationRefused,
     CardRead,
+    CoilWriteFailed,
     DeviceFault,
     DeviceRecovered,
     Event,
@@ -81,7 +82,7 @@ TRANSITIONS: dict[LaneState, frozenset[LaneState]] = {
     S.WEIGHING: frozenset({S.DECIDING, S.HELD, S.IDLE, S.AUTHORISING}),
     S.DECIDING: frozenset({S.AUTHORISING, S.HELD, S.IDLE}),
     S.AUTHORISING: frozenset({S.OPEN, S.HELD, S.IDLE}),
-    S.OPEN: frozenset({S.LOWERING}),
+    S.OPEN: frozenset({S.LOWERING, S.HELD}),
     S.LOWERING: frozenset({S.OPEN, S.IDLE, S.PRESENT, S.AUTHORISING}),
     S.HELD: frozenset({S.IDLE, S.AUTHORISING}),
 }
@@ -155,6 +156,10 @@ class LaneRules:
     curb_tolerance_kg: float = 300.0
     #: Personnel lanes release staff cards: card -> name.
     staff: Mapping[str, str] = field(default_factory=dict)
+    #: IO modules carrying the barrier's coils and limit switches: while one is faulty
+    #: the lane cannot see the arm, so travel is not timed (a blind timeout would blame
+    #: the barrier for the module's fault).
+    barrier_devices: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -241,6 +246,9 @@ class LaneCore:
         self._pending_outcome = "passed"
         self._deadline: datetime | None = None  # state deadline (card wait, decision)
         self._travel_deadline: datetime | None = None
+        # A barrier pulse that may not have reached the barrier, settled when its module
+        # answers again (``_resume_barrier``).
+        self._failed_coil: str | None = None
         self._out: list[Command] = []
         self._now: datetime | None = None
 
@@ -630,11 +638,13 @@ class LaneCore:
             self.inputs.update(ev.values)
             self._start()
             return
-        # Changes seen in one poll: take the rising edges first. A vehicle reaches the
-        # next loop before it leaves the last, so "arrival off, safety on" in one poll
-        # is a vehicle moving forward, not one backing out.
+        # Changes seen in one poll: a limit switch released first, then rising edges,
+        # then the rest. A vehicle reaches the next loop before it leaves the last, so
+        # "arrival off, safety on" is a vehicle moving forward, not one backing out; an
+        # arm leaves one limit before it reaches the other, so "up off, down on" (as after
+        # the IO module was away) is a completed travel, not both limits at once.
         changes = sorted(
-            ((p, v) for p, v in ev.values.items() if self.inputs.get(p) != v), key=lambda pv: not pv[1]
+            ((p, v) for p, v in ev.values.items() if self.inputs.get(p) != v), key=_edge_order
         )
         for point, value in changes:
             self._on_input(InputChanged(point, value))
@@ -1076,6 +1086,8 @@ class LaneCore:
                 return
 
     def _on_fault(self, ev: DeviceFault) -> None:
+        if ev.device in self.rules.barrier_devices and self.state in (S.OPEN, S.LOWERING):
+            self._travel_deadline = None  # blind: timed again when the module is back
         if ev.device in self.faults:
             return
         self.faults[ev.device] = ev.reason
@@ -1088,6 +1100,57 @@ class LaneCore:
 
     def _on_recovered(self, ev: DeviceRecovered) -> None:
         self._clear_fault(ev.device)
+        if ev.device in self.rules.barrier_devices and not self.faults.keys() & self.rules.barrier_devices:
+            self._resume_barrier()
+
+    def _on_coil_failed(self, ev: CoilWriteFailed) -> None:
+        self._failed_coil = ev.coil
+        if self.state in (S.OPEN, S.LOWERING):
+            self._travel_deadline = None
+        if ev.device not in self.faults:
+            self._on_fault(DeviceFault(ev.device, f"{ev.coil} coil write failed"))
+
+    def _resume_barrier(self) -> None:
+        """The barrier's IO module answers again: its limits (read just before) say what
+        the arm did meanwhile. A lift pulse that never reached it spent its authorisation
+        without lifting, so the vehicle is held (S1: never lifted again); a lowering pulse
+        that never reached it is sent again (S2: not while the safety loop is occupied)."""
+        assert self._now is not None
+        failed, self._failed_coil = self._failed_coil, None
+        up, down = self.inputs["barrier_up"], self.inputs["barrier_down"]
+        st = self.state
+        if st is S.OPEN:
+            lift = self.lift
+            assert lift is not None
+            if failed == "open" and down and not up and not self._up_reached:
+                self._travel_deadline = None
+                self._emit("barrier.lift_failed", authorisation=_auth_json(lift.authorisation))
+                if self.passage is not None:
+                    self.lift = None
+                    self._hold("lift_interrupted")
+                else:
+                    self._check_open()  # a safety reverse that never rose: lower once clear
+                if self._barrier_sane():
+                    self._clear_fault("barrier")
+            elif not up and not self._up_reached and self._travel_deadline is None:
+                self._travel_deadline = self._now + self.rules.travel_timeout
+        elif st is S.LOWERING:
+            lift = self.lift
+            assert lift is not None
+            if down and not up:
+                return
+            if failed == "close" and self.inputs["safety_loop"]:
+                # Still up with a vehicle under it: lower once it has cleared (S2, S3).
+                self._goto(S.OPEN)
+                self._up_reached = up
+                lift.entered = lift.exit_seen = True
+                self._check_open()
+                return
+            if failed == "close":
+                self._out.append(Pulse("close", lift.authorisation, "lower"))
+                self._emit("barrier.lowered", authorisation=_auth_json(lift.authorisation), retry=True)
+            if self._travel_deadline is None:
+                self._travel_deadline = self._now + self.rules.travel_timeout
 
     def _clear_fault(self, device: str) -> None:
         if device not in self.faults:
@@ -1158,9 +1221,17 @@ class LaneCore:
         AuthorisationRefused: _on_refused,
         DeviceFault: _on_fault,
         DeviceRecovered: _on_recovered,
+        CoilWriteFailed: _on_coil_failed,
         Tick: _on_tick,
         SpotCheckOrdered: _on_spot_check,
     }
+
+
+def _edge_order(change: tuple[str, bool]) -> int:
+    point, on = change
+    if point in ("barrier_up", "barrier_down"):
+        return 1 if on else 0
+    return 1 if on else 2
 
 
 def _auth_json(auth: tuple[str, str] | None) -> dict | None:

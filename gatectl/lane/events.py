@@ -144,6 +144,17 @@ class DeviceRecovered(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class CoilWriteFailed(Event):
+    """A barrier pulse the IO module ``device`` may never have acted on.
+
+    What the barrier did is read from its limit switches once the module answers again.
+    """
+
+    device: str
+    coil: str  # "open" | "close"
+
+
+@dataclass(frozen=True, slots=True)
 class ApprovalAccepted(Event):
     """A verified approval for this lane (R10, R17): the service checked its signatures,
     chain, lane and window (gatectl/approvals.py); the core decides when it lifts.

@@ -6,18 +6,20 @@ from dataclasses import replace
 
 from gatectl.lane.commands import ConfirmPassage, Pulse
 from gatectl.lane.core import LaneState as S
-from gatectl.lane.events import DeviceFault, DeviceRecovered, InputsSnapshot
+from gatectl.lane.events import CoilWriteFailed, DeviceFault, DeviceRecovered, InputsSnapshot
 
 from test_core_scenarios import (
     BONDED,
     FAULT,
     Lane,
     at,
+    barrier_falls,
     barrier_rises,
     drive_through,
     emitted,
     names,
     only,
+    open_pulses,
     release,
     up_to_deciding,
 )
@@ -83,3 +85,106 @@ def test_r2_a_release_answered_after_closing_time_lifts_nothing() -> None:
     assert only(out, Pulse) == []
     assert lane.state is S.HELD
     assert lane.events("passage.held")[-1]["reason"] == "closed_hours"
+
+
+# ---- the IO module carrying the barrier drops out while the arm moves (chaos campaign 4)
+
+IO_BONDED = replace(BONDED, barrier_devices=frozenset({"io1"}))
+
+
+def test_r9_one_poll_with_up_off_and_down_on_is_a_completed_lowering() -> None:
+    """R9: the first poll after the IO module returns shows the up limit off and the down
+    limit on together: the arm came down meanwhile, which is no ``both_limits`` fault, and
+    the lane is idle again."""
+    lane = Lane(IO_BONDED)
+    lane.start(at(0))
+    t = up_to_deciding(lane, 1)
+    release(lane, t + 1)
+    barrier_rises(lane, t + 1.2)
+    drive_through(lane, t + 3)
+    assert lane.state is S.LOWERING
+    lane.feed(DeviceFault("io1", "no answer"), at(t + 7.5))
+    lane.feed(InputsSnapshot({"barrier_up": False, "barrier_down": True}), at(t + 20))
+    lane.feed(DeviceRecovered("io1"), at(t + 20))
+    assert lane.alarms("barrier_fault") == []
+    assert lane.state is S.IDLE and lane.core.faults == {}
+
+
+def test_s1_r9_a_lift_pulse_the_module_never_acted_on_holds_the_vehicle_and_spends_the_authorisation() -> None:
+    """S1, R9: the open pulse failed with the module gone; when it answers again the arm is
+    still down. That is no barrier fault (the module's fault was open all along): the lift
+    failed, its authorisation is spent and never lifts again, the vehicle is held, and the
+    lane takes the next vehicle by itself."""
+    lane = Lane(IO_BONDED)
+    lane.start(at(0))
+    t = up_to_deciding(lane, 1)
+    out = release(lane, t + 1)
+    assert [p.reason for p in only(out, Pulse)] == ["lift"]
+    lane.feed(DeviceFault("io1", "coil write failed"), at(t + 2))
+    lane.feed(CoilWriteFailed("io1", "open"), at(t + 2))
+    assert lane.tick(at(t + 30)) == []  # blind: no travel timeout blamed on the arm
+    out = lane.feed(DeviceRecovered("io1"), at(t + 40))
+    assert only(out, Pulse) == []
+    assert [e["authorisation"]["id"] for e in emitted(out, "barrier.lift_failed")] == ["CMD-1"]
+    assert emitted(out, "passage.held")[0]["reason"] == "lift_interrupted"
+    assert lane.state is S.HELD and lane.alarms("barrier_fault") == [] and lane.core.faults == {}
+    # The driver shows the card again: the lane is busy with the held passage, no second lift.
+    assert open_pulses(lane.card("C-A", at(t + 41))) == []
+    out = lane.set("arrival_loop", False, at(t + 45))
+    assert emitted(out, "passage.closed")[0]["outcome"] == "held" and lane.state is S.IDLE
+    t2 = up_to_deciding(lane, t + 50, card="C-B")
+    out = release(lane, t2 + 1, "CMD-2")
+    assert [p.authorisation for p in open_pulses(out)] == [("release_instruction", "CMD-2")]
+
+
+def test_s1_a_lift_pulse_that_did_reach_the_barrier_before_the_module_went_quiet_goes_on() -> None:
+    """S1: the on-write timed out but the module had acted: the arm is up when it answers
+    again. The lift stands; nothing is held and nothing is pulsed again."""
+    lane = Lane(IO_BONDED)
+    lane.start(at(0))
+    t = up_to_deciding(lane, 1)
+    release(lane, t + 1)
+    lane.feed(CoilWriteFailed("io1", "open"), at(t + 2))
+    lane.feed(InputsSnapshot({"barrier_up": True, "barrier_down": False}), at(t + 10))
+    out = lane.feed(DeviceRecovered("io1"), at(t + 10))
+    assert only(out, Pulse) == [] and emitted(out, "barrier.lift_failed") == []
+    assert lane.state is S.OPEN and lane.alarms("barrier_fault") == []
+    out = drive_through(lane, t + 11)
+    assert [p.reason for p in only(out, Pulse)] == ["lower"]
+
+
+def test_s2_r9_a_lowering_pulse_the_module_never_acted_on_is_sent_again() -> None:
+    """S2, R9: the close pulse failed and the arm is still up when the module answers
+    again: the lane lowers it again instead of waiting in ``lowering`` for ever."""
+    lane = Lane(IO_BONDED)
+    lane.start(at(0))
+    t = up_to_deciding(lane, 1)
+    release(lane, t + 1)
+    barrier_rises(lane, t + 1.2)
+    drive_through(lane, t + 3)
+    assert lane.state is S.LOWERING
+    lane.feed(DeviceFault("io1", "no answer"), at(t + 7.1))
+    lane.feed(CoilWriteFailed("io1", "close"), at(t + 7.2))
+    assert lane.tick(at(t + 30)) == []
+    out = lane.feed(DeviceRecovered("io1"), at(t + 31))
+    assert [p.reason for p in only(out, Pulse)] == ["lower"]
+    assert emitted(out, "barrier.lowered")[0]["retry"] is True
+    barrier_falls(lane, t + 31.2)
+    assert lane.state is S.IDLE and lane.alarms("barrier_fault") == []
+
+
+def test_s2_a_failed_lowering_with_a_vehicle_under_the_arm_waits_for_it_to_clear() -> None:
+    """S2, S3: the close pulse failed and, when the module answers again, a vehicle stands
+    on the safety loop: the arm stays up until it has cleared, then lowers."""
+    lane = Lane(IO_BONDED)
+    lane.start(at(0))
+    t = up_to_deciding(lane, 1)
+    release(lane, t + 1)
+    barrier_rises(lane, t + 1.2)
+    drive_through(lane, t + 3)
+    lane.feed(CoilWriteFailed("io1", "close"), at(t + 7.2))
+    lane.feed(InputsSnapshot({"safety_loop": True}), at(t + 20))
+    out = lane.feed(DeviceRecovered("io1"), at(t + 20))
+    assert only(out, Pulse) == [] and lane.state is S.OPEN
+    out = lane.set("safety_loop", False, at(t + 22))
+    assert [p.reason for p in only(out, Pulse)] == ["lower"]

@@ -25,6 +25,7 @@ from gatectl.lane.events import (
     AuthorisationCommitted,
     AuthorisationRefused,
     CardRead,
+    CoilWriteFailed,
     DeviceFault,
     DeviceRecovered,
     InputChanged,
@@ -72,6 +73,7 @@ class LaneMachine(RuleBasedStateMachine):
             has_exit_loop=exit_loop,
             has_weighbridge=weighbridge,
             min_vehicle_kg=500,
+            barrier_devices=frozenset({"io1"}),
         )
         self.core = LaneCore(self.rules, new_id=self.new_id)
         self.feed(InputsSnapshot(dict(self.inputs)))
@@ -264,6 +266,12 @@ class LaneMachine(RuleBasedStateMachine):
     @rule(device=st.sampled_from(["io1", "card_reader", "weighbridge"]))
     def recover(self, device: str) -> None:
         self.feed(DeviceRecovered(device))
+
+    @rule(coil=st.sampled_from(["open", "close"]))
+    def coil_write_fails(self, coil: str) -> None:
+        """The barrier's IO module drops a pulse: nothing else may lift for it (S1, S6)."""
+        out = self.feed(CoilWriteFailed("io1", coil))
+        assert not any(isinstance(c, Pulse) and c.coil == "open" for c in out), "a failed write never lifts"
 
     @rule()
     def break_journal(self) -> None:
