@@ -793,9 +793,13 @@ class IoModule:
         try:
             try:
                 await self.write_coil(address, True)
-            except IoModuleTimeout:
-                # The module may have switched the coil on and then gone quiet.
-                self._must_switch_off.add(address)
+            except IoModuleError as exc:
+                if isinstance(exc, IoModuleTimeout):
+                    # The module may have switched the coil on and then gone quiet.
+                    self._must_switch_off.add(address)
+                # Faulty until the next good poll, so whoever waits on this pulse hears
+                # (OK, with a fresh snapshot) when the module is usable again.
+                self._fault(exc.reason)
                 raise
             try:
                 _honour_cancellation()

@@ -288,6 +288,17 @@ async def test_a_coil_left_on_by_a_failed_pulse_is_switched_off_after_reconnecti
     assert [(a, v) for _, a, v in sim.coil_writes] == [(0, True), (0, False)]
 
 
+async def test_s5_a_pulse_the_module_refused_is_a_fault_until_the_next_good_poll(io: Running) -> None:
+    """S5: the lane must hear both that a pulse failed and when the module is usable again,
+    even though its polls never stopped: faulty at once, then a snapshot and OK."""
+    await until(lambda: io.rec.snapshots)
+    with pytest.raises(IoModuleExceptionResponse):
+        await io.module.pulse(100, 10)
+    await until(lambda: io.rec.healths[-1:] == [Health.OK] and len(io.rec.healths) >= 3)
+    assert io.rec.healths == [Health.OK, Health.FAULTY, Health.OK]
+    assert len(io.rec.snapshots) == 2  # the inputs again, before OK
+
+
 async def test_s1_coils_it_owns_are_switched_off_before_the_first_poll(sim: IoModuleSimulator) -> None:
     """S1: a controller killed inside a pulse left a barrier coil on; the next driver of that
     module switches every coil it owns off before it reads an input, and leaves others alone."""
