@@ -691,6 +691,15 @@ class LaneCore:
             # Consumed before the crash: it never lifts again, whatever happened to the coil.
             outcome = {"emergency": "emergency", "approval": "manual"}.get(p.authorisation[0], "passed")
             p.lifted = True
+            if rec.entered and barrier_not_down and self._vehicle_loops_clear() and not self.inputs["arrival_loop"]:
+                # Seen under the boom before the crash, on no loop now: it went through
+                # unseen. Waiting for "its" vehicle would let the next one pass on this lift.
+                self.lift = Lift(authorisation=p.authorisation, outcome=outcome, entered=True)
+                self.lift.exit_seen = True
+                self._goto(S.OPEN)
+                self._close_passage(outcome, reason="recovered_unobserved")
+                self._lower()
+                return
             if barrier_not_down or not self._vehicle_loops_clear():
                 self.lift = Lift(authorisation=p.authorisation, outcome=outcome)
                 self.lift.entered = not self._vehicle_loops_clear()

@@ -244,3 +244,5 @@ class Recovered:
     lifted: bool = False
     hold_reason: str | None = None
     instruction_id: str | None = None
+    #: Its vehicle was seen on the safety or exit loop after the lift.
+    entered: bool = False

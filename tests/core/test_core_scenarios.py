@@ -1610,6 +1610,40 @@ def test_s7_restart_with_the_vehicle_on_the_exit_loop_lowers_once_it_clears(lane
     assert lane.state is S.IDLE and len(lane.events("barrier.lifted")) == 1
 
 
+def test_s7_s3_restart_after_its_vehicle_was_under_the_boom_closes_passed_and_lowers_at_once(lane: Lane) -> None:
+    """S7, S3: the lifted vehicle was journaled on the safety loop, the daemon died, and on
+    restart the boom is up with nobody on any loop: it went through unseen. The passage
+    closes ``passed`` (unobserved) and the boom lowers at once, so the next vehicle cannot
+    drive through on this lift (the kill -9 campaign saw exactly that)."""
+    t = up_to_deciding(lane, 1)
+    release(lane, t + 1, "CMD-7")
+    barrier_rises(lane, t + 1.2)
+    lane.set("safety_loop", True, at(6))
+    lane.set("arrival_loop", False, at(6.5))
+    lane, out = lane.restart(at(9), barrier_up=True, barrier_down=False)
+    closed = emitted(out, "passage.closed")[0]
+    assert (closed["outcome"], closed["reason"]) == ("passed", "recovered_unobserved")
+    assert [p.reason for p in only(out, Pulse)] == ["lower"] and lane.state is S.LOWERING
+    assert [c.result for c in only(out, ConfirmPassage)] == ["passed"]
+    barrier_falls(lane, 9.2)
+    assert lane.state is S.IDLE
+    # The next vehicle gets a passage and a decision of its own.
+    t2 = up_to_deciding(lane, 12, card=CARD_B)
+    assert lane.state is S.DECIDING and t2 == 14
+
+
+def test_s7_restart_with_its_vehicle_seen_entering_but_someone_on_the_arrival_loop_keeps_the_lift(lane: Lane) -> None:
+    """S7: seen under the boom before the crash, but the arrival loop is occupied on
+    restart (it may be reversing): nothing is concluded, the lift stays up for it."""
+    t = up_to_deciding(lane, 1)
+    release(lane, t + 1, "CMD-7")
+    barrier_rises(lane, t + 1.2)
+    lane.set("safety_loop", True, at(6))
+    lane, out = lane.restart(at(9), barrier_up=True, barrier_down=False, arrival_loop=True)
+    assert emitted(out, "passage.closed") == [] and only(out, Pulse) == []
+    assert lane.state is S.OPEN
+
+
 def test_s7_restart_with_the_barrier_up_and_nobody_there_lowers_after_backout_wait(lane: Lane) -> None:
     """S7, S3: an authorised passage, boom up, no vehicle on any loop: closed as left, lowered."""
     t = up_to_deciding(lane, 1)
