@@ -731,6 +731,10 @@ class LaneCore:
             return
         # Decided nothing yet: ask again. The journal still guarantees one lift per
         # instruction, so a second answer naming the same instruction is safe.
+        if p.decision == "release" and p.request_id is not None:
+            # Released, but the crash came before the authorisation was committed: that
+            # release was never used, and the authority hears so (CONTRACT 3.1).
+            self._out.append(ConfirmPassage(p.request_id, p.instruction_id, "not_passed", self._now, p.weight_kg))
         p.request_id = None
         p.decision = None
         p.hint = None

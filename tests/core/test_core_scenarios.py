@@ -1149,6 +1149,24 @@ def test_s7_crash_while_deciding_asks_again_with_a_new_request_id() -> None:
     assert names(out)[-3:] == ["Pulse:open:lift", "barrier.lifted", f"Display:{RELEASED}"]
 
 
+def test_s7_contract_3_1_a_release_decided_but_never_committed_is_confirmed_not_passed() -> None:
+    """S7, CONTRACT 3.1: the crash came after the release was journaled and before its
+    authorisation was: the lane asks again, and the authority hears that the first
+    release was not used, instead of waiting for it for ever."""
+    lane = Lane(NO_WEIGHBRIDGE)
+    lane.start(at(0))
+    up_to_deciding(lane, 1)
+    old = lane.requests[-1]
+    lane.decide("release", at(3), "CMD-OLD", form_id="HF-1")
+    cut = next(i for i, e in enumerate(lane.journal) if e["type"] == "release.decided")
+    del lane.journal[cut + 1 :]
+    lane.consumed.clear()
+    lane, out = lane.restart(at(10), arrival_loop=True)
+    confirms = only(out, ConfirmPassage)
+    assert [(c.request_id, c.instruction_id, c.result) for c in confirms] == [(old.request_id, "CMD-OLD", "not_passed")]
+    assert names(out)[-1] == "RequestRelease" and lane.state is S.DECIDING
+
+
 def test_s7_crash_while_deciding_with_a_weighbridge_asks_again_at_once_with_the_journaled_weight(lane: Lane) -> None:
     """S7: weight journaled, nothing decided: ask again at once (new request_id), no fresh weight needed."""
     up_to_deciding(lane, 1)
