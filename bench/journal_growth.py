@@ -39,7 +39,7 @@ from gatectl.journal import SCHEMA, Journal, OutboxItem, PendingEvent
 
 LANES = ("B1-IN", "B2-IN", "B3-OUT", "B4-OUT")
 
-Op = tuple  # ("write", lane, [PendingEvent], authorisation | None, [OutboxItem]) | ("next", target) | ("delivered",)
+Op = tuple  # ("write", lane, [PendingEvent], authorisation | None, [OutboxItem], durable) | ("next", target) | ("delivered",)
 
 
 # ------------------------------------------------------------------ recording a passage
@@ -65,11 +65,11 @@ async def record_passage(workdir: Path) -> tuple[list[Op], dict[str, Any]]:
         j = site.journal
         write, nxt, delivered = j.write, j.outbox_next, j.outbox_delivered
 
-        def rec_write(lane_id, events, authorisation=None, outbox=()):
+        def rec_write(lane_id, events, authorisation=None, outbox=(), durable=True):
             events, outbox = list(events), list(outbox)
             if recording:
-                ops.append(("write", lane_id, events, authorisation, outbox))
-            return write(lane_id, events, authorisation, outbox)
+                ops.append(("write", lane_id, events, authorisation, outbox, durable))
+            return write(lane_id, events, authorisation, outbox, durable=durable)
 
         def rec_next(target, limit=50):
             items = nxt(target, limit)
@@ -168,13 +168,14 @@ class Replayer:
         self.shift = datetime.now(self.t0.tzinfo) - self.t0
         for op in self.ops:
             if op[0] == "write":
-                _, _lane, events, auth, outbox = op
+                _, _lane, events, auth, outbox, durable = op
                 j.write(
                     lane,
                     [PendingEvent(ev.type, ev.ts + self.shift, self._sub(ev.data, m)) for ev in events],
                     authorisation=self._sub(auth, m) if auth is not None else None,
                     outbox=[OutboxItem(i.target, i.kind, self._sub(i.payload, m), i.created_at + self.shift)
                             for i in outbox],
+                    durable=durable,
                 )
             elif op[0] == "next":
                 self._pending = j.outbox_next(op[1], op[2])

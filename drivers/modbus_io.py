@@ -781,7 +781,7 @@ class IoModule:
                 f"unit {self.unit} {what}: answer echoes coil {response.address} = {response.bits[:1]}"
             )
 
-    async def pulse(self, address: int, ms: int) -> None:
+    async def pulse(self, address: int, ms: int, on_energised: Callable[[], None] | None = None) -> None:
         """Switch a coil on, wait ``ms``, switch it off (CONTRACT 2.3: on, pulse_ms, off).
 
         A coil left on is dangerous: a barrier's open input held on keeps the boom up, and
@@ -801,6 +801,8 @@ class IoModule:
                 # (OK, with a fresh snapshot) when the module is usable again.
                 self._fault(exc.reason)
                 raise
+            if on_energised is not None:
+                on_energised()
             try:
                 _honour_cancellation()
                 await asyncio.sleep(ms / 1000)

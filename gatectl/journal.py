@@ -12,7 +12,9 @@ queries (ledger, API, recovery) need not replay the whole history.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import uuid
 from dataclasses import dataclass
@@ -172,8 +174,14 @@ class Journal:
         events: Iterable[PendingEvent],
         authorisation: tuple[str, str, str | None, datetime] | None = None,
         outbox: Iterable[OutboxItem] = (),
+        durable: bool = True,
     ) -> list[dict[str, Any]]:
         """Record ``events`` (and, if given, consume ``authorisation``) atomically.
+
+        ``durable=False`` commits without waiting for the disk (``synchronous=NORMAL``):
+        the transaction survives the process being killed, and survives power loss once
+        the next durable write or ``sync()`` has run. Only for the lift's own record,
+        written between its authorisation's durable commit and the coil (S6).
 
         ``authorisation`` is (kind, auth_id, passage_id, ts). Returns the events as
         written, with their ``event_id`` and ``seq``. Raises ``AuthorisationReplay`` if
@@ -195,6 +203,8 @@ class Journal:
         written: list[dict[str, Any]] = []
         db = self._db
         try:
+            if not durable:
+                db.execute("PRAGMA synchronous=NORMAL")
             db.execute("BEGIN IMMEDIATE")
             try:
                 if authorisation is not None:
@@ -238,8 +248,23 @@ class Journal:
             raise
         except sqlite3.Error as exc:
             raise JournalError(f"journal write failed: {exc}") from exc
+        finally:
+            if not durable:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("PRAGMA synchronous=FULL")
         self._seq[lane_id] = seq
         return written
+
+    def sync(self) -> None:
+        """Make every committed transaction durable (fsync the write-ahead log)."""
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+        except FileNotFoundError:
+            return  # checkpointed and truncated: already in the database file, synced
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _project(self, ev: dict[str, Any]) -> None:
         """Keep the passages table in step with the events (same transaction)."""

@@ -168,6 +168,8 @@ class LaneService:
         self._unwritten: list[PendingEvent] = []
         self._unsent: list[OutboxItem] = []
         self._journal_faulty = False
+        self._unpublished: list[dict] = []
+        self._outbox_added = False
         self._pulse_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
         # Inputs per IO module until every module of the lane has reported once.
@@ -266,7 +268,9 @@ class LaneService:
         if wait <= 0:
             return Tick()
         try:
-            return await asyncio.wait_for(self.queue.get(), wait)
+            # (asyncio.timeout, not wait_for: no task per wait on the decision's path)
+            async with asyncio.timeout(wait):
+                return await self.queue.get()
         except TimeoutError:
             return Tick()
 
@@ -277,6 +281,7 @@ class LaneService:
         await self._execute(commands)
 
     async def _execute(self, commands: list[Command]) -> None:
+        lifts: list[Pulse] = []
         for cmd in commands:
             if isinstance(cmd, Emit):
                 self._unwritten.append(PendingEvent(cmd.type, cmd.ts, cmd.data))
@@ -301,13 +306,23 @@ class LaneService:
             elif isinstance(cmd, CommitAuthorisation):
                 reply = self._commit(cmd)
                 await self._execute(self.core.handle(reply, self.site.now()))
+            elif isinstance(cmd, Pulse) and cmd.coil == "open":
+                lifts.append(cmd)  # after this step's events (barrier.lifted follows it)
             elif isinstance(cmd, Pulse):
                 self._flush()
                 self._spawn(self._pulse(cmd))
             elif isinstance(cmd, RequestRelease):
                 self._flush()
                 self._spawn(self._ask(cmd))
-        self._flush()
+        if lifts:
+            # The authorisation is durable already (S6); the lift's own record is written
+            # before the coil but made durable just after it, not in the way of the truck.
+            self._flush(durable=False)
+            for cmd in lifts:
+                self._spawn(self._pulse(cmd))
+        else:
+            self._flush()
+        self._publish()
 
     def _commit(self, cmd: CommitAuthorisation) -> Event:
         """S6: the authorisation is durable before any coil moves, or nothing moves."""
@@ -327,11 +342,11 @@ class LaneService:
         self._written(written)
         return AuthorisationCommitted(cmd.kind, cmd.auth_id)
 
-    def _flush(self) -> None:
+    def _flush(self, durable: bool = True) -> None:
         if not self._unwritten and not self._unsent:
             return
         try:
-            written = self.site.journal.write(self.id, self._unwritten, outbox=self._unsent)
+            written = self.site.journal.write(self.id, self._unwritten, outbox=self._unsent, durable=durable)
         except JournalError as exc:
             # Keep them, in order, for the next write; the lane fails closed meanwhile.
             if not self._journal_faulty:
@@ -346,10 +361,17 @@ class LaneService:
         self._written(written)
 
     def _written(self, written: list[dict]) -> None:
-        had_outbox = bool(self._unsent)
+        self._outbox_added = self._outbox_added or bool(self._unsent)
         self._unwritten, self._unsent = [], []
-        self.site.published(written)
-        if had_outbox:
+        self._unpublished.extend(written)
+
+    def _publish(self) -> None:
+        # Once the step's coils are on their way: screen, MQTT and records wait, a lift not.
+        written, self._unpublished = self._unpublished, []
+        if written:
+            self.site.published(written)
+        if self._outbox_added:
+            self._outbox_added = False
             self.site.outbox_added()
 
     def _spawn(self, coro) -> None:
@@ -368,11 +390,18 @@ class LaneService:
         # One coil at a time per barrier: open and close must never be energised together.
         async with self._pulse_lock:
             try:
-                await module.pulse(point.address, self.config.barrier.pulse_ms)
+                await module.pulse(point.address, self.config.barrier.pulse_ms,
+                                   on_energised=self._sync_journal if cmd.coil == "open" else None)
             except IoModuleError as exc:
                 self.log.error("coil pulse failed", coil=cmd.coil, error=str(exc))
                 self.queue.put_nowait(DeviceFault(point.module, f"coil write failed: {exc}"))
                 self.queue.put_nowait(CoilWriteFailed(point.module, cmd.coil))
+
+    def _sync_journal(self) -> None:
+        try:
+            self.site.journal.sync()
+        except OSError as exc:
+            self.log.error("journal sync failed", error=str(exc))
 
     async def _ask(self, cmd: RequestRelease) -> None:
         assert self.authority is not None
