@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Report, bench_args, log_to, median, ratio_row, scratch, until
+from gatectl.ids import time_ordered_id
 from gatectl.journal import SCHEMA, Journal, OutboxItem, PendingEvent
 
 LANES = ("B1-IN", "B2-IN", "B3-OUT", "B4-OUT")
@@ -164,7 +165,9 @@ class Replayer:
         return x
 
     def passage(self, j: Journal, lane: str) -> None:
-        m = {old: (f"CMD-{uuid.uuid4()}" if old.startswith("CMD-") else str(uuid.uuid4())) for old in self.ids}
+        # Ids as the daemon makes them (gatectl.ids: time-ordered); instruction ids are the
+        # authority's own.
+        m = {old: (f"CMD-{uuid.uuid4()}" if old.startswith("CMD-") else time_ordered_id()) for old in self.ids}
         self.shift = datetime.now(self.t0.tzinfo) - self.t0
         for op in self.ops:
             if op[0] == "write":
@@ -223,8 +226,11 @@ def build_big(path: Path, ops: list[Op], passages: int, site_id: str = "demo-sit
     outbox: list[tuple] = []
     n_events = 0
 
-    def uid() -> str:
-        return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    def uid(at: datetime) -> str:
+        # As gatectl.ids.time_ordered_id at the moment ``at``: what the daemon journals.
+        ms = int(at.timestamp() * 1000) & 0xFFFF_FFFF_FFFF
+        r = rng.getrandbits(74)
+        return str(uuid.UUID(int=ms << 80 | 0x7 << 76 | (r >> 62) << 64 | 0b10 << 62 | r & (1 << 62) - 1))
 
     def flush() -> None:
         db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", events)
@@ -239,7 +245,7 @@ def build_big(path: Path, ops: list[Op], passages: int, site_id: str = "demo-sit
     for n in range(passages):
         lane = LANES[n % len(LANES)]
         t0 = start + timedelta(seconds=30 * n)
-        m = {old: uid() for old in rep.ids}
+        m = {old: uid(t0) for old in rep.ids}
         for old in rep.ids:
             if old.startswith("CMD-"):
                 m[old] = "CMD-" + m[old]
@@ -249,7 +255,7 @@ def build_big(path: Path, ops: list[Op], passages: int, site_id: str = "demo-sit
         for type_, dt, data in templates:
             seq[lane] += 1
             ts = (t0 + dt).isoformat()
-            body = {"event_id": uid(), "seq": seq[lane], "site_id": site_id, "lane_id": lane, "type": type_,
+            body = {"event_id": uid(t0 + dt), "seq": seq[lane], "site_id": site_id, "lane_id": lane, "type": type_,
                     "ts": ts, **rep._sub(data, m)}
             events.append((lane, seq[lane], body["event_id"], type_, ts, json.dumps(body, ensure_ascii=False)))
             if type_ == "passage.opened":

@@ -33,6 +33,7 @@ from gatectl.lane.commands import (
     RequestRelease,
 )
 from gatectl.lane.core import LaneCore, LaneRules
+from gatectl.ids import time_ordered_id
 from gatectl.outbox import OutboxSender
 from gatectl.lane.events import (
     ApprovalAccepted,
@@ -158,6 +159,7 @@ class LaneService:
             recovered=recovered,
             last_lift=last_lift,
             spot_check=site.journal.spot_checks(lane.id),
+            new_id=time_ordered_id,
         )
         for a in site.journal.approvals_for(lane.id, site.now()):
             self.queue.put_nowait(

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
+from gatectl.ids import time_ordered_id
 from gatectl.journal import Journal, PendingEvent
 
 NOW = datetime(2026, 11, 27, 8, 0, tzinfo=timezone.utc)
@@ -50,3 +53,18 @@ def test_s6_sync_makes_the_log_durable_and_is_harmless_without_one(tmp_path: Pat
     j.sync()  # no log at all: nothing to do, no error
     j = Journal(tmp_path / "gatectl.db", "SITE")
     assert j.db.execute("SELECT count(*) FROM events").fetchone()[0] == 1
+
+
+def test_event_ids_are_uuids_in_time_order_for_flat_index_growth(tmp_path: Path) -> None:
+    """Journal growth (docs/performance.md): ids are version-7 UUIDs, so each new event
+    goes to the end of the event_id index instead of a random leaf."""
+    ids = [time_ordered_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    parsed = [uuid.UUID(i) for i in ids]
+    assert {u.version for u in parsed} == {7} and {u.variant for u in parsed} == {uuid.RFC_4122}
+    millis = [u.int >> 80 for u in parsed]
+    assert millis == sorted(millis)
+    j = Journal(tmp_path / "gatectl.db", "SITE")
+    written = j.write("B1-IN", [PendingEvent("loop.changed", NOW, {}) for _ in range(50)])
+    assert [uuid.UUID(e["event_id"]).version for e in written] == [7] * 50
+    assert isinstance(j.db, sqlite3.Connection)
