@@ -707,6 +707,12 @@ class LaneCore:
                 self._goto(S.OPEN)
                 self._show(TEXT_RELEASED)
                 self._check_open()
+                if self.state is S.OPEN and self._deadline is not None and rec.last_seen_at is not None:
+                    # Nobody about: the wait for it to come counts from when it was last
+                    # seen, not from this restart (restarts in a row must not keep the
+                    # boom up for whoever comes next).
+                    seen = datetime.fromisoformat(rec.last_seen_at) + self.rules.backout_wait
+                    self._deadline = min(self._deadline, seen)
             elif self.inputs["arrival_loop"]:
                 # Barrier down with the vehicle still before it: the lift was lost.
                 self._goto(S.HELD)

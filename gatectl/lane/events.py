@@ -246,3 +246,6 @@ class Recovered:
     instruction_id: str | None = None
     #: Its vehicle was seen on the safety or exit loop after the lift.
     entered: bool = False
+    #: When the lift or a loop of the passage was last journaled (ISO time): how long
+    #: nobody has been seen, whatever restarts came since.
+    last_seen_at: str | None = None

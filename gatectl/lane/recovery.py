@@ -41,8 +41,11 @@ def fold(events: Iterable[Mapping[str, Any]]) -> Recovered | None:
             rec["authorisation"] = (auth["kind"], auth["id"])
         elif t == "barrier.lifted":
             rec["lifted"] = True
-        elif t == "loop.changed" and rec.get("lifted") and ev.get("occupied") and ev.get("loop") != "arrival_loop":
-            rec["entered"] = True
+            rec["last_seen_at"] = _ts(ev["ts"])
+        elif t == "loop.changed":
+            rec["last_seen_at"] = _ts(ev["ts"])
+            if rec.get("lifted") and ev.get("occupied") and ev.get("loop") != "arrival_loop":
+                rec["entered"] = True
         elif t == "passage.held":
             rec["hold_reason"] = ev["reason"]
         elif t == "passage.closed":

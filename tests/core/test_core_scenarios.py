@@ -1662,6 +1662,24 @@ def test_s7_restart_with_its_vehicle_seen_entering_but_someone_on_the_arrival_lo
     assert lane.state is S.OPEN
 
 
+def test_s7_s3_restarts_in_a_row_do_not_keep_the_boom_up_for_the_next_vehicle(lane: Lane) -> None:
+    """S7, S3: lifted, then crashes one after another with nobody on any loop: each restart
+    waits backout_wait from the lift, not from itself, so the boom comes down before the
+    next lorry can drive through on this lift (the kill -9 campaign saw it, 11 times in
+    200 passages)."""
+    t = up_to_deciding(lane, 1)
+    release(lane, t + 1, "CMD-7")  # lifted at 4
+    lane, out = lane.restart(at(5), barrier_up=True, barrier_down=False)
+    assert lane.core.next_deadline == at(9)
+    lane, out = lane.restart(at(8.5), barrier_up=True, barrier_down=False)
+    assert lane.core.next_deadline == at(9)
+    lane, out = lane.restart(at(12), barrier_up=True, barrier_down=False)
+    assert lane.core.next_deadline <= at(12)
+    out = lane.tick(at(12))
+    assert [p.reason for p in only(out, Pulse)] == ["lower"]
+    assert emitted(out, "passage.closed")[0]["outcome"] == "backed_out"
+
+
 def test_s7_restart_with_the_barrier_up_and_nobody_there_lowers_after_backout_wait(lane: Lane) -> None:
     """S7, S3: an authorised passage, boom up, no vehicle on any loop: closed as left, lowered."""
     t = up_to_deciding(lane, 1)
@@ -1670,9 +1688,10 @@ def test_s7_restart_with_the_barrier_up_and_nobody_there_lowers_after_backout_wa
     lane.set("arrival_loop", False, at(6))
     lane, out = lane.restart(at(8), barrier_up=True, barrier_down=False)
     assert names(out) == ["lane.recovered", f"Display:{RELEASED}"]
-    assert lane.state is S.OPEN and lane.core.next_deadline == at(13)
-    assert lane.tick(at(12.9)) == []
-    out = lane.tick(at(13))
+    # backout_wait from when it was last seen (off the arrival loop at 6), not from the restart
+    assert lane.state is S.OPEN and lane.core.next_deadline == at(11)
+    assert lane.tick(at(10.9)) == []
+    out = lane.tick(at(11))
     assert names(out) == ["Confirm:not_passed", "passage.closed", *LOWERS]
     closed = emitted(out, "passage.closed")[0]
     assert (closed["outcome"], closed["reason"]) == ("backed_out", "left_after_lift")
