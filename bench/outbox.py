@@ -34,8 +34,8 @@ from simulators.site import LaneSpec, SimulatedSite, free_tcp_port
 EVENTS = 10_000
 BATCH = 100
 #: Outages (from the daemon's start to the broker's return): a short one, and one long
-#: enough for the link's backoff to reach its 30 s cap, as it has after the ~20 hours it
-#: takes a lane PC to journal 10,000 events (full run only).
+#: enough for the link's backoff to reach its cap, as it has after the ~20 hours it takes
+#: a lane PC to journal 10,000 events (full run only).
 SHORT_S, LONG_S = 5.0, 75.0
 LANE = LaneSpec("B1-IN", "保税货物进区1号", "bonded", "in", "K001")
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
@@ -221,7 +221,7 @@ async def run(quick: bool, workdir: Path) -> Report:
         details[f"outage_{outage:g}s"] = {"runs": got, "medians": med, "repeats": repeats}
     rep.details = details
     rep.notes.append("outage timed from the daemon's start (the link fails to connect from then on); the link "
-                     "keeps its default backoff (0.5 s doubling to 30 s, jittered x0.5-1); the baseline "
+                     "keeps its default backoff (0.5 s doubling to 3 s, jittered x0.5-1); the baseline "
                      "connects at once")
     return rep
 

@@ -60,8 +60,8 @@ would be skipped, never invented.
 Connection: a fresh aiomqtt ``Client`` per attempt (no paho state, like half-sent
 messages of the previous connection, carries over), a persistent session
 (``clean_session=False`` under a stable client id, so QoS 1 commands sent during a short
-outage are delivered on reconnect), capped jittered exponential backoff between
-attempts. One ERROR per outage (the first failure), DEBUG for the retries, INFO when the
+outage are delivered on reconnect), jittered exponential backoff between attempts,
+0.5 s doubling to a cap of 3 s. One ERROR per outage (the first failure), DEBUG for the retries, INFO when the
 link is back, with the backlog. Commands a broker keeps as retained messages are refused,
 not re-applied on every reconnect.
 """
@@ -173,7 +173,9 @@ class MqttLink:
         site: Site,
         *,
         backoff_initial: float = 0.5,
-        backoff_max: float = 30.0,
+        # One TCP connect every few seconds is nothing to a broker, and a backlog waiting
+        # out a 30 s cap missed the 10 s drain target after a long outage.
+        backoff_max: float = 3.0,
         keepalive: int = 30,
         timeout: float = 10.0,
         batch_per_lane: int = 100,

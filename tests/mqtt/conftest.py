@@ -36,7 +36,7 @@ MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
 PREFIX = f"gatectl/{SITE_ID}"
 BONDED = LaneSpec("B1-IN", "保税货物进区1号", "bonded", "in", "K001")
 BONDED_OUT = LaneSpec("B2-OUT", "保税货物出区2号", "bonded", "out", "K002")
-#: Fast reconnects for tests (the defaults are 0.5 s doubling to 30 s).
+#: Fast reconnects for tests (the defaults are 0.5 s doubling to 3 s).
 LINK_KW = {"backoff_initial": 0.1, "backoff_max": 1.0}
 
 
