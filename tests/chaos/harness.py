@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import random
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -27,6 +26,8 @@ from typing import Any
 import aiohttp
 
 from gatectl.config import load_config
+# The MQTT tests' broker (password file, SIGKILL, SIGHUP reload, back on the same port).
+from mqtt.conftest import MOSQUITTO, MOSQUITTO_PASSWD, Broker  # noqa: F401
 from simulators.site import FLEET, SCRIPT, SimLane, SimulatedSite, Vehicle, free_tcp_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -554,71 +555,6 @@ class Traffic:
     def count(self, outcome: str | None = None, lane: str | None = None) -> int:
         return sum(1 for r in self.results
                    if (outcome is None or r[2] == outcome) and (lane is None or r[0] == lane))
-
-
-# ------------------------------------------------------------------------ Mosquitto
-
-MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
-MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
-
-
-class Broker:
-    """Mosquitto on 127.0.0.1:port with a password file; ``kill()`` is SIGKILL, ``start()``
-    again comes back on the same port (no persistence: a killed broker forgets all)."""
-
-    def __init__(self, workdir: Path, passwords: dict[str, str]) -> None:
-        assert MOSQUITTO is not None and MOSQUITTO_PASSWD is not None
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_tcp_port()
-        self.password_file = workdir / "passwords"
-        self.log = workdir / "mosquitto.log"
-        self.proc: subprocess.Popen | None = None
-        self.set_passwords(passwords)
-
-    def set_passwords(self, passwords: dict[str, str]) -> None:
-        assert MOSQUITTO_PASSWD is not None
-        self.password_file.unlink(missing_ok=True)
-        self.password_file.touch()
-        for user, password in passwords.items():
-            subprocess.run([MOSQUITTO_PASSWD, "-b", str(self.password_file), user, password],
-                           check=True, capture_output=True, timeout=30)
-
-    async def start(self) -> None:
-        conf = self.workdir / "mosquitto.conf"
-        lines = ["user root"] if os.geteuid() == 0 else []
-        lines += [f"listener {self.port} 127.0.0.1", "persistence false", "allow_anonymous false",
-                  f"password_file {self.password_file}"]
-        conf.write_text("\n".join(lines) + "\n")
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=out, stderr=out)
-        loop = asyncio.get_running_loop()
-        end = loop.time() + 15
-        while True:
-            assert self.proc.poll() is None, self.log.read_text()
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            except OSError:
-                if loop.time() > end:
-                    raise AssertionError("mosquitto did not listen:\n" + self.log.read_text()) from None
-                await asyncio.sleep(0.02)
-                continue
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-            return
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def reload(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGHUP)
-
-    def stop(self) -> None:
-        self.kill()
 
 
 @dataclass

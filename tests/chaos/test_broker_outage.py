@@ -79,7 +79,7 @@ def last_seqs(path: Path) -> dict[str, int]:
 
 async def broker_campaign(tmp_path: Path, figures: dict, *, outage_s: float, seed: int) -> None:
     rng = random.Random(seed)
-    broker = Broker(tmp_path / "broker", PASSWORDS)
+    broker = Broker(tmp_path / "broker", passwords=PASSWORDS)
     await broker.start()
     collector = Collector(broker.port, PREFIX, "collector", PASSWORDS["collector"])
     await collector.start()

@@ -31,7 +31,8 @@ from gatectl.mqtt import MqttLink
 from gatectl.service import Site
 from simulators.site import SITE_ID, LaneSpec, SimulatedSite, free_tcp_port
 
-MOSQUITTO = shutil.which("mosquitto")
+# Debian puts it in /usr/sbin, which is not on every user's PATH.
+MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
 PREFIX = f"gatectl/{SITE_ID}"
 BONDED = LaneSpec("B1-IN", "保税货物进区1号", "bonded", "in", "K001")
