@@ -396,7 +396,7 @@ class LaneService:
                                    on_energised=self._sync_journal if cmd.coil == "open" else None)
             except IoModuleError as exc:
                 self.log.error("coil pulse failed", coil=cmd.coil, error=str(exc))
-                self.queue.put_nowait(DeviceFault(point.module, f"coil write failed: {exc}"))
+                # (The driver has reported the module faulty already; this says which pulse.)
                 self.queue.put_nowait(CoilWriteFailed(point.module, cmd.coil))
 
     def _sync_journal(self) -> None:
