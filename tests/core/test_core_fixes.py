@@ -17,6 +17,7 @@ from test_core_scenarios import (
     barrier_rises,
     drive_through,
     emitted,
+    lifted_and_through,
     names,
     only,
     open_pulses,
@@ -92,17 +93,20 @@ def test_r2_a_release_answered_after_closing_time_lifts_nothing() -> None:
 IO_BONDED = replace(BONDED, barrier_devices=frozenset({"io1"}))
 
 
+def lowering_after_a_passage() -> tuple[Lane, float]:
+    """The scenarios' ``lifted_and_through`` on a lane whose barrier is on ``io1``, and
+    its ``t``: lifted at ``t + 1``, the lower pulse sent at ``t + 7``."""
+    lane = Lane(IO_BONDED)
+    lane.start(at(0))
+    lifted_and_through(lane)
+    return lane, 3.0
+
+
 def test_r9_one_poll_with_up_off_and_down_on_is_a_completed_lowering() -> None:
     """R9: the first poll after the IO module returns shows the up limit off and the down
     limit on together: the arm came down meanwhile, which is no ``both_limits`` fault, and
     the lane is idle again."""
-    lane = Lane(IO_BONDED)
-    lane.start(at(0))
-    t = up_to_deciding(lane, 1)
-    release(lane, t + 1)
-    barrier_rises(lane, t + 1.2)
-    drive_through(lane, t + 3)
-    assert lane.state is S.LOWERING
+    lane, t = lowering_after_a_passage()
     lane.feed(DeviceFault("io1", "no answer"), at(t + 7.5))
     lane.feed(InputsSnapshot({"barrier_up": False, "barrier_down": True}), at(t + 20))
     lane.feed(DeviceRecovered("io1"), at(t + 20))
@@ -156,13 +160,7 @@ def test_s1_a_lift_pulse_that_did_reach_the_barrier_before_the_module_went_quiet
 def test_s2_r9_a_lowering_pulse_the_module_never_acted_on_is_sent_again() -> None:
     """S2, R9: the close pulse failed and the arm is still up when the module answers
     again: the lane lowers it again instead of waiting in ``lowering`` for ever."""
-    lane = Lane(IO_BONDED)
-    lane.start(at(0))
-    t = up_to_deciding(lane, 1)
-    release(lane, t + 1)
-    barrier_rises(lane, t + 1.2)
-    drive_through(lane, t + 3)
-    assert lane.state is S.LOWERING
+    lane, t = lowering_after_a_passage()
     lane.feed(DeviceFault("io1", "no answer"), at(t + 7.1))
     lane.feed(CoilWriteFailed("io1", "close"), at(t + 7.2))
     assert lane.tick(at(t + 30)) == []
@@ -176,12 +174,7 @@ def test_s2_r9_a_lowering_pulse_the_module_never_acted_on_is_sent_again() -> Non
 def test_s2_a_failed_lowering_with_a_vehicle_under_the_arm_waits_for_it_to_clear() -> None:
     """S2, S3: the close pulse failed and, when the module answers again, a vehicle stands
     on the safety loop: the arm stays up until it has cleared, then lowers."""
-    lane = Lane(IO_BONDED)
-    lane.start(at(0))
-    t = up_to_deciding(lane, 1)
-    release(lane, t + 1)
-    barrier_rises(lane, t + 1.2)
-    drive_through(lane, t + 3)
+    lane, t = lowering_after_a_passage()
     lane.feed(CoilWriteFailed("io1", "close"), at(t + 7.2))
     lane.feed(InputsSnapshot({"safety_loop": True}), at(t + 20))
     out = lane.feed(DeviceRecovered("io1"), at(t + 20))
