@@ -28,7 +28,13 @@ import aiohttp
 from gatectl.config import load_config
 # The MQTT tests' broker (password file, SIGKILL, SIGHUP reload, back on the same port).
 from mqtt.conftest import MOSQUITTO, MOSQUITTO_PASSWD, Broker  # noqa: F401
-from simulators.site import FLEET, SCRIPT, SimLane, SimulatedSite, Vehicle, free_tcp_port
+from simulators.site import FLEET, SCRIPT, LaneSpec, SimLane, SimulatedSite, Vehicle, free_tcp_port
+
+#: The site most campaigns run: one bonded lane in, one out.
+TWO_BONDED_LANES = [
+    LaneSpec("B1-IN", "保税货物进区1号", "bonded", "in", "K001"),
+    LaneSpec("B2-OUT", "保税货物出区2号", "bonded", "out", "K002"),
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 RELEASED = [v for v in FLEET if SCRIPT[v.card] == "release"]

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from simulators.site import LaneSpec, SimulatedSite
+from simulators.site import SimulatedSite
 
 from .harness import (
+    TWO_BONDED_LANES,
     CoilRecorder,
     InProcess,
     Traffic,
@@ -38,10 +39,7 @@ from .harness import (
     write_config,
 )
 
-LANES = [
-    LaneSpec("B1-IN", "保税货物进区1号", "bonded", "in", "K001"),
-    LaneSpec("B2-OUT", "保税货物出区2号", "bonded", "out", "K002"),
-]
+LANES = TWO_BONDED_LANES
 TIMEOUT_MS = 1000
 
 

@@ -29,9 +29,10 @@ from pathlib import Path
 
 import pytest
 
-from simulators.site import SITE_ID, LaneSpec, SimulatedSite
+from simulators.site import SITE_ID, SimulatedSite
 
 from .harness import (
+    TWO_BONDED_LANES,
     MOSQUITTO,
     MOSQUITTO_PASSWD,
     Broker,
@@ -45,10 +46,7 @@ from .harness import (
     write_config,
 )
 
-LANES = [
-    LaneSpec("B1-IN", "保税货物进区1号", "bonded", "in", "K001"),
-    LaneSpec("B2-OUT", "保税货物出区2号", "bonded", "out", "K002"),
-]
+LANES = TWO_BONDED_LANES
 PREFIX = f"gatectl/{SITE_ID}"
 PASSWORDS = {"collector": "c-pw", "gatectl": "g-pw"}
 

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from simulators.site import LaneSpec, SimulatedSite, free_tcp_port
+from simulators.site import SimulatedSite, free_tcp_port
 
 from .harness import (
+    TWO_BONDED_LANES,
     CoilRecorder,
     InProcess,
     JournalObserver,
@@ -41,10 +42,7 @@ from .harness import (
     write_config,
 )
 
-LANES = [
-    LaneSpec("B1-IN", "保税货物进区1号", "bonded", "in", "K001"),
-    LaneSpec("B2-OUT", "保税货物出区2号", "bonded", "out", "K002"),
-]
+LANES = TWO_BONDED_LANES
 NO_LIMIT = 1073741823  # SQLite's default max_page_count
 
 

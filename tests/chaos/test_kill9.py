@@ -35,6 +35,7 @@ import pytest
 from simulators.site import LaneSpec, SimulatedSite
 
 from .harness import (
+    TWO_BONDED_LANES,
     RELEASED,
     CoilRecorder,
     Daemon,
@@ -49,11 +50,7 @@ from .harness import (
     write_config,
 )
 
-LANES = [
-    LaneSpec("B1-IN", "保税货物进区1号", "bonded", "in", "K001"),
-    LaneSpec("B2-OUT", "保税货物出区2号", "bonded", "out", "K002"),
-    LaneSpec("E3-IN", "跨境电商进区3号", "ecommerce_9610", "in", "K003"),
-]
+LANES = [*TWO_BONDED_LANES, LaneSpec("E3-IN", "跨境电商进区3号", "ecommerce_9610", "in", "K003")]
 MODES = {"random": 0.35, "after_open": 0.3, "after_answer": 0.2, "startup": 0.15}
 
 #: Defects this campaign found that it steers around instead of failing on; empty since
