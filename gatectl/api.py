@@ -12,8 +12,6 @@ import json
 
 from aiohttp import web
 
-from gatectl.lane.errors import LaneProtocolError
-from gatectl.lane.events import SpotCheckOrdered
 from gatectl.service import Site
 
 SITE_KEY = web.AppKey("site", Site)
@@ -66,7 +64,7 @@ async def json_body(request: web.Request) -> dict:
 
 async def health(request: web.Request) -> web.Response:
     site = request.app[SITE_KEY]
-    lanes = {lane.id: lane.core.state.value for lane in site.lanes.values()}
+    lanes = {lane.id: lane.view["state"] for lane in site.lanes.values()}
     body = {"status": "ok" if site.running else "starting", "site_id": site.config.site.id, "lanes": lanes}
     return web.json_response(body, status=200 if site.running else 503)
 
@@ -76,65 +74,63 @@ async def lanes(request: web.Request) -> web.Response:
     return web.json_response({"lanes": [lane.snapshot() for lane in site.lanes.values()]})
 
 
+#: The most events one ``GET /api/v1/events`` answers (the rest: ask again from the last seq).
+EVENTS_MAX = 10_000
+EVENTS_DEFAULT = 1_000
+
+
+def _int_param(request: web.Request, name: str, default: int | None, low: int, high: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if len(raw) > 20 or not raw.lstrip("-").isdigit():
+        raise web.HTTPBadRequest(text=json.dumps({"error": f"{name} must be a whole number"}),
+                                 content_type="application/json")
+    value = int(raw)
+    if not low <= value <= high:
+        raise web.HTTPBadRequest(text=json.dumps({"error": f"{name} must be within {low}..{high}"}),
+                                 content_type="application/json")
+    return value
+
+
 async def events(request: web.Request) -> web.Response:
+    """GET /api/v1/events?lane=&since_seq=&limit=: journaled events as stored, ``seq``
+    order per lane, at most ``limit`` (1..10 000, default 1 000). Read on a reader thread
+    and answered as the stored JSON, never parsed again."""
     site = request.app[SITE_KEY]
     lane = request.query.get("lane") or None
-    try:
-        since = int(request.query["since_seq"]) if request.query.get("since_seq") else None
-        limit = min(int(request.query.get("limit", "1000")), 10000)
-    except ValueError:
-        return error(400, "since_seq and limit must be integers")
-    if lane is not None and lane not in site.lanes:
+    since = _int_param(request, "since_seq", None, 0, 2**62)
+    limit = _int_param(request, "limit", EVENTS_DEFAULT, 1, EVENTS_MAX)
+    if lane is not None and lane not in site.lanes and lane != "_site":
         return error(404, f"unknown lane {lane!r}")
-    return web.json_response({"events": site.journal.events(lane, since, limit)})
+    journal = site.journal
+
+    def page(db) -> bytes:
+        bodies = [body for _, _, body in journal.event_rows(lane, since, limit, db=db)]
+        return ('{"events":[' + ",".join(bodies) + "]}").encode()
+
+    return web.Response(body=await journal.read(page), content_type="application/json")
 
 
 async def spot_checks(request: web.Request) -> web.Response:
     """R7: customs spot checks: {"hold_next": N} | {"fraction": 0.1} | {"clear": true}."""
     site = request.app[SITE_KEY]
-    lane = site.lanes.get(request.match_info["lane"])
-    if lane is None:
-        return error(404, f"unknown lane {request.match_info['lane']!r}")
+    lane_id = request.match_info["lane"]
+    if lane_id not in site.lanes:
+        return error(404, f"unknown lane {lane_id!r}")
     body = await json_body(request)
     try:
-        order = spot_check_order(body, source="local_api")
+        result = await site.orders.spot_check(lane_id, body, source="local_api")
     except ValueError as exc:
         return error(422, str(exc))
-    await lane.submit(order)
-    return web.json_response(
-        {"lane_id": lane.id, "hold_next": lane.core.spot_hold_next, "fraction": lane.core.spot_fraction}
-    )
-
-
-def spot_check_order(body: dict, source: str) -> SpotCheckOrdered:
-    """Validate a spot-check order (local API or MQTT) into the core's event."""
-    keys = set(body) - {"lane_id"}
-    if len(keys) != 1 or not keys <= {"hold_next", "fraction", "clear"}:
-        raise ValueError('give exactly one of "hold_next", "fraction" or "clear"')
-    (key,) = keys
-    value = body[key]
-    if key == "hold_next" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise ValueError("hold_next must be a whole number >= 0")
-    if key == "fraction" and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1):
-        raise ValueError("fraction must be a number from 0 to 1")
-    if key == "clear" and value is not True:
-        raise ValueError("clear must be true")
-    try:
-        return SpotCheckOrdered(
-            hold_next=value if key == "hold_next" else None,
-            fraction=float(value) if key == "fraction" else None,
-            clear=key == "clear",
-            source=source,
-        )
-    except LaneProtocolError as exc:
-        raise ValueError(str(exc)) from exc
+    return web.json_response(result)
 
 
 async def approvals(request: web.Request) -> web.Response:
     """R10, R17: accept (200) or refuse (422, with the reason) a signed approval."""
     site = request.app[SITE_KEY]
     raw = await request.read()
-    result = await site.accept_approval(raw, source="local_api")
+    result = await site.orders.approval(raw, source="local_api")
     return web.json_response(result, status=200 if result["status"] == "accepted" else 422)
 
 
@@ -144,7 +140,7 @@ async def emergency_accounts(request: web.Request) -> web.Response:
     if request.match_info["lane"] not in site.lanes:
         return error(404, f"unknown lane {request.match_info['lane']!r}")
     body = await json_body(request)
-    result = await site.add_emergency_account(body, lane_id=request.match_info["lane"])
+    result = await site.orders.emergency_account(body, lane_id=request.match_info["lane"])
     return web.json_response(result, status=200 if result["status"] == "accepted" else 422)
 
 

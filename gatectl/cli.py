@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from gatectl.keys import add_subcommands
     from gatectl.ledger import add_subcommands as add_ledger_commands
-    from gatectl.records import add_subcommands as add_record_commands
+    from gatectl.records_cli import add_subcommands as add_record_commands
 
     add_ledger_commands(sub)  # creates the `ledger` group; records adds `ledger equipment` to it
     add_record_commands(sub)

@@ -11,24 +11,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from gatectl import screen
 from gatectl.config import SiteConfig
+from gatectl.ledger import LedgerScheduler
+from gatectl.metrics import Metrics
+from gatectl.mqtt import MqttLink
+from gatectl.records import Records
 from gatectl.service import Site
+from gatectl.systemd import run_notifier
 
 
 def assemble(config: SiteConfig, stop=None) -> tuple[Site, list[Callable[[Any], None]]]:
     """The site and the route setups its local API needs. ``stop`` (an asyncio.Event set
     on SIGTERM) lets the systemd notifier say STOPPING."""
-    from gatectl import screen
-    from gatectl.metrics import Metrics
-    from gatectl.records import Records
-    from gatectl.systemd import run_notifier
-
     site = Site(config)
     setups: list[Callable[[Any], None]] = []
 
-    records = Records(site)
-    records.ensure_schema()
-    site.subscribe(records.on_events)
+    records = Records(site)  # projects every commit in the journal's writer from now on
     site.add_task(records.run, "records")
     setups.append(records.setup_routes)
 
@@ -38,14 +37,10 @@ def assemble(config: SiteConfig, stop=None) -> tuple[Site, list[Callable[[Any], 
     setups.append(metrics.setup_routes)
 
     if config.mqtt is not None:
-        from gatectl.mqtt import MqttLink
-
         link = MqttLink(site)
         site.subscribe(link.on_events)
         site.add_task(link.run, "mqtt")
         site.mqtt_depth = link.depth  # outbox depth in /metrics
-
-    from gatectl.ledger import LedgerScheduler
 
     site.add_task(LedgerScheduler(site).run, "ledger")  # waits forever without ledger.dir
 

@@ -22,38 +22,15 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from gatectl import events as ev
+from gatectl import labels as L
 from gatectl import logs
+from gatectl.api import start_api
 from gatectl.config import load_config
+from gatectl.daemon import assemble
+from simulators.site import LaneSpec, SimulatedSite
 
-KINDS_ZH = {
-    "bonded": "保税",
-    "ecommerce_9610": "9610",
-    "non_bonded": "非保税",
-    "administrative": "行政",
-    "personnel": "人员",
-}
-STATE_ZH = {
-    "starting": "启动中",
-    "idle": "空闲",
-    "present": "车辆到达",
-    "weighing": "称重中",
-    "deciding": "核验中",
-    "authorising": "授权中",
-    "open": "已抬杆",
-    "lowering": "落杆中",
-    "held": "不予放行",
-}
 STATE_STYLE = {"open": "bold green", "held": "bold red", "deciding": "yellow", "lowering": "cyan"}
-ALARM_ZH = {
-    "forced_passage": "闯卡",
-    "tailgating": "跟车",
-    "barrier_fault": "道闸故障",
-    "instruction_replay": "指令重复",
-    "emergency_release": "紧急放行",
-    "device_fault": "设备故障",
-    "authority_unreachable": "海关系统无应答",
-    "journal_fault": "日志故障",
-}
 QUIET_EVENTS = {"loop.changed", "barrier.position"}
 
 
@@ -61,56 +38,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def describe(ev: dict) -> str:
-    """One line for a person reading the event stream."""
-    t = ev["type"]
-    if t == "passage.opened":
-        return "紧急车辆到达" if ev.get("emergency") else "车辆到达"
-    if t == "authorisation.committed":
-        auth = ev["authorisation"]
-        return f"授权已记入日志 ({auth['kind']} {auth['id']})"
-    if t == "lane.recovered":
-        return "重启后恢复通行状态"
-    if t == "release.failed":
-        return f"海关系统无应答 ({ev['reason']})"
-    if t == "card.read":
-        return f"刷卡 {ev['card']}"
-    if t == "weight.stable":
-        return f"称重 {ev['gross_weight_kg']:.0f} kg"
-    if t == "release.requested":
-        return "请求海关放行指令"
-    if t == "release.decided" and ev.get("source") == "local":
-        return f"本通道名单核验 ({ev.get('basis')}): {ev['decision']}"
-    if t == "release.decided":
-        return f"海关指令 {ev['decision']} {ev.get('instruction_id') or ''} {ev.get('hint') or ''}".strip()
-    if t == "barrier.lifted":
-        auth = ev.get("authorisation") or {}
-        return f"抬杆 ({auth.get('kind')} {auth.get('id')}) {'' if ev.get('reason') == 'lift' else '安全回抬'}"
-    if t == "barrier.lowered":
-        return "落杆"
-    if t == "passage.closed":
-        return f"通行结束: {ev['outcome']}" + (f" ({ev['reason']})" if ev.get("reason") else "")
-    if t == "passage.held":
-        return f"不予放行: {ev['reason']}"
-    if t == "spot_check.applied":
-        return f"海关抽查 (剩余 {ev['remaining']})"
-    if t == "approval.accepted":
-        return f"审批已接受 {ev['approval_id']}"
-    if t == "approval.refused":
-        return f"审批被拒绝 {ev.get('approval_id')}: {ev['reason']}"
-    if t == "incident.opened":
-        return f"事件记录 {ev['kind']}: {ev['reason']}"
-    if t == "alarm.raised":
-        return f"报警: {ALARM_ZH.get(ev['alarm'], ev['alarm'])}"
-    if t == "manual_lift.refused":
-        return "手动抬杆被拒绝: 无有效审批"
-    if t in ("fault.opened", "fault.closed"):
-        return f"{'故障' if t == 'fault.opened' else '恢复'}: {ev['device']} {ev.get('reason', '')}"
-    if t == "card.refused":
-        return f"拒绝卡 {ev['card']} ({ev['reason']})"
-    return t
 
 
 FAULTS_ZH = {
@@ -174,21 +101,22 @@ class View:
         self.fault_note = ""
         site.subscribe(self.on_events)
 
-    def on_events(self, events: list[dict]) -> None:
-        for ev in events:
-            if ev["type"] == "passage.closed":
-                self.counts[ev["outcome"]] = self.counts.get(ev["outcome"], 0) + 1
-            if ev["type"] == "alarm.raised":
-                self.counts["alarms"] = self.counts.get("alarms", 0) + 1
-            if ev["type"] not in QUIET_EVENTS:
-                self.recent.append(ev)
+    def on_events(self, written: list[ev.Stamped]) -> None:
+        for st in written:
+            if isinstance(st.event, ev.PassageClosed):
+                outcome = L.zh(L.OUTCOMES, st.event.outcome)
+                self.counts[outcome] = self.counts.get(outcome, 0) + 1
+            elif isinstance(st.event, ev.AlarmRaised):
+                self.counts["报警"] = self.counts.get("报警", 0) + 1
+            if st.type not in QUIET_EVENTS:
+                self.recent.append(st)
 
     def render(self):
         lanes = Table(expand=True, title="卡口通道 Lanes", title_style="bold")
         for col in ("通道", "状态", "线圈 到达/安全/出口", "道闸", "IC卡", "重量 kg", "海关指令", "显示屏"):
             lanes.add_column(col, overflow="fold")
         for lane in self.site.lanes.values():
-            snap = lane.core.snapshot()
+            snap = lane.snapshot()
             inputs = snap["inputs"]
             loops = " ".join("●" if inputs[p] else "○" for p in ("arrival_loop", "safety_loop", "exit_loop"))
             barrier = "▲ 抬起" if inputs["barrier_up"] else ("▼ 落下" if inputs["barrier_down"] else "↕ 运动中")
@@ -196,21 +124,21 @@ class View:
             state = snap["state"]
             faults = ", ".join(snap["faults"])
             lanes.add_row(
-                f"{lane.id}\n{KINDS_ZH.get(lane.config.kind, lane.config.kind)} {'进' if lane.config.direction == 'in' else '出'}",
-                Text(STATE_ZH.get(state, state) + (f"\n故障:{faults}" if faults else ""), STATE_STYLE.get(state, "")),
+                f"{lane.id}\n{L.zh(L.KINDS, lane.config.kind)} {L.zh(L.DIRECTIONS, lane.config.direction)}",
+                Text(L.zh(L.STATES, state) + (f"\n故障:{faults}" if faults else ""), STATE_STYLE.get(state, "")),
                 loops,
                 barrier,
                 p.get("card") or "",
                 f"{p['weight_kg']:.0f}" if p.get("weight_kg") else "",
-                p.get("decision") or "",
+                L.zh(L.DECISIONS, p.get("decision")) or "",
                 snap["display"],
             )
         events = Table(expand=True, title="事件 Events (journal)", title_style="bold", show_lines=False)
         for col in ("时间", "通道", "seq", "事件"):
             events.add_column(col)
-        for ev in reversed(self.recent):
-            style = "bold red" if ev["type"] == "alarm.raised" else ("green" if ev["type"] == "barrier.lifted" else "")
-            events.add_row(ev["ts"][11:19], ev["lane_id"], str(ev["seq"]), Text(describe(ev), style))
+        for st in reversed(self.recent):
+            style = "bold red" if st.type == "alarm.raised" else ("green" if st.type == "barrier.lifted" else "")
+            events.add_row(st.ts[11:19], st.lane_id, str(st.seq), Text(L.describe(st), style))
         totals = "  ".join(f"{k}: {v}" for k, v in sorted(self.counts.items())) or "—"
         note = f"\n{self.fault_note}" if self.fault_note else ""
         footer = Text(
@@ -221,10 +149,6 @@ class View:
 
 
 async def run_demo(args) -> int:
-    from gatectl.api import start_api
-    from gatectl.daemon import assemble
-    from simulators.site import LaneSpec, SimulatedSite
-
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="gatectl-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     specs = [
@@ -265,10 +189,10 @@ async def run_demo(args) -> int:
         faults = asyncio.create_task(inject_faults(sim, random.Random(rng.random()), traffic_stop, note))
     if args.plain:
         site.subscribe(
-            lambda evs: [
-                print(f"{e['ts'][11:19]} {e['lane_id']:7} #{e['seq']:<4} {describe(e)}", flush=True)
-                for e in evs
-                if e["type"] not in QUIET_EVENTS
+            lambda written: [
+                print(f"{st.ts[11:19]} {st.lane_id:7} #{st.seq:<4} {L.describe(st)}", flush=True)
+                for st in written
+                if st.type not in QUIET_EVENTS
             ]
         )
     print(f"gatectl demo: config {cfg_path}, journal {workdir / 'gatectl.db'}, API {api_url}", file=sys.stderr)
@@ -310,4 +234,4 @@ def main(args) -> int:
         return 0
 
 
-__all__ = ["main", "describe", "View"]
+__all__ = ["main", "View"]

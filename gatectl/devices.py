@@ -17,7 +17,8 @@ from drivers.health import Health
 from drivers.modbus_io import BusRegistry
 from drivers.serial_device import CardReader, Weighbridge
 from gatectl.config import SiteConfig
-from gatectl.service import cancel_all, make_io_modules
+from gatectl.io_routing import build_modules
+from gatectl.service import cancel_all
 
 
 @dataclass
@@ -49,11 +50,8 @@ async def probe(config: SiteConfig, seconds: float) -> list[Probe]:
     module_probes: dict[str, Probe] = {}
     inputs: dict[str, dict[int, bool]] = {}
 
-    def on_inputs(module: str):
-        def cb(values: dict[int, bool], snapshot: bool) -> None:
-            inputs.setdefault(module, {}).update(values)
-
-        return cb
+    def on_inputs(module: str, values: dict[int, bool]) -> None:
+        inputs.setdefault(module, {}).update(values)
 
     def on_module_health(module: str, health: Health, reason: str) -> None:
         p = module_probes[module]
@@ -61,7 +59,7 @@ async def probe(config: SiteConfig, seconds: float) -> list[Probe]:
         p.seen.append(f"{health.value}: {reason}")
 
     registry = BusRegistry()
-    modules = make_io_modules(config, points_by_module, on_inputs, on_module_health, registry)
+    modules = build_modules(config, registry, on_inputs, on_module_health)
     for name, module in modules.items():
         cfg = config.io_modules[name]
         where = f"{cfg.host}:{cfg.port} unit {cfg.unit}" if cfg.protocol == "modbus-tcp" else f"{cfg.port} unit {cfg.unit}"

@@ -1,29 +1,66 @@
-"""The journal: one SQLite file per process, the lane's durable memory.
+"""The journal: one SQLite file per process, the lane PC's durable memory.
 
-WAL with ``synchronous=FULL``: a committed transaction survives power loss. Every lane
-event gets a uuid ``event_id`` and a per-lane ``seq`` that increases by one and is never
-reused (CONTRACT section 5). Authorisations are recorded as consumed with a primary key
-on (kind, id), so an instruction can be committed once and only once (S1, S6); the row
-and its ``authorisation.committed`` event land in the same transaction.
+WAL with ``synchronous=FULL``: a committed transaction survives power loss. Every event
+gets a time-ordered ``event_id`` and a per-lane ``seq`` that increases by one and is never
+reused (CONTRACT section 5). Authorisations are recorded as consumed with a primary key on
+(kind, id), so an instruction can be committed once and only once (S1, S6); the row and
+its ``authorisation.committed`` event land in the same transaction.
 
-The ``passages`` table is a projection of the events, kept in the same transaction, so
-queries (ledger, API, recovery) need not replay the whole history.
+Who owns what:
+
+- **One writer thread owns the only write connection.** Lanes hand it appends
+  (``append``) from their event loop and never wait for the disk, except for an
+  authorisation: its future resolves once the transaction holding it is durable, and
+  only then does the lane pulse the coil (S6: this is the one place that proves it).
+  Everything the writer finds queued when it wakes is committed as one group, in one
+  transaction with one fsync, whatever lane it came from (group commit: the writer never
+  waits for a timer while an authorisation waits). Other writes (records, MQTT cursors,
+  the inbox, approvals) are jobs (``run``), each its own transaction, taken one at a
+  time between groups, so they can delay an authorisation by one short job at most.
+- **Readers have their own connections**, one per thread (``reader()``), read-only; the
+  API, records, the screen, MQTT and ledgers read off the event loop (``read``) in
+  bounded pages. WAL readers never block the writer.
+- **The projection is kept in the transaction of the events**: the ``passages`` table
+  (``gatectl.lane.passage.fold``) and the ``lanes`` table (``fold_lane``: last lift, spot
+  checks), so a restart reads each lane's open passage and record in two seeks.
+
+A write that fails (disk full) fails its whole group and records nothing; the events stay
+queued, in order, and are retried; the journal reports itself faulty (``on_health``) and
+the lanes fail closed; an authorisation in a failed group is refused (no lift). Without
+``start()`` (the CLI, tests) appends and jobs run at once in the calling thread.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
 import sqlite3
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Generic, Protocol, TypeVar
 
+import structlog
+
+from gatectl import events as ev
+from gatectl.events import Stamped
 from gatectl.ids import time_ordered_id
-from gatectl.lane.events import Recovered
-from gatectl.lane.recovery import fold, last_lift, spot_checks
+from gatectl.lane.passage import COLUMNS, LaneRecord, PassageRecord, fold, fold_lane
+
+log = structlog.get_logger("gatectl.journal")
+
+T = TypeVar("T")
+
+#: ``PRAGMA application_id`` of a gatectl journal ("GTCL").
+APPLICATION_ID = 0x4754434C
+#: ``PRAGMA user_version``: 2 adds the projection's recovery columns and the lanes table.
+SCHEMA_VERSION = 2
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -37,6 +74,7 @@ CREATE TABLE IF NOT EXISTS events (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_type ON events (type, ts);
 
+-- The passage projection (gatectl.lane.passage.fold), kept with the events.
 CREATE TABLE IF NOT EXISTS passages (
     passage_id      TEXT PRIMARY KEY,
     lane_id         TEXT NOT NULL,
@@ -59,6 +97,15 @@ CREATE INDEX IF NOT EXISTS passages_open ON passages (lane_id, closed_at);
 -- A restart finds each lane's last passage by an index seek, however long the journal.
 CREATE INDEX IF NOT EXISTS passages_lane_seq ON passages (lane_id, opened_seq);
 CREATE INDEX IF NOT EXISTS passages_opened ON passages (opened_at);
+
+-- What each lane remembers beyond its passages (gatectl.lane.passage.fold_lane).
+CREATE TABLE IF NOT EXISTS lanes (
+    lane_id         TEXT PRIMARY KEY,
+    last_lift_kind  TEXT,
+    last_lift_id    TEXT,
+    spot_hold_next  INTEGER NOT NULL DEFAULT 0,
+    spot_fraction   REAL NOT NULL DEFAULT 0
+);
 
 -- Everything sent outward that must arrive: written with the events of the same step,
 -- delivered in id order per target, kept until acknowledged.
@@ -107,6 +154,22 @@ CREATE TABLE IF NOT EXISTS authorisations (
 );
 """
 
+#: Columns version 2 added to ``passages`` (the rest of ``PassageRecord``).
+_V2_COLUMNS = {
+    "plate": "TEXT", "decided_at": "TEXT", "lifted_at": "TEXT", "entered": "INTEGER NOT NULL DEFAULT 0",
+    "last_seen_at": "TEXT", "hold_reason": "TEXT",
+}
+_PASSAGE_UPSERT = (
+    f"INSERT INTO passages ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+    f" ON CONFLICT (passage_id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in COLUMNS[1:])}"
+)
+_LANE_UPSERT = (
+    "INSERT INTO lanes (lane_id, last_lift_kind, last_lift_id, spot_hold_next, spot_fraction) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (lane_id) DO UPDATE SET last_lift_kind = excluded.last_lift_kind,"
+    " last_lift_id = excluded.last_lift_id, spot_hold_next = excluded.spot_hold_next,"
+    " spot_fraction = excluded.spot_fraction"
+)
+
 
 class JournalError(Exception):
     """The journal could not record something; whatever depended on it must not happen."""
@@ -114,6 +177,10 @@ class JournalError(Exception):
 
 class AuthorisationReplay(JournalError):
     """The authorisation was already consumed by an earlier lift."""
+
+
+class JournalRefused(JournalError):
+    """The file where the journal should be is not one gatectl can start from."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,135 +194,617 @@ class OutboxItem:
 
 
 @dataclass(frozen=True, slots=True)
-class PendingEvent:
-    type: str
+class Entry:
+    """One event to journal, stamped ``ts`` (a lane core's ``Emit`` is one too)."""
+
+    event: ev.Event
     ts: datetime
-    data: dict[str, Any]
+
+    @classmethod
+    def of(cls, type_: str, ts: datetime, data: dict[str, Any]) -> Entry:
+        """From the JSON fields of an event of ``type_`` (as an API or test has them)."""
+        return cls(ev.decode_event(type_, data), ts)
+
+
+class Pending(Protocol):
+    event: ev.Event
+    ts: datetime
+
+
+class Authorising(Protocol):
+    """What an authorisation commit needs (a lane core's ``CommitAuthorisation``)."""
+
+    kind: str
+    auth_id: str
+    passage_id: str
+    ts: datetime
+
+
+def _settle(future: concurrent.futures.Future, result: Any = None, *, error: BaseException | None = None) -> None:
+    """Resolve a caller's future; one whose caller gave up (cancelled) is left alone: the
+    writer goes on whatever its callers do."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except concurrent.futures.InvalidStateError:
+        pass
+
+
+def passage_row(rec: PassageRecord) -> tuple:
+    return tuple(getattr(rec, c) for c in COLUMNS)
+
+
+def passage_record(row: Sequence[Any]) -> PassageRecord:
+    values = dict(zip(COLUMNS, row))
+    values["entered"] = bool(values["entered"])
+    return PassageRecord(**values)
+
+
+# ---------------------------------------------------------------------- the file
+
+
+def check_file(path: Path) -> bool:
+    """Whether ``path`` may be opened as a journal: True if it exists already, False if
+    a new one is to be made. Raises ``JournalRefused`` for a file that is empty or not a
+    SQLite database: something went wrong there, and starting afresh would reuse seqs and
+    forget the authorisations already spent (S1)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise JournalRefused(f"cannot read the journal {path}: {exc}") from exc
+    how = "to start a new, empty journal deliberately, move the file away and run `gatectl journal new --config F`"
+    if size == 0:
+        raise JournalRefused(f"the journal {path} is an empty file (0 bytes): the journal it held is gone; "
+                             f"every authorisation spent before would be forgotten. {how}")
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise JournalRefused(f"cannot read the journal {path}: {exc}") from exc
+    if head != SQLITE_HEADER:
+        raise JournalRefused(f"{path} is not a gatectl journal (not a SQLite database). {how}")
+    return True
+
+
+def _open(path: str, *, readonly: bool = False) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA busy_timeout=5000")
+    if readonly:
+        db.execute("PRAGMA query_only=ON")
+    return db
+
+
+# ---------------------------------------------------------------------- writes
+
+
+@dataclass(slots=True)
+class _Append:
+    lane_id: str
+    entries: list[Pending]
+    authorisation: Authorising | None
+    outbox: list[OutboxItem]
+    future: concurrent.futures.Future
+
+
+@dataclass(slots=True)
+class _Job(Generic[T]):
+    fn: Callable[["WriteTx"], T]
+    durable: bool
+    future: concurrent.futures.Future
+
+
+@dataclass(slots=True)
+class _LaneState:
+    """The writer's view of a lane: its last seq, open passage and lane record."""
+
+    seq: int = 0
+    open: PassageRecord | None = None
+    record: LaneRecord | None = None
+
+
+class WriteTx:
+    """A write transaction in progress, as a job sees it: the write connection, and
+    ``append`` to journal events in the same transaction (a record and its event, say)."""
+
+    def __init__(self, journal: Journal, db: sqlite3.Connection) -> None:
+        self._journal = journal
+        self.db = db
+        self.written: list[Stamped] = []
+        self._lanes: dict[str, _LaneState] = {}
+
+    def lane(self, lane_id: str) -> _LaneState:
+        st = self._lanes.get(lane_id)
+        if st is None:
+            base = self._journal._lanes.get(lane_id) or _LaneState()
+            st = self._lanes[lane_id] = _LaneState(base.seq, base.open, base.record)
+        return st
+
+    def append(self, lane_id: str, event: ev.Event, ts: datetime | str) -> Stamped:
+        """Journal one event (seq, projection and all) in this transaction."""
+        st = self.lane(lane_id)
+        st.seq += 1
+        stamped = Stamped(time_ordered_id(), st.seq, self._journal.site_id, lane_id,
+                          ts if isinstance(ts, str) else ts.isoformat(), event)
+        body = ev.encode(stamped)
+        self.db.execute(
+            "INSERT INTO events (lane_id, seq, event_id, type, ts, body) VALUES (?, ?, ?, ?, ?, ?)",
+            (lane_id, stamped.seq, stamped.event_id, stamped.type, stamped.ts, json.dumps(body, ensure_ascii=False)),
+        )
+        self._project(st, stamped)
+        self.written.append(stamped)
+        return stamped
+
+    def _project(self, st: _LaneState, stamped: Stamped) -> None:
+        record = fold(st.open, stamped)
+        if record is not st.open and record is not None:
+            self.db.execute(_PASSAGE_UPSERT, passage_row(record))
+        st.open = None if record is None or record.closed_at is not None else record
+        before = st.record or LaneRecord(stamped.lane_id)
+        after = fold_lane(before, stamped)
+        st.record = after
+        if after is not before:
+            last = after.last_lift
+            self.db.execute(_LANE_UPSERT, (after.lane_id, last.kind if last else None, last.id if last else None,
+                                           after.spot_hold_next, after.spot_fraction))
+
+    def outbox(self, lane_id: str, items: Iterable[OutboxItem]) -> None:
+        for item in items:
+            self.db.execute(
+                "INSERT INTO outbox (target, lane_id, kind, payload, created_at) VALUES (?, ?, ?, ?, ?)",
+                (item.target, lane_id, item.kind, json.dumps(item.payload, ensure_ascii=False),
+                 item.created_at.isoformat()),
+            )
+
+    def _keep(self) -> None:
+        """After COMMIT: the lanes' new state becomes the journal's."""
+        for lane_id, st in self._lanes.items():
+            self._journal._lanes[lane_id] = st
 
 
 class Journal:
     def __init__(self, path: str | Path, site_id: str) -> None:
         self.path = str(path)
         self.site_id = site_id
+        existed = check_file(Path(self.path))
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db = _open(self.path)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
-            raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
-        self._seq: dict[str, int] = {}
-        # Each lane's last seq, one index seek per lane (a GROUP BY would read every event:
-        # seconds at a restart once the journal holds a year of passages).
-        for lane_id, seq in self._db.execute(
-            "WITH RECURSIVE lanes(lane_id) AS ("
-            " SELECT MIN(lane_id) FROM events"
-            " UNION ALL SELECT (SELECT MIN(lane_id) FROM events WHERE lane_id > lanes.lane_id) FROM lanes"
-            " WHERE lanes.lane_id IS NOT NULL)"
-            " SELECT lane_id, (SELECT MAX(seq) FROM events WHERE events.lane_id = lanes.lane_id) FROM lanes"
-            " WHERE lane_id IS NOT NULL"
-        ):
-            self._seq[lane_id] = seq
+            self._prepare(existed)
+        except sqlite3.DatabaseError as exc:
+            raise JournalRefused(f"cannot open the journal {self.path}: {exc}") from exc
+        self._lanes: dict[str, _LaneState] = {}
+        self._load()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._read_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._cond = threading.Condition()
+        self._appends: deque[_Append] = deque()
+        self._jobs: deque[_Job] = deque()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._subscribers: list[Callable[[list[Stamped]], None]] = []
+        self._projectors: list[Callable[[WriteTx, list[Stamped]], None]] = []
+        self._health_callbacks: list[Callable[[bool, str], None]] = []
+        self.faulty: str | None = None
+        #: Figures for metrics and benches.
+        self.groups = 0
+        self.group_appends = 0
+        self.jobs_run = 0
+
+    # ------------------------------------------------------------------ opening
+
+    def _prepare(self, existed: bool) -> None:
+        db = self._db
+        if existed:
+            app_id = db.execute("PRAGMA application_id").fetchone()[0]
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if app_id not in (0, APPLICATION_ID) or (app_id == 0 and tables and "events" not in tables):
+                raise JournalRefused(
+                    f"{self.path} is a SQLite database of something else, not a gatectl journal; "
+                    "to start a new, empty journal deliberately, move the file away and run "
+                    "`gatectl journal new --config F`"
+                )
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        db.executescript(SCHEMA)
+        if version < 2:
+            have = {r[1] for r in db.execute("PRAGMA table_info(passages)")}
+            with self._tx(db):
+                for column, decl in _V2_COLUMNS.items():
+                    if column not in have:
+                        db.execute(f"ALTER TABLE passages ADD COLUMN {column} {decl}")
+                db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                self._backfill_v2(db)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _backfill_v2(self, db: sqlite3.Connection) -> None:
+        """A journal from before version 2: fold each lane's stretch since its last
+        passage opened again, for the recovery columns and the lanes table."""
+        for (lane_id,) in list(db.execute(_LANES_SQL)):
+            row = db.execute(
+                "SELECT opened_seq FROM passages WHERE lane_id = ? ORDER BY opened_seq DESC LIMIT 1", (lane_id,)
+            ).fetchone()
+            since = row[0] - 1 if row else db.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM events WHERE lane_id = ?", (lane_id,)).fetchone()[0]
+            record: PassageRecord | None = None
+            lane = LaneRecord(lane_id)
+            spot = db.execute(
+                "SELECT body FROM events INDEXED BY events_type WHERE type IN ('spot_check.ordered',"
+                " 'spot_check.applied') AND lane_id = ? ORDER BY seq DESC LIMIT 1", (lane_id,)).fetchone()
+            if spot is not None:
+                lane = fold_lane(lane, self._decode_row(lane_id, None, spot[0]))
+            for seq, body in db.execute("SELECT seq, body FROM events WHERE lane_id = ? AND seq > ? ORDER BY seq",
+                                        (lane_id, since)).fetchall():
+                st = self._decode_row(lane_id, seq, body)
+                record = fold(record, st)
+                if record is not None:
+                    db.execute(_PASSAGE_UPSERT, passage_row(record))
+                lane = fold_lane(lane, st)
+            last = lane.last_lift
+            db.execute(_LANE_UPSERT, (lane_id, last.kind if last else None, last.id if last else None,
+                                      lane.spot_hold_next, lane.spot_fraction))
+
+    def _decode_row(self, lane_id: str, seq: int | None, body: str) -> Stamped:
+        try:
+            return ev.loads(body)
+        except ev.EventDecodeError as exc:
+            raise JournalError(f"damaged event in {self.path}: lane {lane_id} seq {seq}: {exc}") from None
+
+    def _load(self) -> None:
+        """Each lane's last seq (one index seek per lane), open passage and record."""
+        db = self._db
+        for lane_id, seq in db.execute(
+            f"SELECT id, (SELECT MAX(seq) FROM events WHERE events.lane_id = l.id) FROM ({_LANES_SQL}) l"
+        ).fetchall():
+            self._lanes[lane_id] = _LaneState(seq=seq or 0)
+        cols = ", ".join(COLUMNS)
+        for lane_id, st in self._lanes.items():
+            row = db.execute(
+                f"SELECT {cols} FROM passages WHERE lane_id = ? ORDER BY opened_seq DESC LIMIT 1", (lane_id,)
+            ).fetchone()
+            if row is not None:
+                rec = passage_record(row)
+                st.open = rec if rec.closed_at is None else None
+            lane_row = db.execute(
+                "SELECT last_lift_kind, last_lift_id, spot_hold_next, spot_fraction FROM lanes WHERE lane_id = ?",
+                (lane_id,),
+            ).fetchone()
+            if lane_row is not None:
+                kind, ident, hold_next, fraction = lane_row
+                st.record = LaneRecord(lane_id, ev.Authorisation(kind, ident) if kind and ident else None,
+                                       hold_next, fraction)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _tx(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Start the writer thread (the daemon); until then writes run in the caller."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._writer, name="journal-writer", daemon=True)
+        self._thread.start()
 
     def close(self) -> None:
-        self._db.close()
+        """Commit what is queued, stop the writer, close every connection."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            with self._cond:
+                self._stopping = True
+                self._cond.notify_all()
+            thread.join(timeout=30)
+        if self._read_pool is not None:
+            self._read_pool.shutdown(wait=True, cancel_futures=True)
+            self._read_pool = None
+        with self._readers_lock:
+            for db in self._readers:
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
+            self._readers.clear()
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
 
-    @property
-    def db(self) -> sqlite3.Connection:
-        """The journal's connection, for modules keeping their own tables (records,
-        ledgers, MQTT cursors) in the same file. Same thread only; write in short
-        transactions (``with journal.db:``)."""
-        return self._db
+    def subscribe(self, callback: Callable[[list[Stamped]], None]) -> None:
+        """``callback(written)`` after every commit that journaled events, in the writer's
+        thread (or the caller's, unstarted), in commit order. Must not block."""
+        self._subscribers.append(callback)
 
-    # --------------------------------------------------------------- writing
+    def add_projector(self, fn: Callable[[WriteTx, list[Stamped]], None]) -> None:
+        """``fn(tx, written)`` in the writer's thread after every commit that journaled
+        events (the lanes already have their answers), in a transaction of its own, before
+        subscribers hear of them: a projection such as the records, and the events it
+        journals itself (which it is handed next). An exception is logged and leaves the
+        projection to catch up later; it never stops the writer."""
+        self._projectors.append(fn)
 
-    def write(
+    def on_health(self, callback: Callable[[bool, str], None]) -> None:
+        """``callback(ok, reason)`` when writes start failing (False) and work again (True)."""
+        self._health_callbacks.append(callback)
+
+    # ------------------------------------------------------------------ writing
+
+    def append(
         self,
         lane_id: str,
-        events: Iterable[PendingEvent],
-        authorisation: tuple[str, str, str | None, datetime] | None = None,
+        entries: Iterable[Pending],
+        *,
+        authorisation: Authorising | None = None,
         outbox: Iterable[OutboxItem] = (),
-        durable: bool = True,
-    ) -> list[dict[str, Any]]:
-        """Record ``events`` (and, if given, consume ``authorisation``) atomically.
+    ) -> concurrent.futures.Future:
+        """Queue ``entries`` (and, if given, the authorisation's consumption after them).
 
-        ``durable=False`` commits without waiting for the disk (``synchronous=NORMAL``):
-        the transaction survives the process being killed, and survives power loss once
-        the next durable write or ``sync()`` has run. Only for the lift's own record,
-        written between its authorisation's durable commit and the coil (S6).
+        The future resolves to the events as written (``Stamped``), once committed with
+        ``synchronous=FULL``: durable. With an authorisation it raises
+        ``AuthorisationReplay`` if that was consumed before (the entries are still
+        journaled) or ``JournalError`` if the journal could not record it (then the entries
+        stay queued for the next group). Thread-safe; never blocks."""
+        item = _Append(lane_id, list(entries), authorisation, list(outbox), concurrent.futures.Future())
+        if self._thread is None:
+            self._appends.append(item)
+            self._commit_group()
+            return item.future
+        with self._cond:
+            self._appends.append(item)
+            self._cond.notify()
+        return item.future
 
-        ``authorisation`` is (kind, auth_id, passage_id, ts). Returns the events as
-        written, with their ``event_id`` and ``seq``. Raises ``AuthorisationReplay`` if
-        the authorisation was consumed before and ``JournalError`` on any failure; in
-        both cases nothing at all was recorded.
-        """
-        pending = list(events)
-        if authorisation is not None:
-            kind, auth_id, passage_id, ts = authorisation
-            # After the events that led to it (release.decided), in the same transaction.
-            pending.append(
-                PendingEvent(
-                    "authorisation.committed",
-                    ts,
-                    {"passage_id": passage_id, "authorisation": {"kind": kind, "id": auth_id}},
-                ),
-            )
-        seq = self._seq.get(lane_id, 0)
-        written: list[dict[str, Any]] = []
+    def write(self, lane_id: str, entries: Iterable[Pending], **kw: Any) -> list[Stamped]:
+        """``append`` and wait for it (the CLI, tests, jobs outside the lanes)."""
+        return self.append(lane_id, entries, **kw).result()
+
+    def run(self, fn: Callable[[WriteTx], T], *, durable: bool = True) -> concurrent.futures.Future:
+        """Run a write job in its own transaction on the writer's connection; the future
+        gives what ``fn(tx)`` returned, or its exception (nothing was written then)."""
+        job: _Job = _Job(fn, durable, concurrent.futures.Future())
+        if self._thread is None:
+            self._run_job(job)
+            return job.future
+        with self._cond:
+            self._jobs.append(job)
+            self._cond.notify()
+        return job.future
+
+    def _writer(self) -> None:
+        """The writer thread: it must outlive anything that goes wrong in one round."""
+        while True:
+            try:
+                if self._write_round():
+                    return
+            except Exception:  # noqa: BLE001 - a bug in a round must not stop every lane's journal
+                log.exception("journal writer round failed")
+
+    def _write_round(self) -> bool:
+        """One round of the writer: a group, or one job. True once stopped and drained."""
+        with self._cond:
+            while not (self._appends or self._jobs or self._stopping):
+                self._cond.wait()
+            appends = bool(self._appends)
+            job = None if appends or not self._jobs else self._jobs.popleft()
+            if not appends and job is None:
+                return True  # stopping, and everything queued is done
+        if job is not None:
+            self._run_job(job)
+            return False
+        self._commit_group()
+        if self.faulty is not None:
+            # The disk refused the group: jobs still get their answer (most fail the same
+            # way; none waits forever behind the lanes), then try again in a while.
+            with self._cond:
+                job = self._jobs.popleft() if self._jobs else None
+            if job is not None:
+                self._run_job(job)
+                return False
+            with self._cond:
+                if self._stopping:
+                    self._fail_pending(JournalError(f"journal closed while failing: {self.faulty}"))
+                    return True
+                self._cond.wait(timeout=1.0)
+        return False
+
+    def _fail_pending(self, exc: Exception) -> None:
+        with self._cond:
+            items, self._appends = list(self._appends), deque()
+            jobs, self._jobs = list(self._jobs), deque()
+        for item in items:
+            _settle(item.future, error=exc)
+        for job in jobs:
+            _settle(job.future, error=exc)
+
+    def _commit_group(self, limit: int | None = None) -> None:
+        """Commit everything queued now (or the first ``limit`` appends) in one
+        transaction: one fsync for all lanes."""
+        with self._cond:
+            group = list(self._appends)[:limit]
+        if not group:
+            return
         db = self._db
+        tx = WriteTx(self, db)
+        outcome: dict[int, BaseException] = {}
         try:
-            if not durable:
-                db.execute("PRAGMA synchronous=NORMAL")
             db.execute("BEGIN IMMEDIATE")
             try:
-                if authorisation is not None:
-                    kind, auth_id, passage_id, ts = authorisation
-                    try:
-                        db.execute(
-                            "INSERT INTO authorisations (kind, auth_id, lane_id, passage_id, committed_at)"
-                            " VALUES (?, ?, ?, ?, ?)",
-                            (kind, auth_id, lane_id, passage_id, ts.isoformat()),
-                        )
-                    except sqlite3.IntegrityError as exc:
-                        raise AuthorisationReplay(f"{kind} {auth_id} was already used") from exc
-                for ev in pending:
-                    seq += 1
-                    body = {
-                        "event_id": time_ordered_id(),
-                        "seq": seq,
-                        "site_id": self.site_id,
-                        "lane_id": lane_id,
-                        "type": ev.type,
-                        "ts": ev.ts.isoformat(),
-                        **ev.data,
-                    }
-                    db.execute(
-                        "INSERT INTO events (lane_id, seq, event_id, type, ts, body) VALUES (?, ?, ?, ?, ?, ?)",
-                        (lane_id, seq, body["event_id"], ev.type, body["ts"], json.dumps(body, ensure_ascii=False)),
-                    )
-                    self._project(body)
-                    written.append(body)
-                for item in outbox:
-                    db.execute(
-                        "INSERT INTO outbox (target, lane_id, kind, payload, created_at) VALUES (?, ?, ?, ?, ?)",
-                        (item.target, lane_id, item.kind, json.dumps(item.payload, ensure_ascii=False),
-                         item.created_at.isoformat()),
-                    )
+                for i, item in enumerate(group):
+                    for entry in item.entries:
+                        tx.append(item.lane_id, entry.event, entry.ts)
+                    tx.outbox(item.lane_id, item.outbox)
+                    if item.authorisation is not None:
+                        replay = self._consume(tx, item)
+                        if replay is not None:
+                            outcome[i] = replay
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        except JournalError:
-            raise
-        except sqlite3.Error as exc:
-            raise JournalError(f"journal write failed: {exc}") from exc
-        finally:
-            if not durable:
                 with contextlib.suppress(sqlite3.Error):
-                    db.execute("PRAGMA synchronous=FULL")
-        self._seq[lane_id] = seq
-        return written
+                    db.execute("ROLLBACK")
+                raise
+        except (sqlite3.Error, OSError) as exc:
+            self._group_failed(group, exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - an event that cannot be written at all
+            self._poisoned(group, exc)
+            return
+        tx._keep()
+        with self._cond:
+            for _ in group:
+                self._appends.popleft()
+        self.groups += 1
+        self.group_appends += len(group)
+        if self.faulty is not None:
+            self._health(True, "")
+        per_item: dict[int, list[Stamped]] = {}
+        written = iter(tx.written)
+        for i, item in enumerate(group):
+            n = len(item.entries) + (1 if item.authorisation is not None and i not in outcome else 0)
+            per_item[i] = [next(written) for _ in range(n)]
+        # The lanes first: an authorisation's lane pulses the coil while the rest follows.
+        for i, item in enumerate(group):
+            if i in outcome:
+                _settle(item.future, error=outcome[i])
+            else:
+                _settle(item.future, per_item[i])
+        self._deliver(self._project(tx.written))
+
+    def _project(self, written: list[Stamped]) -> list[Stamped]:
+        """Run the projectors over ``written``; what they journal is projected in turn.
+        Returns ``written`` and everything the projectors journaled, in order."""
+        out = list(written)
+        todo = written
+        for _ in range(10):  # each round projects what the last one journaled
+            if not todo or not self._projectors:
+                break
+            tx = WriteTx(self, self._db)
+            try:
+                with self._tx(self._db):
+                    for fn in self._projectors:
+                        fn(tx, todo)
+            except Exception:  # noqa: BLE001 - the projection catches up from the journal later
+                log.exception("projection failed")
+                break
+            tx._keep()
+            todo = tx.written
+            out += todo
+        return out
+
+    def _consume(self, tx: WriteTx, item: _Append) -> AuthorisationReplay | None:
+        """S1, S6: the authorisation's row and its event, or a replay (nothing of it)."""
+        auth = item.authorisation
+        assert auth is not None
+        db = tx.db
+        db.execute("SAVEPOINT authorisation")
+        try:
+            db.execute(
+                "INSERT INTO authorisations (kind, auth_id, lane_id, passage_id, committed_at) VALUES (?, ?, ?, ?, ?)",
+                (auth.kind, auth.auth_id, item.lane_id, auth.passage_id, auth.ts.isoformat()),
+            )
+        except sqlite3.IntegrityError:
+            db.execute("ROLLBACK TO authorisation")
+            db.execute("RELEASE authorisation")
+            return AuthorisationReplay(f"{auth.kind} {auth.auth_id} was already used")
+        tx.append(item.lane_id, ev.AuthorisationCommitted(
+            passage_id=auth.passage_id, authorisation=ev.Authorisation(auth.kind, auth.auth_id)), auth.ts)
+        db.execute("RELEASE authorisation")
+        return None
+
+    def _group_failed(self, group: list[_Append], exc: BaseException) -> None:
+        """Nothing of the group was recorded. Authorisations are refused at once (no
+        lift); the plain events stay queued, in order, for the next try (without a writer
+        thread, the caller hears of the failure instead)."""
+        reason = f"journal write failed: {exc}"
+        if self.faulty is None:
+            log.error("journal write failed", error=str(exc), pending=len(group))
+            self._health(False, reason)
+        failed: list[_Append] = []
+        with self._cond:
+            rest = list(self._appends)[len(group):]
+            kept: list[_Append] = []
+            for item in group:
+                if self._thread is None:
+                    failed.append(item)
+                elif item.authorisation is None:
+                    kept.append(item)
+                else:
+                    failed.append(item)
+                    if item.entries or item.outbox:
+                        # Its events happened: journaled when the journal takes writes again.
+                        kept.append(_Append(item.lane_id, item.entries, None, item.outbox,
+                                            concurrent.futures.Future()))
+            self._appends = deque(kept + rest)
+        for item in failed:
+            _settle(item.future, error=JournalError(reason))
+
+    def _poisoned(self, group: list[_Append], exc: BaseException) -> None:
+        """Not the disk: something in the group can never be written (a value no JSON
+        holds, a number SQLite cannot store). Commit the appends one by one so the others
+        go through; the one that fails alone is refused with the error, loudly, rather
+        than block every lane's journal behind it."""
+        if len(group) > 1:
+            for _ in group:
+                self._commit_group(limit=1)
+            return
+        (item,) = group
+        log.error("journal refused an append it can never write", lane=item.lane_id, error=repr(exc),
+                  types=[type(e.event).__name__ for e in item.entries])
+        with self._cond:
+            if self._appends and self._appends[0] is item:
+                self._appends.popleft()
+        _settle(item.future, error=JournalError(f"cannot be journaled: {exc!r}"))
+
+    def _health(self, ok: bool, reason: str) -> None:
+        self.faulty = None if ok else reason
+        if ok:
+            log.info("journal writable again")
+        for cb in self._health_callbacks:
+            try:
+                cb(ok, reason)
+            except Exception:  # noqa: BLE001 - a subscriber must not stop the writer
+                log.exception("journal health callback failed")
+
+    def _run_job(self, job: _Job) -> None:
+        db = self._db
+        tx = WriteTx(self, db)
+        try:
+            if not job.durable:
+                db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with self._tx(db):
+                    result = job.fn(tx)
+            finally:
+                if not job.durable:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("PRAGMA synchronous=FULL")
+        except BaseException as exc:  # noqa: BLE001 - the job's caller gets it
+            if isinstance(exc, sqlite3.Error):
+                exc = JournalError(f"journal write failed: {exc}")
+            _settle(job.future, error=exc)
+            return
+        tx._keep()
+        self.jobs_run += 1
+        _settle(job.future, result)
+        if tx.written:
+            self._deliver(self._project(tx.written))
+
+    def _deliver(self, written: list[Stamped]) -> None:
+        if not written:
+            return
+        for cb in self._subscribers:
+            try:
+                cb(written)
+            except Exception:  # noqa: BLE001 - a subscriber must not stop the writer
+                log.exception("journal subscriber failed")
 
     def sync(self) -> None:
         """Make every committed transaction durable (fsync the write-ahead log)."""
@@ -268,172 +817,70 @@ class Journal:
         finally:
             os.close(fd)
 
-    def _project(self, ev: dict[str, Any]) -> None:
-        """Keep the passages table in step with the events (same transaction)."""
-        t = ev["type"]
-        pid = ev.get("passage_id")
-        if pid is None:
-            return
-        db = self._db
-        if t == "passage.opened":
-            db.execute(
-                "INSERT OR IGNORE INTO passages (passage_id, lane_id, opened_seq, opened_at) VALUES (?, ?, ?, ?)",
-                (pid, ev["lane_id"], ev["seq"], ev["ts"]),
-            )
-        elif t == "card.read":
-            db.execute("UPDATE passages SET card = ? WHERE passage_id = ?", (ev["card"], pid))
-        elif t == "weight.stable":
-            db.execute("UPDATE passages SET gross_weight_kg = ? WHERE passage_id = ?", (ev["gross_weight_kg"], pid))
-        elif t == "release.requested":
-            db.execute("UPDATE passages SET request_id = ? WHERE passage_id = ?", (ev["request_id"], pid))
-        elif t == "release.decided":
-            db.execute(
-                "UPDATE passages SET decision = ?, instruction_id = ?, form_id = ?, hint = ? WHERE passage_id = ?",
-                (ev["decision"], ev.get("instruction_id"), ev.get("form_id"), ev.get("hint"), pid),
-            )
-        elif t == "authorisation.committed":
-            auth = ev["authorisation"]
-            db.execute(
-                "UPDATE passages SET auth_kind = ?, auth_id = ? WHERE passage_id = ?", (auth["kind"], auth["id"], pid)
-            )
-        elif t == "passage.closed":
-            db.execute(
-                "UPDATE passages SET closed_at = ?, outcome = ?, reason = ? WHERE passage_id = ?",
-                (ev["ts"], ev["outcome"], ev.get("reason"), pid),
-            )
+    # ------------------------------------------------------------------ reading
 
-    # --------------------------------------------------------------- reading
+    def reader(self) -> sqlite3.Connection:
+        """This thread's read-only connection to the journal."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = _open(self.path, readonly=True)
+            self._local.db = db
+            with self._readers_lock:
+                self._readers.append(db)
+        return db
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The calling thread's read connection (reads only; writes go through ``run``)."""
+        return self.reader()
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn(connection)`` on a reader thread, off the event loop."""
+        import asyncio
+
+        if self._read_pool is None:
+            self._read_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="journal-read")
+        return await asyncio.get_running_loop().run_in_executor(self._read_pool, lambda: fn(self.reader()))
+
+    @property
+    def queued(self) -> int:
+        """Appends waiting for the writer (events kept in memory while the disk refuses)."""
+        return len(self._appends)
 
     def last_seq(self, lane_id: str) -> int:
-        return self._seq.get(lane_id, 0)
+        st = self._lanes.get(lane_id)
+        return st.seq if st is not None else 0
 
-    def recover(self, lane_id: str) -> tuple[Recovered | None, tuple[str, str] | None]:
-        """The lane's open passage as its events describe it, and the last lift's
-        authorisation (S7); both from the events since the lane's last passage opened."""
-        row = self._db.execute(
-            "SELECT opened_seq FROM passages WHERE lane_id = ? ORDER BY opened_seq DESC LIMIT 1", (lane_id,)
-        ).fetchone()
-        if row is None:
-            return None, None
-        events = self.events(lane_id, since_seq=row[0] - 1)
-        return fold(events), last_lift(events)
+    def lanes(self) -> list[str]:
+        return sorted(self._lanes)
 
-    def spot_checks(self, lane_id: str) -> tuple[int, float]:
-        """Spot-check orders in force on the lane: (hold next N, random share) (R7)."""
-        # By the type index: spot-check events are few, a lane's events are all it ever did.
-        row = self._db.execute(
-            "SELECT body FROM events INDEXED BY events_type"
-            " WHERE type IN ('spot_check.ordered', 'spot_check.applied') AND lane_id = ?"
-            " ORDER BY seq DESC LIMIT 1",
-            (lane_id,),
-        ).fetchone()
-        return spot_checks([json.loads(row[0])]) if row else (0, 0.0)
-
-    # ---------------------------------------------------------------- outbox
-
-    def outbox_next(self, target: str, limit: int = 50) -> list[dict[str, Any]]:
-        """Undelivered items for ``target``, oldest first."""
-        cur = self._db.execute(
-            "SELECT id, lane_id, kind, payload, attempts FROM outbox"
-            " WHERE target = ? AND delivered_at IS NULL ORDER BY id LIMIT ?",
-            (target, limit),
-        )
-        return [
-            {"id": i, "lane_id": lane, "kind": kind, "payload": json.loads(payload), "attempts": attempts}
-            for i, lane, kind, payload, attempts in cur
-        ]
-
-    def outbox_delivered(self, item_id: int, at: datetime) -> None:
-        self._db.execute("UPDATE outbox SET delivered_at = ?, attempts = attempts + 1 WHERE id = ?", (at.isoformat(), item_id))
-
-    def outbox_failed(self, item_id: int, error: str) -> None:
-        self._db.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE id = ?", (error[:500], item_id))
-
-    def outbox_depth(self, target: str | None = None) -> int:
-        sql = "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL"
-        args: tuple = ()
-        if target is not None:
-            sql += " AND target = ?"
-            args = (target,)
-        return self._db.execute(sql, args).fetchone()[0]
-
-    # ------------------------------------------------------------- approvals
-
-    def store_approval(self, approval_id: str, lane_id: str, trigger: str, max_lifts: int,
-                       valid_from: datetime, valid_until: datetime, document: str, accepted_at: datetime) -> bool:
-        """Keep an accepted approval; False if it was accepted before (nothing changes)."""
-        try:
-            cur = self._db.execute(
-                "INSERT OR IGNORE INTO approvals VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (approval_id, lane_id, trigger, max_lifts, valid_from.isoformat(), valid_until.isoformat(),
-                 document, accepted_at.isoformat()),
-            )
-        except sqlite3.Error as exc:
-            raise JournalError(f"approval not recorded: {exc}") from exc
-        return cur.rowcount == 1
-
-    def approval_uses(self, approval_id: str) -> int:
-        """Uses of an approval the journal holds as consumed authorisations."""
-        pattern = approval_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "#%"
-        row = self._db.execute(
-            "SELECT COUNT(*) FROM authorisations WHERE kind = 'approval' AND auth_id LIKE ? ESCAPE '\\'",
-            (pattern,),
-        ).fetchone()
-        return row[0]
-
-    def approvals_for(self, lane_id: str, now: datetime) -> list[dict[str, Any]]:
-        """Accepted approvals of a lane still inside their window, with the uses spent."""
-        cur = self._db.execute(
-            "SELECT approval_id, trigger, max_lifts, valid_from, valid_until, document FROM approvals"
-            " WHERE lane_id = ?",
-            (lane_id,),
-        )
-        out = []
-        for approval_id, trigger, max_lifts, valid_from, valid_until, document in cur.fetchall():
-            if datetime.fromisoformat(valid_until) <= now:
-                continue
-            out.append({
-                "approval_id": approval_id, "trigger": trigger, "max_lifts": max_lifts,
-                "valid_from": datetime.fromisoformat(valid_from), "valid_until": datetime.fromisoformat(valid_until),
-                "lifts_used": self.approval_uses(approval_id), "document": json.loads(document),
-            })
-        return out
-
-    # ----------------------------------------------------------------- inbox
-
-    def inbox_put(self, kind: str, payload: dict[str, Any], at: datetime) -> int:
-        cur = self._db.execute(
-            "INSERT INTO inbox (kind, payload, created_at) VALUES (?, ?, ?)",
-            (kind, json.dumps(payload, ensure_ascii=False), at.isoformat()),
-        )
-        return cur.lastrowid
-
-    def inbox_pending(self) -> list[dict[str, Any]]:
-        cur = self._db.execute("SELECT id, kind, payload FROM inbox WHERE processed_at IS NULL ORDER BY id")
-        return [{"id": i, "kind": k, "payload": json.loads(p)} for i, k, p in cur.fetchall()]
-
-    def inbox_done(self, item_id: int, at: datetime, result: dict[str, Any]) -> None:
-        self._db.execute(
-            "UPDATE inbox SET processed_at = ?, result = ? WHERE id = ?",
-            (at.isoformat(), json.dumps(result, ensure_ascii=False), item_id),
-        )
-
-    def inbox_result(self, item_id: int) -> dict[str, Any] | None:
-        row = self._db.execute("SELECT result FROM inbox WHERE id = ?", (item_id,)).fetchone()
-        return json.loads(row[0]) if row and row[0] else None
-
-    def consumed(self, kind: str, auth_id: str) -> bool:
-        row = self._db.execute("SELECT 1 FROM authorisations WHERE kind = ? AND auth_id = ?", (kind, auth_id)).fetchone()
-        return row is not None
+    def recover(self, lane_id: str) -> tuple[PassageRecord | None, LaneRecord]:
+        """The lane's open passage and its record, as the projection keeps them (S7)."""
+        st = self._lanes.get(lane_id)
+        if st is None:
+            return None, LaneRecord(lane_id)
+        return st.open, st.record or LaneRecord(lane_id)
 
     def events(self, lane_id: str | None = None, since_seq: int | None = None, limit: int | None = None) -> list[dict]:
         return list(self.iter_events(lane_id, since_seq, limit))
 
     def iter_events(
-        self, lane_id: str | None = None, since_seq: int | None = None, limit: int | None = None
+        self, lane_id: str | None = None, since_seq: int | None = None, limit: int | None = None,
+        db: sqlite3.Connection | None = None,
     ) -> Iterator[dict]:
-        """Events in ``seq`` order per lane, those with seq > ``since_seq``."""
-        sql = "SELECT body FROM events"
+        """Events in ``seq`` order per lane, those with seq > ``since_seq``, as bodies."""
+        for lane, seq, body in self.event_rows(lane_id, since_seq, limit, db=db):
+            try:
+                yield json.loads(body)
+            except ValueError as exc:
+                raise JournalError(f"damaged event in {self.path}: lane {lane} seq {seq}: not JSON ({exc})") from None
+
+    def event_rows(
+        self, lane_id: str | None = None, since_seq: int | None = None, limit: int | None = None,
+        db: sqlite3.Connection | None = None,
+    ) -> Iterator[tuple[str, int, str]]:
+        """(lane, seq, body text) in ``seq`` order per lane: the stored JSON, unparsed."""
+        sql = "SELECT lane_id, seq, body FROM events"
         where, args = [], []
         if lane_id is not None:
             where.append("lane_id = ?")
@@ -447,15 +894,14 @@ class Journal:
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
-        for (body,) in self._db.execute(sql, args):
-            yield json.loads(body)
+        yield from (db or self.reader()).execute(sql, args)
 
-    def passage(self, passage_id: str) -> dict | None:
-        cur = self._db.execute("SELECT * FROM passages WHERE passage_id = ?", (passage_id,))
+    def passage(self, passage_id: str, db: sqlite3.Connection | None = None) -> dict | None:
+        cur = (db or self.reader()).execute("SELECT * FROM passages WHERE passage_id = ?", (passage_id,))
         row = cur.fetchone()
         return None if row is None else dict(zip([c[0] for c in cur.description], row))
 
-    def passages(self, lane_id: str | None = None, limit: int = 100) -> list[dict]:
+    def passages(self, lane_id: str | None = None, limit: int = 100, db: sqlite3.Connection | None = None) -> list[dict]:
         sql = "SELECT * FROM passages"
         args: list[Any] = []
         if lane_id is not None:
@@ -463,6 +909,129 @@ class Journal:
             args.append(lane_id)
         sql += " ORDER BY opened_at DESC LIMIT ?"
         args.append(limit)
-        cur = self._db.execute(sql, args)
+        cur = (db or self.reader()).execute(sql, args)
         cols = [c[0] for c in cur.description]
         return [dict(zip(cols, row)) for row in cur]
+
+    # ------------------------------------------------------------------ outbox
+
+    def outbox_next(self, target: str, limit: int = 50) -> list[dict[str, Any]]:
+        """Undelivered items for ``target``, oldest first."""
+        cur = self.reader().execute(
+            "SELECT id, lane_id, kind, payload, attempts FROM outbox"
+            " WHERE target = ? AND delivered_at IS NULL ORDER BY id LIMIT ?",
+            (target, limit),
+        )
+        return [
+            {"id": i, "lane_id": lane, "kind": kind, "payload": json.loads(payload), "attempts": attempts}
+            for i, lane, kind, payload, attempts in cur
+        ]
+
+    def outbox_delivered(self, item_id: int, at: datetime) -> concurrent.futures.Future:
+        return self.run(lambda tx: tx.db.execute(
+            "UPDATE outbox SET delivered_at = ?, attempts = attempts + 1 WHERE id = ?", (at.isoformat(), item_id)))
+
+    def outbox_failed(self, item_id: int, error: str) -> concurrent.futures.Future:
+        return self.run(lambda tx: tx.db.execute(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE id = ?", (error[:500], item_id)),
+            durable=False)
+
+    def outbox_depth(self, target: str | None = None) -> int:
+        sql = "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL"
+        args: tuple = ()
+        if target is not None:
+            sql += " AND target = ?"
+            args = (target,)
+        return self.reader().execute(sql, args).fetchone()[0]
+
+    # ------------------------------------------------------------------ approvals
+
+    def store_approval(self, approval_id: str, lane_id: str, trigger: str, max_lifts: int,
+                       valid_from: datetime, valid_until: datetime, document: str,
+                       accepted_at: datetime) -> concurrent.futures.Future:
+        """Keep an accepted approval; the future says False if it was accepted before
+        (nothing changes then)."""
+        def job(tx: WriteTx) -> bool:
+            cur = tx.db.execute(
+                "INSERT OR IGNORE INTO approvals VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (approval_id, lane_id, trigger, max_lifts, valid_from.isoformat(), valid_until.isoformat(),
+                 document, accepted_at.isoformat()),
+            )
+            return cur.rowcount == 1
+
+        return self.run(job)
+
+    def approval_uses(self, approval_id: str, db: sqlite3.Connection | None = None) -> int:
+        """Uses of an approval the journal holds as consumed authorisations."""
+        pattern = approval_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "#%"
+        row = (db or self.reader()).execute(
+            "SELECT COUNT(*) FROM authorisations WHERE kind = 'approval' AND auth_id LIKE ? ESCAPE '\\'",
+            (pattern,),
+        ).fetchone()
+        return row[0]
+
+    def approvals_for(self, lane_id: str, now: datetime) -> list[dict[str, Any]]:
+        """Accepted approvals of a lane still inside their window, with the uses spent."""
+        db = self.reader()
+        out = []
+        for approval_id, trigger, max_lifts, valid_from, valid_until, document in db.execute(
+            "SELECT approval_id, trigger, max_lifts, valid_from, valid_until, document FROM approvals"
+            " WHERE lane_id = ?", (lane_id,)
+        ).fetchall():
+            if datetime.fromisoformat(valid_until) <= now:
+                continue
+            out.append({
+                "approval_id": approval_id, "trigger": trigger, "max_lifts": max_lifts,
+                "valid_from": datetime.fromisoformat(valid_from), "valid_until": datetime.fromisoformat(valid_until),
+                "lifts_used": self.approval_uses(approval_id, db), "document": json.loads(document),
+            })
+        return out
+
+    # ------------------------------------------------------------------ inbox
+
+    def inbox_put(self, kind: str, payload: dict[str, Any], at: datetime) -> int:
+        return self.run(lambda tx: tx.db.execute(
+            "INSERT INTO inbox (kind, payload, created_at) VALUES (?, ?, ?)",
+            (kind, json.dumps(payload, ensure_ascii=False), at.isoformat()),
+        ).lastrowid).result()
+
+    def inbox_pending(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Orders not processed yet, oldest first; an order whose payload is damaged is
+        handed over with ``payload`` None, to be marked failed (never retried forever)."""
+        out = []
+        for i, k, p in self.reader().execute(
+            "SELECT id, kind, payload FROM inbox WHERE processed_at IS NULL ORDER BY id LIMIT ?", (limit,)
+        ).fetchall():
+            try:
+                payload = json.loads(p)
+            except ValueError:
+                payload = None
+            out.append({"id": i, "kind": k, "payload": payload})
+        return out
+
+    def inbox_done(self, item_id: int, at: datetime, result: dict[str, Any]) -> concurrent.futures.Future:
+        return self.run(lambda tx: tx.db.execute(
+            "UPDATE inbox SET processed_at = ?, result = ? WHERE id = ?",
+            (at.isoformat(), json.dumps(result, ensure_ascii=False), item_id),
+        ))
+
+    def inbox_result(self, item_id: int) -> dict[str, Any] | None:
+        row = self.reader().execute("SELECT result FROM inbox WHERE id = ?", (item_id,)).fetchone()
+        return json.loads(row[0]) if row and row[0] else None
+
+
+# Distinct lane ids by skip-scan over the (lane_id, seq) primary key: one probe per lane
+# (a GROUP BY would read every event: seconds at a restart once the journal holds a year).
+_LANES_SQL = """
+WITH RECURSIVE l(id) AS (
+    SELECT MIN(lane_id) FROM events
+    UNION ALL
+    SELECT (SELECT MIN(lane_id) FROM events WHERE lane_id > l.id) FROM l WHERE l.id IS NOT NULL
+)
+SELECT id FROM l WHERE id IS NOT NULL
+"""
+
+__all__ = [
+    "Journal", "JournalError", "JournalRefused", "AuthorisationReplay", "OutboxItem", "Entry", "WriteTx",
+    "check_file", "APPLICATION_ID", "SCHEMA_VERSION",
+]

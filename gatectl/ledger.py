@@ -74,16 +74,14 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from gatectl.demo import KINDS_ZH
-from gatectl.lane.core import HOLD_TEXTS
-from gatectl.records import (
-    ALARM_ZH,
-    CATEGORIES,
-    HEALTH_ZH,
-    INCIDENT_KINDS,
-    PARTIES,
-    TICKET_STATE_ZH,
-)
+from gatectl import events as ev
+from gatectl import labels
+from gatectl.config import ConfigError, format_problems, load_config
+from gatectl.labels import ALARMS as ALARM_ZH
+from gatectl.labels import CATEGORIES, INCIDENT_KINDS, PARTIES
+from gatectl.labels import HEALTH as HEALTH_ZH
+from gatectl.labels import KINDS as KINDS_ZH
+from gatectl.labels import TICKET_STATES as TICKET_STATE_ZH
 
 if TYPE_CHECKING:
     from gatectl.config import SiteConfig
@@ -106,105 +104,25 @@ STOP_CHECK_ROWS = 2048
 MINUTE_CACHE = 4096
 
 # --------------------------------------------------------------------------------------
-# Words for people (raw codes stay in their own columns; unknown codes show as they are)
+# Words for people (raw codes stay in their own columns; unknown codes show as they are):
+# gatectl.labels, the one table of them.
 
-DIRECTION_ZH = {"in": "进", "out": "出"}
-OUTCOME_ZH = {
-    "passed": "通行",
-    "held": "不予放行",
-    "backed_out": "倒车离开",
-    "forced": "闯卡",
-    "emergency": "紧急放行",
-    "manual": "手动抬杆",
-}
-OPEN_PASSAGE_ZH = "未结束"
-DECISION_ZH = {"release": "放行", "hold": "不予放行", "inspect": "待检", "deny": "禁止通行"}
-AUTH_ZH = {
-    "release_instruction": "海关放行指令",
-    "whitelist": "行政车辆白名单",
-    "staff_card": "人员卡",
-    "approval": "审批抬杆",
-    "emergency": "紧急放行",
-}
-REASON_ZH = {
-    "hold": "海关指令不予放行",
-    "inspect": "海关指令待检",
-    "deny": "海关指令禁止通行",
-    "no_authority": "通道未配置放行系统",
-    "device_fault": "设备故障",
-    "journal_error": "日志写入失败",
-    "instruction_replay": "放行指令重复使用",
-    "no_card": "未读到IC卡",
-    "no_stable_weight": "未能稳定称重",
-    "lift_interrupted": "抬杆中断",
-    "forced_passage": "闯卡",
-    "closed_hours": "非开放时间",
-    "not_registered": "未登记车辆",
-    "admin_overweight": "行政车辆超重（疑似夹带货物）",
-    "not_staff": "非登记人员卡",
-    "spot_check": "海关抽查",
-    "authority_timeout": "海关系统超时无应答",
-    "authority_connection": "海关系统连接失败",
-    "authority_http_status": "海关系统返回错误",
-    "authority_malformed": "海关系统应答格式错误",
-    "authority_mismatch": "海关系统应答不匹配",
-    "recovered_unobserved": "重启后未见车辆",
-    "daemon_restart": "系统重启",
-    "left_after_lift": "抬杆后车辆离开",
-}
-APPROVAL_REASON_ZH = {
-    "equipment_fault": "设备故障",
-    "network_fault": "网络故障",
-    "other": "其他",
-    # approval.refused
-    "malformed": "审批单格式错误",
-    "unsigned": "无海关签名",
-    "unknown_key": "签名密钥不受信任",
-    "bad_signature": "签名校验失败",
-    "missing_chain": "审批链不完整",
-    "missing_countersignature": "缺少园区管理方会签",
-    "missing_park_signature": "缺少园区管理方签名",
-    "unknown_lane": "通道不存在",
-    "not_yet_valid": "审批单尚未生效",
-    "expired": "审批单已过期",
-    "exhausted": "审批次数已用完",
-    # manual_lift.refused
-    "no_valid_approval": "无有效审批",
-    "approval_exhausted": "审批次数已用完",
-    "approval_expired": "审批已过期",
-    "approval_not_yet_valid": "审批尚未生效",
-    "lift_in_progress": "正在抬杆",
-}
-APPROVAL_EVENT_ZH = {
-    "approval.accepted": "审批通过",
-    "approval.refused": "审批被拒",
-    "approval.expired": "审批过期未用",
-    "manual_lift.refused": "手动抬杆被拒",
-}
-TRIGGER_ZH = {"panel": "现场按钮抬杆", "remote": "远程放行"}
-INCIDENT_ACTION_ZH = {"incident.opened": "开启", "incident.updated": "处置", "incident.closed": "关闭"}
-DEVICE_ZH = {"card_reader": "读卡器", "weighbridge": "地磅", "barrier": "道闸", "journal": "日志"}
-DUTY_ZH = {"start": "上岗检查", "end": "下岗检查", "video.note": "视频监控记录"}
-TICKET_SOURCE_ZH = {"fault": "设备自动报障", "report": "人工上报"}
-#: Labels of the content fields of records (what is not a column of its own).
-FIELD_ZH = {
-    "what": "经过", "plate": "车牌", "photos": "照片", "notified": "已通知", "note": "备注", "parties": "通报对象",
-    "at": "通报时间", "cause": "故障原因", "solution": "解决方案", "category": "故障类别", "passage_id": "通行编号",
-}
-SITE_WIDE_ZH = "全场"
-
-
-def zh(words: dict[str, str], code: Any) -> str | None:
-    """The Chinese word for ``code``; the code itself if there is none; None for None."""
-    if code is None:
-        return None
-    return words.get(code, str(code))
-
-
-def reason_zh(code: str | None) -> str | None:
-    if code is None:
-        return None
-    return REASON_ZH.get(code) or HOLD_TEXTS.get(code) or code
+DIRECTION_ZH = labels.DIRECTIONS
+OUTCOME_ZH = labels.OUTCOMES
+OPEN_PASSAGE_ZH = labels.OPEN_PASSAGE
+DECISION_ZH = labels.DECISIONS
+AUTH_ZH = labels.AUTH_KINDS
+APPROVAL_REASON_ZH = {**labels.APPROVAL_REASONS, **labels.REFUSALS}
+APPROVAL_EVENT_ZH = labels.APPROVAL_EVENTS
+TRIGGER_ZH = labels.TRIGGERS
+INCIDENT_ACTION_ZH = labels.INCIDENT_ACTIONS
+DEVICE_ZH = labels.DEVICES
+DUTY_ZH = labels.DUTY
+TICKET_SOURCE_ZH = labels.TICKET_SOURCES
+FIELD_ZH = labels.FIELDS
+SITE_WIDE_ZH = labels.SITE_WIDE
+zh = labels.zh
+reason_zh = labels.reason
 
 
 # --------------------------------------------------------------------------------------
@@ -1183,8 +1101,6 @@ def add_subcommands(subparsers: Any) -> Any:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from gatectl.config import ConfigError, format_problems, load_config
-
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -1254,8 +1170,8 @@ class LedgerScheduler:
         """(period_from, period_to, format) of every ledger already written."""
         done = set()
         for (body,) in self.site.journal.db.execute("SELECT body FROM events WHERE type = 'ledger.exported'"):
-            ev = json.loads(body)
-            done.add((ev.get("period_from"), ev.get("period_to"), ev.get("format")))
+            e = json.loads(body)
+            done.add((e.get("period_from"), e.get("period_to"), e.get("format")))
         return done
 
     def periods(self, now: datetime) -> list[Period]:
@@ -1294,13 +1210,12 @@ class LedgerScheduler:
 
     async def run_once(self) -> list[dict]:
         """Write every due ledger; returns the ``ledger.exported`` events journaled."""
-        from gatectl.service import SITE_LANE
-
         directory = self.config.dir
         if directory is None:
             return []
         written = []
-        for period, fmt in self.due(self.site.now()):
+        now = self.site.now()
+        for period, fmt in await self.site.journal.read(lambda db: self.due(now)):
             path = Path(directory) / period.filename(self.site.config.site.id, fmt)
             try:
                 await asyncio.to_thread(Path(directory).mkdir, parents=True, exist_ok=True)
@@ -1314,17 +1229,17 @@ class LedgerScheduler:
             except (LedgerError, OSError) as exc:
                 log.error("ledger not written", period=str(period), format=fmt, path=str(path), error=str(exc))
                 break  # try again at the next poll
-            ev = self.site.record(SITE_LANE, "ledger.exported", {
-                "period_from": period.start.isoformat(),
-                "period_to": period.end.isoformat(),
-                "path": str(result.path),
-                "format": fmt,
-                "rows": result.passages,
-                "files": [str(p) for p in result.files],
-                "sheets": result.rows,
-            })
+            stamped = await self.site.record(SITE_LANE, ev.LedgerExported(
+                period_from=period.start.isoformat(),
+                period_to=period.end.isoformat(),
+                path=str(result.path),
+                format=fmt,
+                rows=result.passages,
+                files=[str(p) for p in result.files],
+                sheets=result.rows,
+            ))
             log.info("ledger written", period=str(period), format=fmt, path=str(result.path), rows=result.passages)
-            written.append(ev)
+            written.append(ev.encode(stamped))
         return written
 
     async def run(self) -> None:
@@ -1342,6 +1257,10 @@ class LedgerScheduler:
             now = self.site.now()
             wait = (self.next_due(now) - now).total_seconds()
             await asyncio.sleep(min(max(wait, 1.0), self.poll_s))
+
+
+#: Lane id of site-wide events (the ledger's own ``ledger.exported``).
+SITE_LANE = "_site"
 
 
 __all__ = [

@@ -3,12 +3,14 @@
 One ``Metrics`` per ``Site``, with its own ``CollectorRegistry`` (never the global one, so
 a test can run several sites in one process). Two kinds of metric:
 
-- **counters and a histogram fed from journaled events**: ``Metrics(site)`` subscribes to
+- **counters fed from journaled events**: ``Metrics(site)`` subscribes to
   ``site.subscribe``, so they count exactly what the journal recorded (passages closed,
-  lifts, alarms, approvals, refused manual lifts, authority failures) and the decision
-  latency (``release.decided`` → ``barrier.lifted`` of the same passage: the authority's
-  answer to the open coil, journal commit included). They start at zero with the process,
-  as Prometheus counters do; the journal keeps the history.
+  lifts, alarms, approvals, refused manual lifts, authority failures). They start at zero
+  with the process, as Prometheus counters do; the journal keeps the history.
+- **histograms measured on the control path**: the decision latency (the authority's
+  answer in, or the lane's own list decision, to the open coil switched on: journal commit
+  included), observed by the lane runtime; and each event loop's lag (how late a task that
+  slept is woken: ``control`` runs the lanes, ``service`` everything else).
 - **gauges and driver counters read at scrape time** by a custom collector: lane state,
   device health, device frame/drop counters, IO module polls/timeouts, open faults,
   outbox depth. Nothing is cached; a scrape shows the site as it is.
@@ -38,10 +40,11 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from gatectl import events as ev
 from gatectl.approvals import REASON_CODES as APPROVAL_REFUSALS
 from gatectl.authorities.base import AUTHORITY_ERROR_REASONS
 from gatectl.lane.core import LaneState
-from gatectl.lane.events import DECISIONS
+from gatectl.lane.inputs import DECISIONS
 from gatectl.service import SITE_LANE
 
 log = structlog.get_logger("gatectl.metrics")
@@ -49,6 +52,9 @@ log = structlog.get_logger("gatectl.metrics")
 #: Decision latency buckets (seconds): the lane's own share is a journal commit (a few ms,
 #: an fsync); anything near a second means the disk or the event loop is in trouble.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+#: Loop lag buckets (seconds): the control loop's budget is 10 ms at p99.
+LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+LOOPS = ("control", "service")
 
 #: Closed label sets. A value outside them is counted as ``other`` (a bug to look at, not
 #: a new time series per value).
@@ -76,10 +82,6 @@ DECISION_SOURCES = ("authority", "local")
 RELEASE_FAILURES = tuple(sorted(AUTHORITY_ERROR_REASONS))
 HEALTH_VALUES = {"ok": 0, "degraded": 1, "faulty": 2}
 OTHER = "other"
-
-#: How many passages may wait between their decision and their lift (one per lane in
-#: practice); past this the oldest are forgotten, so memory stays bounded whatever happens.
-MAX_PENDING_DECISIONS = 1024
 
 _TOKEN = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
@@ -141,10 +143,18 @@ class Metrics:
         )
         self.decision_latency = Histogram(
             "gatectl_decision_latency_seconds",
-            "From the release decision (authority answer or local list) to the barrier lift of the same "
-            "passage: journal commit of the authorisation, then the open coil.",
+            "From the release decision (the authority's answer in, or the lane's own list) to the open coil "
+            "switched on: the authorisation's journal commit, then the coil write.",
             ["lane", "source"],
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.loop_lag = Histogram(
+            "gatectl_loop_lag_seconds",
+            "How late an event loop wakes a task that slept: what any input of that loop may wait before it "
+            "is looked at (control: the lanes; service: API, screen, MQTT, records, ledger).",
+            ["loop"],
+            buckets=LAG_BUCKETS,
             registry=r,
         )
         self.approvals_accepted = Counter(
@@ -186,8 +196,8 @@ class Metrics:
                 self.lifts.labels(lane, kind)
             self.safety_reverses.labels(lane)
             self.events.labels(lane)
-        #: (lane, passage_id) -> (ts, source) of a ``release`` decision not yet lifted.
-        self._decided: dict[tuple[str, str], tuple[datetime, str]] = {}
+        for loop in LOOPS:
+            self.loop_lag.labels(loop)
         r.register(SiteCollector(site))
         if process:
             _ProcessCollector(registry=r)
@@ -195,58 +205,56 @@ class Metrics:
             GCCollector(registry=r)
         if subscribe:
             site.subscribe(self.on_events)
+            site.decision_observers.append(self.on_decision)
+            site.lag_observers.append(self.on_lag)
 
     # ------------------------------------------------------------------ events
 
-    def on_events(self, events: list[dict]) -> None:
-        """Count journaled events. Called inside the lane's journal write: never raises."""
-        for ev in events:
+    def on_events(self, written: list[ev.Stamped]) -> None:
+        """Count journaled events. Never raises: metrics must never break anything."""
+        for st in written:
             try:
-                self._count(ev)
+                self._count(st)
             except Exception:  # noqa: BLE001 - metrics must never break a lane
                 self.errors.inc()
-                log.exception("metrics could not count an event", type=ev.get("type"), lane=ev.get("lane_id"))
+                log.exception("metrics could not count an event", type=st.type, lane=st.lane_id)
 
-    def _count(self, ev: dict) -> None:
-        lane = _one_of(ev.get("lane_id"), self._lanes)
-        type_ = ev.get("type")
+    def on_decision(self, lane: str, source: str, seconds: float) -> None:
+        """From the lane runtime (its thread): one decision's latency to the open coil."""
+        self.decision_latency.labels(_one_of(lane, self._lanes), _one_of(source, DECISION_SOURCES)).observe(seconds)
+
+    def on_lag(self, loop: str, seconds: float) -> None:
+        self.loop_lag.labels(_one_of(loop, LOOPS)).observe(seconds)
+
+    def _count(self, st: ev.Stamped) -> None:
+        lane = _one_of(st.lane_id, self._lanes)
         self.events.labels(lane).inc()
-        if type_ == "passage.closed":
-            self.passages.labels(lane, _one_of(ev.get("outcome"), OUTCOMES)).inc()
-            self._decided.pop((lane, ev.get("passage_id")), None)  # type: ignore[arg-type]
-        elif type_ == "barrier.lifted":
-            if ev.get("reason") == "safety_reverse":
+        e = st.event
+        match e:
+            case ev.PassageClosed():
+                self.passages.labels(lane, _one_of(e.outcome, OUTCOMES)).inc()
+            case ev.BarrierLifted() if e.reason == "safety_reverse":
                 self.safety_reverses.labels(lane).inc()
-                return
-            auth = ev.get("authorisation") or {}
-            self.lifts.labels(lane, _one_of(auth.get("kind"), LIFT_KINDS)).inc()
-            decided = self._decided.pop((lane, ev.get("passage_id")), None)  # type: ignore[arg-type]
-            lifted_at = _ts(ev.get("ts"))
-            if decided is not None and lifted_at is not None:
-                decided_at, source = decided
-                seconds = max(0.0, (lifted_at - decided_at).total_seconds())
-                self.decision_latency.labels(lane, source).observe(seconds)
-        elif type_ == "release.decided":
-            source = _one_of(ev.get("source"), DECISION_SOURCES)
-            decision = _one_of(ev.get("decision"), DECISIONS)
-            self.decisions.labels(lane, source, decision).inc()
-            decided_at = _ts(ev.get("ts"))
-            if decision == "release" and decided_at is not None and isinstance(ev.get("passage_id"), str):
-                self._decided[(lane, ev["passage_id"])] = (decided_at, source)
-                while len(self._decided) > MAX_PENDING_DECISIONS:
-                    del self._decided[next(iter(self._decided))]
-        elif type_ == "release.failed":
-            self.release_failures.labels(lane, _one_of(ev.get("reason"), RELEASE_FAILURES)).inc()
-        elif type_ == "alarm.raised":
-            self.alarms.labels(lane, _one_of(ev.get("alarm"), ALARMS)).inc()
-        elif type_ == "approval.accepted":
-            self.approvals_accepted.labels(lane, _one_of(ev.get("trigger"), APPROVAL_TRIGGERS)).inc()
-        elif type_ == "approval.refused":
-            self.approvals_refused.labels(lane, _one_of(ev.get("reason"), APPROVAL_REFUSALS)).inc()
-        elif type_ == "approval.used":
-            self.approval_lifts.labels(lane, _one_of(ev.get("trigger"), APPROVAL_TRIGGERS)).inc()
-        elif type_ == "manual_lift.refused":
-            self.manual_lifts_refused.labels(lane, _one_of(ev.get("reason"), MANUAL_LIFT_REFUSALS)).inc()
+            case ev.BarrierLifted():
+                kind = e.authorisation.kind if e.authorisation is not None else None
+                self.lifts.labels(lane, _one_of(kind, LIFT_KINDS)).inc()
+            case ev.AuthorityDecision() | ev.LocalDecision():
+                source = "authority" if isinstance(e, ev.AuthorityDecision) else "local"
+                self.decisions.labels(lane, source, _one_of(e.decision, DECISIONS)).inc()
+            case ev.ReleaseFailed():
+                self.release_failures.labels(lane, _one_of(e.reason, RELEASE_FAILURES)).inc()
+            case ev.AlarmRaised():
+                self.alarms.labels(lane, _one_of(e.alarm, ALARMS)).inc()
+            case ev.ApprovalAccepted():
+                self.approvals_accepted.labels(lane, _one_of(e.trigger, APPROVAL_TRIGGERS)).inc()
+            case ev.ApprovalRefused():
+                self.approvals_refused.labels(lane, _one_of(e.reason, APPROVAL_REFUSALS)).inc()
+            case ev.ApprovalUsed():
+                self.approval_lifts.labels(lane, _one_of(e.trigger, APPROVAL_TRIGGERS)).inc()
+            case ev.ManualLiftRefused():
+                self.manual_lifts_refused.labels(lane, _one_of(e.reason, MANUAL_LIFT_REFUSALS)).inc()
+            case ev.Unknown() if e.type == "alarm.raised":
+                self.alarms.labels(lane, OTHER).inc()  # an alarm this gatectl has no name for
 
     # ------------------------------------------------------------------ HTTP
 
@@ -255,9 +263,11 @@ class Metrics:
         app.router.add_get("/metrics", self.handle)
 
     async def handle(self, request: web.Request) -> web.Response:
-        # Prometheus text 0.0.4 by default; OpenMetrics when the scraper asks for it.
+        # Prometheus text 0.0.4 by default; OpenMetrics when the scraper asks for it. The
+        # collectors read the journal (outbox depth): on a reader thread, off the loop.
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        return web.Response(body=encoder(self.registry), headers={"Content-Type": content_type})
+        body = await self.site.journal.read(lambda db: encoder(self.registry))
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     def exposition(self) -> bytes:
         """The text exposition, as ``GET /metrics`` answers it to a plain client."""
@@ -362,7 +372,7 @@ class SiteCollector(Collector):
             labels=["module"],
         )
         counts: dict[str, dict[str, float]] = {}
-        for name, module in sorted(self.site.io.items()):
+        for name, module in sorted(self.site.io.modules.items()):
             try:
                 h = module.health
                 value = HEALTH_VALUES.get(h.value if h is not None else None)
@@ -396,6 +406,16 @@ class SiteCollector(Collector):
         except Exception:  # noqa: BLE001 - the journal may be closing
             log.warning("outbox depth unavailable", exc_info=True)
         yield pending
+        journal = self.site.journal
+        groups = CounterMetricFamily("gatectl_journal_group_commits", "Journal transactions committing lanes' events.")
+        groups.add_metric([], float(journal.groups))
+        yield groups
+        appends = CounterMetricFamily("gatectl_journal_group_appends", "Lane appends committed in those groups.")
+        appends.add_metric([], float(journal.group_appends))
+        yield appends
+        faulty = GaugeMetricFamily("gatectl_journal_faulty", "1 while the journal refuses writes (lanes fail closed).")
+        faulty.add_metric([], 1.0 if journal.faulty else 0.0)
+        yield faulty
         mqtt_depth = getattr(self.site, "mqtt_depth", None)
         if callable(mqtt_depth):
             try:

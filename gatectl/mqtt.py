@@ -20,11 +20,12 @@ Topics, under ``topic_prefix`` (default ``gatectl/<site id>``), QoS 1:
   is; events of the site-wide pseudo lane ``_site`` go to ``site/events``.
 - ``alarms``: every ``alarm.*`` event of any lane (``alarm.raised``, ``alarm.acknowledged``),
   in the same ordered pass as the lane topic.
-- inbound ``cmd/approvals`` (to ``Site.accept_approval``, which journals the outcome as
+- inbound ``cmd/approvals`` (to ``gatectl.orders``, which journals the outcome as
   ``approval.accepted``/``approval.refused``, hence published) and ``cmd/spot-checks``
-  (validated by ``gatectl.api.spot_check_order``, routed by ``lane_id``). An inbound
-  message that cannot be applied is logged and journaled on ``_site`` as
-  ``command.refused`` with the reason; nothing inbound stops the link.
+  (validated by ``gatectl.orders.spot_check_order``, routed by ``lane_id``). An inbound
+  message that cannot be applied is counted; each minute, one ``command.refused`` per
+  topic and reason is journaled on ``_site`` with its ``count`` (junk is never journaled
+  one by one), and the first of each is logged; nothing inbound stops the link.
 
 Delivery: the journal is the outbox. The link keeps one cursor per lane in the journal
 file (table ``mqtt_cursor``: the highest ``seq`` the broker acknowledged) and publishes
@@ -49,9 +50,9 @@ lanes of the lane's last ``seq`` minus its cursor. It costs no disk of its own; 
 events are in the journal whether or not the broker is there, so a long outage grows
 nothing but this number. Above ``backlog_warning`` (10 000) events the link logs a
 WARNING, once until it has fallen back under half of that. When the disk fills, the
-journal write fails and the lane fails closed (``LaneService._flush`` keeps the events
-in memory, raises a journal device fault and lifts nothing automatically); those events
-get their ``seq`` and reach MQTT only once the journal takes them. A cursor write that
+journal write fails and the lanes fail closed (the journal keeps the events queued,
+reports itself faulty and lifts nothing automatically); those events get their ``seq``
+and reach MQTT only once the journal takes them. A cursor write that
 fails is logged (WARNING, once until one succeeds); delivery goes on from the cursor in
 memory, and a restart before a later write succeeds re-publishes from the older cursor.
 Events removed from the journal before they were published (there is no pruning yet)
@@ -84,6 +85,9 @@ from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 import structlog
+
+from gatectl.events import CommandRefused, Stamped
+from gatectl.journal import Entry, JournalError, WriteTx
 
 if TYPE_CHECKING:
     from gatectl.service import Site
@@ -187,6 +191,7 @@ class MqttLink:
         cursor_save_interval: float = 0.5,
         backlog_warning: int = 10_000,
         inbox_size: int = 1000,
+        refused_interval: float = 60.0,
     ) -> None:
         cfg = site.config.mqtt
         if cfg is None:
@@ -237,16 +242,22 @@ class MqttLink:
         self.acknowledged = 0  # events acknowledged by the broker (both topics of an alarm: one)
         self.commands = {"approvals": 0, "spot_checks": 0, "refused": 0}
         self._schema_ok = False
+        # Refused inbound messages by (topic, reason), journaled as one record per
+        # ``refused_interval`` each with its count: junk is counted, not journaled one by one.
+        self.refused_interval = refused_interval
+        self._refused: dict[tuple[str, str], dict[str, Any]] = {}
+        self._refused_logged: dict[tuple[str, str], float] = {}
+        self._refused_flushed = time.monotonic()
         try:
-            self.ensure_schema()
-        except sqlite3.Error as exc:  # e.g. a full disk on the very first start: run() tries again
+            self.journal.run(self.ensure_schema).result()
+        except Exception as exc:  # noqa: BLE001 - e.g. a full disk on the very first start: run() tries again
             log.error("mqtt cursor table unavailable; nothing is published until it is", error=str(exc))
 
     # ------------------------------------------------------------------ journal side
 
-    def ensure_schema(self) -> None:
-        """Create the cursor table if needed and load the cursors (idempotent)."""
-        db = self.journal.db
+    def ensure_schema(self, tx: WriteTx) -> None:
+        """A journal job: create the cursor table if needed and load the cursors (idempotent)."""
+        db = tx.db
         db.execute(SCHEMA)  # (not executescript: that would COMMIT a transaction in progress)
         self._saved = {lane: seq for lane, seq in db.execute("SELECT lane_id, seq FROM mqtt_cursor")}
         for lane, seq in self._saved.items():  # never back over what this process saw acknowledged
@@ -260,12 +271,10 @@ class MqttLink:
                 self._cursor[lane] = last
         self._schema_ok = True
 
-    def on_events(self, events: list[dict]) -> None:
+    def on_events(self, written: list[Stamped]) -> None:
         """``Site.subscribe`` callback: events were journaled; wake the publisher."""
-        for ev in events:
-            lane = ev.get("lane_id")
-            if isinstance(lane, str):
-                self._lanes.add(lane)
+        for st in written:
+            self._lanes.add(st.lane_id)
         self._wake.set()
 
     def depth(self) -> int:
@@ -283,11 +292,10 @@ class MqttLink:
         self._rr = (self._rr + 1) % len(lanes)
         return lanes[self._rr:] + lanes[: self._rr]
 
-    def _read_batch(self) -> list[tuple[str, int, str, bytes]]:
+    def _read_batch(self, db: sqlite3.Connection) -> list[tuple[str, int, str, bytes]]:
         """The next events to publish: per lane the oldest after its cursor, bounded."""
         out: list[tuple[str, int, str, bytes]] = []
         budget = self.batch_max
-        db = self.journal.db
         for lane in self._pending_lanes():
             if budget <= 0:
                 break
@@ -299,38 +307,37 @@ class MqttLink:
 
     def save_cursors(self, force: bool = False) -> None:
         """Write the acknowledged cursors to the journal file (at most every
-        ``cursor_save_interval`` unless ``force``)."""
+        ``cursor_save_interval`` unless ``force``), as a journal job; not waited for."""
         changed = {lane: seq for lane, seq in self._cursor.items() if self._saved.get(lane) != seq}
         if not changed:
             return
         now = time.monotonic()
         if not force and now - self._last_save < self.cursor_save_interval:
             return
-        db = self.journal.db
-        stamp = datetime.now().astimezone().isoformat()
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.executemany(
-                    "INSERT INTO mqtt_cursor (lane_id, seq, updated_at) VALUES (?, ?, ?)"
-                    " ON CONFLICT (lane_id) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at",
-                    [(lane, seq, stamp) for lane, seq in changed.items()],
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            if not self._cursor_failing:
-                self._cursor_failing = True
-                log.warning("mqtt cursor not saved; delivery goes on, a restart re-publishes", error=str(exc))
-            return
         self._last_save = now
-        self._saved.update(changed)
-        if self._cursor_failing:
-            self._cursor_failing = False
-            log.info("mqtt cursor saved again")
+        stamp = datetime.now().astimezone().isoformat()
+
+        def job(tx: WriteTx) -> None:
+            tx.db.executemany(
+                "INSERT INTO mqtt_cursor (lane_id, seq, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (lane_id) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at",
+                [(lane, seq, stamp) for lane, seq in changed.items()],
+            )
+
+        def saved(future) -> None:
+            if future.exception() is not None:
+                if not self._cursor_failing:
+                    self._cursor_failing = True
+                    log.warning("mqtt cursor not saved; delivery goes on, a restart re-publishes",
+                                error=str(future.exception()))
+                return
+            self._saved.update(changed)
+            if self._cursor_failing:
+                self._cursor_failing = False
+                log.info("mqtt cursor saved again")
+
+        # A lost cursor costs duplicates after a crash, never a gap: no fsync of its own.
+        self.journal.run(job, durable=False).add_done_callback(saved)
 
     def _check_backlog(self) -> None:
         depth = self.depth()
@@ -383,7 +390,8 @@ class MqttLink:
                 self._connected_at = None
                 try:
                     if not self._schema_ok:
-                        self.ensure_schema()  # without the cursors, publishing would start from seq 1
+                        # Without the cursors, publishing would start from seq 1.
+                        await asyncio.wrap_future(self.journal.run(self.ensure_schema))
                     await self._session()
                     error: BaseException = aiomqtt.MqttError("session ended")
                 except Exception as exc:  # noqa: BLE001 - the link outlives every failure
@@ -503,8 +511,8 @@ class MqttLink:
 
     async def _drain_once(self, client: aiomqtt.Client) -> int:
         try:
-            batch = self._read_batch()
-        except sqlite3.Error as exc:
+            batch = await self.journal.read(self._read_batch)
+        except (sqlite3.Error, JournalError) as exc:
             if not self._journal_failing:
                 self._journal_failing = True
                 log.error("mqtt cannot read the journal", error=str(exc))
@@ -603,9 +611,14 @@ class MqttLink:
         raise aiomqtt.MqttError("message stream ended")
 
     async def _inbound_worker(self) -> None:
-        """Apply commands one at a time, across reconnects."""
+        """Apply commands one at a time, across reconnects; journal the refusals counted."""
         while True:
-            topic, data = await self._inbox.get()
+            try:
+                async with asyncio.timeout(self.refused_interval):
+                    topic, data = await self._inbox.get()
+            except TimeoutError:
+                self.flush_refused()
+                continue
             try:
                 await self.handle_command(topic, data)
             except asyncio.CancelledError:
@@ -618,15 +631,13 @@ class MqttLink:
         """Apply one inbound message (``cmd/approvals`` or ``cmd/spot-checks``)."""
         if topic == self.approvals_topic:
             self.commands["approvals"] += 1
-            result = await self.site.accept_approval(data, source="mqtt")
+            result = await self.site.orders.approval(data, source="mqtt")
             log.info("mqtt approval", status=result.get("status"), approval_id=result.get("approval_id"),
                      reason=result.get("reason"))
             return
         if topic != self.spot_checks_topic:
             self._refuse(topic, "unknown_topic", "not a command topic", data)
             return
-        from gatectl.api import spot_check_order
-
         try:
             body = json.loads(data)
         except ValueError as exc:
@@ -637,30 +648,55 @@ class MqttLink:
             return
         lane_id = body.get("lane_id")
         if not isinstance(lane_id, str) or lane_id not in self.site.lanes:
-            self._refuse(topic, "unknown_lane", f"no lane {lane_id!r}", data, lane=lane_id)
+            self._refuse(topic, "unknown_lane", f"no lane {str(lane_id)[:64]!r}", data, lane=lane_id)
             return
         try:
-            order = spot_check_order(body, "mqtt")
+            await self.site.orders.spot_check(lane_id, body, "mqtt")
         except ValueError as exc:
             self._refuse(topic, "invalid", str(exc), data, lane=lane_id)
             return
         self.commands["spot_checks"] += 1
-        await self.site.lanes[lane_id].submit(order)
         log.info("mqtt spot check", lane=lane_id, order={k: v for k, v in body.items() if k != "lane_id"})
 
     def _refuse(self, topic: str, reason: str, message: str, data: bytes, lane: Any = None) -> None:
+        """Count a refused message; the first of each (topic, reason) in an interval is
+        logged, and each interval journals one ``command.refused`` per (topic, reason)
+        with its count and the first message's reason (``flush_refused``)."""
         self.commands["refused"] += 1
-        preview = data[:200].decode("utf-8", errors="replace")
-        log.warning("mqtt command refused", topic=topic, reason=reason, message=message)
-        from gatectl.journal import JournalError
+        key = (topic[:200], reason)
+        entry = self._refused.get(key)
+        if entry is None:
+            entry = self._refused[key] = {
+                "count": 0, "message": message[:500], "lane": lane if isinstance(lane, str) else None,
+                "payload": data[:200].decode("utf-8", errors="replace"),
+            }
+        entry["count"] += 1
+        now = time.monotonic()
+        if now - self._refused_logged.get(key, float("-inf")) >= self.refused_interval:
+            self._refused_logged[key] = now
+            log.warning("mqtt command refused", topic=key[0], reason=reason, message=message[:200])
+        if now - self._refused_flushed >= self.refused_interval:
+            self.flush_refused()
 
-        try:
-            self.site.record(SITE_LANE, "command.refused", {
-                "source": "mqtt", "topic": topic, "reason": reason, "message": message,
-                "lane": lane if isinstance(lane, str) else None, "payload": preview,
-            })
-        except (JournalError, ValueError, sqlite3.Error) as exc:
-            log.error("refused command not journaled", topic=topic, error=str(exc))
+    def flush_refused(self) -> None:
+        """Journal what was refused since the last flush: one record per (topic, reason)."""
+        self._refused_flushed = time.monotonic()
+        refused, self._refused = self._refused, {}
+        if not refused:
+            return
+        now = self.site.now()
+        entries = [
+            Entry(CommandRefused(source="mqtt", topic=topic, reason=reason, message=e["message"],
+                                 lane=e["lane"], payload=e["payload"], count=e["count"]), now)
+            for (topic, reason), e in refused.items()
+        ]
+
+        def done(future) -> None:
+            if future.exception() is not None:
+                log.error("refused commands not journaled", error=str(future.exception()),
+                          refused=sum(e["count"] for e in refused.values()))
+
+        self.journal.append(SITE_LANE, entries).add_done_callback(done)
 
 
 # ---------------------------------------------------------------------- helpers

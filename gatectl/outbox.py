@@ -8,7 +8,9 @@ marked delivered only after the target acknowledged it: at least once, across re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import sqlite3
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -46,13 +48,18 @@ class OutboxSender:
     def wake(self) -> None:
         self._wake.set()
 
+    async def close(self) -> None:
+        close = getattr(self._deliver, "close", None)
+        if close is not None:
+            await close()
+
     async def run(self) -> None:
         backoff = self._backoff_initial
         while True:
             self._wake.clear()
             try:
-                items = self.journal.outbox_next(self.target)
-            except JournalError as exc:
+                items = await self.journal.read(lambda db: self.journal.outbox_next(self.target))
+            except (JournalError, sqlite3.Error) as exc:
                 log.error("outbox unreadable", target=self.target, error=str(exc))
                 items = []
             if not items:
@@ -63,14 +70,20 @@ class OutboxSender:
                     await self._deliver(item["kind"], item["payload"])
                 except Exception as exc:  # noqa: BLE001 - any failure means "try again later"
                     self.failures += 1
-                    self.journal.outbox_failed(item["id"], repr(exc))
+                    with contextlib.suppress(JournalError):
+                        await asyncio.wrap_future(self.journal.outbox_failed(item["id"], repr(exc)))
                     if not self._failing:
                         self._failing = True
                         log.error("outbox delivery failing", target=self.target, item=item["id"], error=str(exc))
                     await self._sleep_or_wake(backoff * random.uniform(0.5, 1.0))
                     backoff = min(backoff * 2, self._backoff_max)
                     break
-                self.journal.outbox_delivered(item["id"], self._now())
+                try:
+                    await asyncio.wrap_future(self.journal.outbox_delivered(item["id"], self._now()))
+                except JournalError as exc:
+                    # Delivered but not marked: it goes again later (at least once).
+                    log.error("outbox delivery not recorded", target=self.target, item=item["id"], error=str(exc))
+                    break
                 self.delivered += 1
                 backoff = self._backoff_initial
                 if self._failing:

@@ -26,8 +26,8 @@ envelope; ``lane_id`` is the lane the record belongs to, ``_site`` for site-wide
   frames_dropped, checks} on the device's lane
 
 The command-line tools (``gatectl.records_cli``) never append events: the daemon keeps
-each lane's ``seq`` in memory. They leave orders in ``rec_inbox``; ``Records.run`` takes
-them every second and journals them as the API would.
+each lane's ``seq`` in memory. They leave orders in the journal's ``inbox``; the daemon's
+one inbox poller (``gatectl.orders``) hands them to ``Records.order`` as the API would.
 """
 
 from __future__ import annotations
@@ -36,8 +36,7 @@ import asyncio
 import json
 import sqlite3
 import time as _time
-from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
@@ -45,7 +44,13 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
-from gatectl.journal import JournalError
+from gatectl import events as ev
+from gatectl.api import error, json_body
+from gatectl.labels import ALARMS as ALARM_ZH
+from gatectl.labels import CATEGORIES, INCIDENT_KINDS, PARTIES
+from gatectl.labels import TICKET_STATES as TICKET_STATE_ZH
+from gatectl.events import Stamped
+from gatectl.journal import JournalError, WriteTx
 
 if TYPE_CHECKING:  # pragma: no cover
     from gatectl.config import LaneConfig, SiteConfig
@@ -69,34 +74,10 @@ LEDGER_DAYS_PER_PASS = 3
 #: How far back a first run writes equipment ledger days.
 LEDGER_MAX_BACKFILL_DAYS = 366
 
-ALARM_ZH = {
-    "forced_passage": "闯卡",
-    "tailgating": "跟车",
-    "barrier_fault": "道闸故障",
-    "instruction_replay": "指令重复",
-    "emergency_release": "紧急放行",
-    "device_fault": "设备故障",
-    "authority_unreachable": "海关系统无应答",
-    "journal_fault": "日志故障",
-}
 #: Alarms that open an incident record (R8, R9). barrier_fault: the core opens it.
 INCIDENT_ALARMS = ("forced_passage", "tailgating", "barrier_fault")
-INCIDENT_KINDS = {
-    "forced_passage": "闯卡",
-    "tailgating": "跟车",
-    "barrier_fault": "道闸故障",
-    "damage": "设施损坏/刮蹭/撞毁",
-    "other": "其他",
-}
 
-TICKET_STATES = ("reported", "notified", "diagnosing", "fixed", "closed")
-TICKET_STATE_ZH = {
-    "reported": "已上报",
-    "notified": "已通报",
-    "diagnosing": "排查中",
-    "fixed": "已修复",
-    "closed": "已关闭",
-}
+TICKET_STATES = tuple(TICKET_STATE_ZH)
 #: The 故障处理单 flow (regulation section 4): the only moves a ticket can make.
 #: fixed -> diagnosing: the fix did not hold; the time to fix then runs to the next fix.
 TICKET_TRANSITIONS: dict[str, tuple[str, ...]] = {
@@ -106,12 +87,9 @@ TICKET_TRANSITIONS: dict[str, tuple[str, ...]] = {
     "fixed": ("closed", "diagnosing"),
     "closed": (),
 }
-PARTIES = {"customs": "海关", "park": "园区管理方", "om": "运维单位"}
-CATEGORIES = {"hardware": "硬件故障", "software": "软件故障", "other": "其他原因"}
 #: Holds a guard may put down to a device or the network (anything else is the
 #: declared data or the lane's rules, R16, and opens no ticket).
 FAULT_HOLDS = ("device_fault", "journal_error", "lift_interrupted", "no_stable_weight", "no_authority")
-HEALTH_ZH = {"ok": "正常", "degraded": "异常", "faulty": "故障", "unknown": "未知"}
 
 RECORD_TYPES = frozenset({
     "alarm.raised", "alarm.acknowledged",
@@ -218,15 +196,6 @@ CREATE TABLE IF NOT EXISTS rec_dropped (
     dropped INTEGER NOT NULL,
     PRIMARY KEY (date, lane_id, device)
 );
--- Orders the CLI leaves for the running daemon.
-CREATE TABLE IF NOT EXISTS rec_inbox (
-    id           INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind         TEXT NOT NULL,
-    payload      TEXT NOT NULL,
-    created_at   TEXT NOT NULL,
-    processed_at TEXT,
-    result       TEXT
-);
 """
 
 
@@ -312,13 +281,20 @@ class RecordStore:
     def ensure_schema(self) -> None:
         if self._ready:
             return
-        self.db.executescript(SCHEMA)
+        # Statement by statement: executescript would commit the journal job it runs in.
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                self.db.execute(statement)
         self.cursor = dict(self.db.execute("SELECT lane_id, seq FROM rec_cursor").fetchall())
         self._ready = True
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
+        """A transaction, or the one in progress (a journal job's)."""
         db = self.db
+        if db.in_transaction:
+            yield db
+            return
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
@@ -371,7 +347,10 @@ class RecordStore:
             changed |= self._commit(batch)
         except sqlite3.Error:
             # Forget what we believed projected; the next event of each lane finds the gap.
-            self.cursor = dict(self.db.execute("SELECT lane_id, seq FROM rec_cursor").fetchall())
+            # (In place: the daemon's Records shares this dict with every store it makes.)
+            saved = dict(self.db.execute("SELECT lane_id, seq FROM rec_cursor").fetchall())
+            self.cursor.clear()
+            self.cursor.update(saved)
             raise
         return changed
 
@@ -794,25 +773,6 @@ class RecordStore:
         row = self.db.execute("SELECT MIN(ts) FROM events").fetchone()
         return datetime.fromisoformat(row[0]).astimezone(self.tz).date() if row and row[0] else None
 
-    # ------------------------------------------------------------------ inbox
-
-    def inbox_put(self, kind: str, payload: dict[str, Any], at: datetime) -> int:
-        cur = self.db.execute("INSERT INTO rec_inbox (kind, payload, created_at) VALUES (?, ?, ?)",
-                              (kind, json.dumps(payload, ensure_ascii=False), at.isoformat()))
-        return int(cur.lastrowid)
-
-    def inbox_pending(self) -> list[dict[str, Any]]:
-        return [{"id": i, "kind": k, "payload": json.loads(p)} for i, k, p in self.db.execute(
-            "SELECT id, kind, payload FROM rec_inbox WHERE processed_at IS NULL ORDER BY id").fetchall()]
-
-    def inbox_done(self, item_id: int, at: datetime, result: dict[str, Any]) -> None:
-        self.db.execute("UPDATE rec_inbox SET processed_at = ?, result = ? WHERE id = ?",
-                        (at.isoformat(), json.dumps(result, ensure_ascii=False, default=str), item_id))
-
-    def inbox_result(self, item_id: int) -> dict[str, Any] | None:
-        row = self.db.execute("SELECT result FROM rec_inbox WHERE id = ?", (item_id,)).fetchone()
-        return json.loads(row[0]) if row and row[0] else None
-
     # ------------------------------------------------------------ order checks
 
     def next_id(self, prefix: str, now: datetime) -> str:
@@ -999,175 +959,170 @@ ORDERS = ("alarm.ack", "incident.open", "incident.account", "incident.close", "t
 
 class Records:
     """Alarms, incidents, fault tickets, duty records and the daily equipment ledger of
-    one running site. Wiring::
+    one running site. ``Records(site)`` prepares the tables, catches up with the journal,
+    and from then on projects every commit in the journal's writer thread (a projector:
+    the record tables never lag the journal a reader can see). Orders are journal jobs:
+    checked against the records and journaled in one transaction. Wiring::
 
         records = Records(site)
-        records.ensure_schema()
-        site.subscribe(records.on_events)
         site.add_task(records.run, "records")
         runner = await start_api(site, records.setup_routes)
     """
 
     def __init__(self, site: "Site") -> None:
         self.site = site
-        self.store = RecordStore(site.journal.db, site.config)
-        self._pending: deque[dict[str, Any]] = deque()
-        self._busy = False
-        self._scheduled = False
+        self.config = site.config
+        self.cursor: dict[str, int] = {}
         self._saved_cursor: dict[str, int] = {}
-        self._dirty = True
         self._last_raw: dict[tuple[str, str], int] = {}
         self._sample_day: date | None = None
         self._sampled_at = 0.0
         self._saved_at = 0.0
         self._suspect: dict[int, tuple[str, str]] = {}
-        self._catch_up = False
         self._started_at: datetime | None = None
         self._started_mono = 0.0
+        self._lost = False
+        site.journal.run(self._prepare).result()
+        site.journal.add_projector(self._project)
+        for kind in ORDERS:
+            site.orders.register(kind, lambda payload, kind=kind: self.order(kind, payload))
+        self.start()
 
-    def ensure_schema(self) -> None:
-        self.store.ensure_schema()
+    def _store(self, db: sqlite3.Connection) -> RecordStore:
+        """The record tables on ``db``, following the journal from this process's cursor."""
+        store = RecordStore(db, self.config)
+        store.cursor = self.cursor
+        store._ready = True
+        return store
 
-    # ------------------------------------------------------------ events in
+    @property
+    def store(self) -> RecordStore:
+        """The record tables on this thread's read connection (queries only)."""
+        return self._store(self.site.journal.reader())
 
-    def on_events(self, events: list[dict[str, Any]]) -> None:
-        """Site subscriber: project every journaled event, then open what must be opened
-        (incidents for incident alarms, a ticket per faulty device). Inside the event loop
-        the work runs at its next turn, never between a lane's journal write and its coil
-        pulse; without a running loop it runs at once. Never raises: a failure here must
-        not stop a lane; ``run`` catches up from the journal."""
-        self._pending.extend(events)
-        if self._busy or self._scheduled:
-            return  # called back from our own record, or already due: that pass takes it
+    async def read(self, fn: Callable[[RecordStore], Any]) -> Any:
+        """``fn(store)`` on a reader thread, off the event loop."""
+        return await self.site.journal.read(lambda db: fn(RecordStore(db, self.config)))
+
+    def _prepare(self, tx: WriteTx) -> None:
+        store = RecordStore(tx.db, self.config)
+        store.ensure_schema()
+        self.cursor = store.cursor
+
+    # ------------------------------------------------------------ the projection
+
+    def _project(self, tx: WriteTx, written: list[Stamped]) -> None:
+        """In the journal's writer thread, after a commit: project what was journaled and
+        open what it calls for (incidents for incident alarms, a ticket per faulty device).
+        If that fails, the transaction is rolled back: the next projection starts again
+        from the cursor the tables hold and reads the gap from the journal."""
+        store = self._store(tx.db)
+        if self._lost:
+            saved = dict(tx.db.execute("SELECT lane_id, seq FROM rec_cursor").fetchall())
+            self.cursor.clear()
+            self.cursor.update(saved)
+            self._lost = False
         try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.flush()
-            return
-        self._scheduled = True
-        loop.call_soon(self.flush)
+            if store.ingest([ev.encode(s) for s in written]):
+                self._reconcile(tx, store)
+        except Exception:
+            self._lost = True
+            raise
 
-    def flush(self) -> None:
-        """Project everything delivered so far and open what it calls for, now."""
-        self._scheduled = False
-        if self._busy:
-            return
-        self._busy = True
-        try:
-            self.ensure_schema()
-            for _ in range(100):  # each pass settles what the last one journaled
-                if self._pending:
-                    batch = list(self._pending)
-                    self._pending.clear()
-                    if self.store.ingest(batch):
-                        self._dirty = True
-                if self._dirty and not self._reconcile():
-                    break  # could not journal; run() tries again
-                if not self._pending and not self._dirty:
-                    break
-        except Exception as exc:  # noqa: BLE001 - logged; the journal keeps the truth
-            self._lost_track(exc)
-        finally:
-            self._busy = False
-
-    def _lost_track(self, exc: BaseException) -> None:
-        """Something could not be projected: go back to the cursor last committed (it
-        moves in the same transaction as the projection) and read on from the journal at
-        the next pass, so every record event is projected exactly once."""
-        log.error("records could not follow the journal; catching up", error=repr(exc))
-        self._pending.clear()
-        self._dirty = True
-        self._catch_up = True
-        try:
-            self.store.cursor = dict(self.store.db.execute("SELECT lane_id, seq FROM rec_cursor").fetchall())
-        except sqlite3.Error:
-            pass
-
-    def _reconcile(self) -> bool:
-        self._dirty = False
+    def _reconcile(self, tx: WriteTx, store: RecordStore) -> None:
         now = self.site.now()
-        try:
-            for a in self.store.alarms_needing_incident():
-                self._record(a["lane_id"], "incident.opened", {
-                    "incident_id": self.store.next_id("INC", now), "kind": a["alarm"],
-                    "reason": json.loads(a["details"]).get("reason") or a["alarm"], "alarm_event_id": a["event_id"]})
-            for s in self.store.spans_needing_ticket():
-                existing = self.store._open_ticket_for(s["device_key"])
-                if existing is not None:
-                    self.store.attach_spans(s["device_key"], existing)
-                    continue
-                ticket_id = self.store.next_id("FT", now)
-                self._record(s["lane_id"], "ticket.opened", {
-                    "ticket_id": ticket_id, "device": s["device"], "reason": s["reason"] or "fault", "source": "fault"})
-                self.store.attach_spans(s["device_key"], ticket_id)
-        except (JournalError, sqlite3.Error) as exc:
-            self._dirty = True
-            log.error("records: could not open an incident or ticket; retrying", error=str(exc))
-            return False
-        return True
+        lanes = set(self.site.lanes)
+        for a in store.alarms_needing_incident():
+            lane = a["lane_id"] if a["lane_id"] in lanes else SITE_LANE
+            tx.append(lane, ev.IncidentOpened(
+                incident_id=store.next_id("INC", now), kind=a["alarm"],
+                reason=json.loads(a["details"]).get("reason") or a["alarm"], alarm_event_id=a["event_id"]), now)
+            store.ingest([ev.encode(tx.written[-1])])
+        for sp in store.spans_needing_ticket():
+            existing = store._open_ticket_for(sp["device_key"])
+            if existing is None:
+                existing = store.next_id("FT", now)
+                lane = sp["lane_id"] if sp["lane_id"] in lanes else SITE_LANE
+                tx.append(lane, ev.TicketOpened(ticket_id=existing, device=sp["device"],
+                                                reason=sp["reason"] or "fault", source="fault"), now)
+                store.ingest([ev.encode(tx.written[-1])])
+            store.attach_spans(sp["device_key"], existing)
 
-    def _record_many(self, lane: str, type_: str, items: list[dict[str, Any]]) -> None:
-        from gatectl.journal import PendingEvent
+    def start(self) -> None:
+        """As the daemon starts (before the lanes journal anything): catch up with the
+        journal and mark the faults the last run left open. Idempotent."""
+        def job(tx: WriteTx) -> dict[int, tuple[str, str]]:
+            store = self._store(tx.db)
+            store.catch_up()
+            self._reconcile(tx, store)
+            return {r[0]: (r[1], r[2]) for r in tx.db.execute(
+                "SELECT id, lane_id, device FROM rec_fault_spans WHERE closed_epoch IS NULL")}
 
-        if lane != SITE_LANE and lane not in self.site.lanes:
-            lane = SITE_LANE
-        now = self.site.now()
-        written = self.site.journal.write(lane, [PendingEvent(type_, now, data) for data in items])
-        self.site.published(written)
-        self._follow(written)
-
-    def _record(self, lane: str, type_: str, data: dict[str, Any]) -> dict[str, Any]:
-        if lane != SITE_LANE and lane not in self.site.lanes:
-            lane = SITE_LANE  # a lane since removed from the config
-        written = self.site.record(lane, type_, data)
-        self._follow([written])
-        return written
-
-    def _follow(self, written: list[dict[str, Any]]) -> None:
-        """Project what we just journaled at once (ids drawn next must see it); idempotent
-        if the site's subscription delivered it already. It is journaled whatever happens here."""
-        try:
-            if self.store.ingest(written):
-                self._dirty = True
-        except sqlite3.Error as exc:
-            self._lost_track(exc)
+        self._suspect = self.site.journal.run(job).result()
+        self._started_at = self.site.now()
+        self._started_mono = _time.monotonic()
 
     # ---------------------------------------------------------------- orders
 
-    def perform(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """Carry out one order (API, CLI inbox): check it, journal its event, answer
-        ``{"status": "ok", "event": ..., <record>: ...}``. Raises RecordError (nothing
-        changed) or JournalError (nothing recorded)."""
-        self.ensure_schema()
-        self.flush()  # check the order against everything journaled so far
+    def _order_job(self, kind: str, payload: dict[str, Any], now: datetime,
+                   devices: dict[str, str] | None) -> Callable[[WriteTx], dict[str, Any]]:
+        def job(tx: WriteTx) -> dict[str, Any]:
+            store = self._store(tx.db)
+            lane, type_, data = store.plan(kind, payload, now)
+            if type_ == "shift.check":
+                data["devices"] = devices or {}
+            if lane != SITE_LANE and lane not in self.site.lanes:
+                lane = SITE_LANE  # a lane since removed from the config
+            written = tx.append(lane, ev.decode_event(type_, data), now)
+            if store.ingest([ev.encode(written)]):
+                self._reconcile(tx, store)
+            body = ev.encode(written)
+            result: dict[str, Any] = {"status": "ok", "event": body}
+            if kind == "alarm.ack":
+                result["alarm"] = store.alarm(data["alarm_event_id"])
+                # What the guard's screen reads from the answer.
+                result.update(event_id=data["alarm_event_id"], acknowledged_at=body["ts"], by=data["by"])
+            elif kind.startswith("incident."):
+                result["incident"] = store.incident(data["incident_id"])
+            elif kind.startswith("ticket."):
+                result["ticket"] = store.ticket(data["ticket_id"])
+            return result
+
+        return job
+
+    def _check_kind(self, kind: str) -> None:
         if kind not in ORDERS:
             raise RecordError(400, "unknown_order", f"unknown order {kind!r}", f"未知操作 {kind}")
-        lane, type_, data = self.store.plan(kind, payload, self.site.now())
-        if type_ == "shift.check":
-            data["devices"] = self.device_health()
-        written = self._record(lane, type_, data)
-        if self._dirty:
-            self.flush()
-        result: dict[str, Any] = {"status": "ok", "event": written}
-        if kind == "alarm.ack":
-            result["alarm"] = self.store.alarm(data["alarm_event_id"])
-            # What the guard's screen reads from the answer.
-            result.update(event_id=data["alarm_event_id"], acknowledged_at=written["ts"], by=data["by"])
-        elif kind.startswith("incident."):
-            result["incident"] = self.store.incident(data["incident_id"])
-        elif kind.startswith("ticket."):
-            result["ticket"] = self.store.ticket(data["ticket_id"])
-        return result
+
+    def perform(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Carry out one order and wait for it: check it, journal its event, answer
+        ``{"status": "ok", "event": ..., <record>: ...}``. Raises RecordError (nothing
+        changed) or JournalError (nothing recorded)."""
+        self._check_kind(kind)
+        devices = self.device_health() if kind == "shift.check" else None
+        return self.site.journal.run(self._order_job(kind, payload, self.site.now(), devices)).result()
+
+    async def order(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """``perform`` for the event loop (API, inbox): the answer, a refusal included."""
+        try:
+            self._check_kind(kind)
+            devices = self.device_health() if kind == "shift.check" else None
+            job = self._order_job(kind, payload, self.site.now(), devices)
+            return await asyncio.wrap_future(self.site.journal.run(job))
+        except RecordError as exc:
+            return exc.to_dict()
 
     def device_health(self) -> dict[str, str]:
         """Every device of every lane as the running daemon sees it: {"lane/device": health}."""
         out: dict[str, str] = {}
         for lane in self.site.lanes.values():
-            faults = lane.core.faults
-            devices = lane.snapshot()["devices"]
+            snap = lane.snapshot()
+            faults = snap["faults"]
+            devices = snap["devices"]
+            running = snap["state"] != "starting"
             for dev in lane_devices(lane.config):
                 info = devices.get(dev) or {}
-                health = info.get("health") or ("ok" if dev == "barrier" and lane.core.running else "unknown")
+                health = info.get("health") or ("ok" if dev == "barrier" and running else "unknown")
                 if dev in faults:
                     health = "faulty"
                 out[f"{lane.id}/{dev}"] = health
@@ -1178,59 +1133,27 @@ class Records:
     # ------------------------------------------------------------ background
 
     async def run(self) -> None:
-        """Background jobs until cancelled: the CLI's orders, frame-drop sampling, faults
-        left open by the last stop, and the daily equipment ledger at midnight site time
-        (missed days caught up)."""
-        self.ensure_schema()
-        self.start()
+        """Background jobs until cancelled: frame-drop sampling, faults left open by the
+        last stop, and the daily equipment ledger at midnight site time (missed days
+        caught up). On a worker thread: they wait for the journal, the event loop not."""
         while True:
             try:
-                self.tick()
+                await asyncio.to_thread(self.tick)
             except Exception as exc:  # noqa: BLE001 - never stop the daemon over a record
                 log.error("records job failed", error=repr(exc))
             await asyncio.sleep(POLL_S)
 
-    def start(self) -> None:
-        """Once, as the daemon starts (before the lanes journal anything): catch up with
-        the journal and mark the faults the last run left open."""
-        self.store.catch_up()
-        self._started_at = self.site.now()
-        self._started_mono = _time.monotonic()
-        self._suspect = {r[0]: (r[1], r[2]) for r in self.store.db.execute(
-            "SELECT id, lane_id, device FROM rec_fault_spans WHERE closed_epoch IS NULL")}
-        self._dirty = True
-        self.flush()
-
     def tick(self) -> None:
         """One pass of the background jobs (``run`` calls it every second)."""
-        self.ensure_schema()
         now = self.site.now()
-        if self._catch_up:
-            self._catch_up = False
-            self.store.catch_up()
-        self.flush()
-        self._process_inbox(now)
         self._settle_restart_faults()
         self.sample(now)
         self._write_ledger(now)
-        if _time.monotonic() - self._saved_at > SAMPLE_S and self.store.cursor != self._saved_cursor:
+        if _time.monotonic() - self._saved_at > SAMPLE_S and self.cursor != self._saved_cursor:
             self._saved_at = _time.monotonic()
-            self.store.save_cursors()
-            self._saved_cursor = dict(self.store.cursor)
-
-    def _process_inbox(self, now: datetime) -> None:
-        for item in self.store.inbox_pending():
-            try:
-                result = self.perform(item["kind"], item["payload"])
-            except RecordError as exc:
-                result = exc.to_dict()
-            except JournalError as exc:
-                log.error("records: order not journaled; retrying", id=item["id"], error=str(exc))
-                return
-            except Exception as exc:  # noqa: BLE001 - answer the CLI rather than retry forever
-                log.error("records: order failed", id=item["id"], error=repr(exc))
-                result = {"status": "failed", "code": "internal", "message": repr(exc), "message_zh": "处理失败"}
-            self.store.inbox_done(item["id"], self.site.now(), result)
+            saved = dict(self.cursor)
+            self.site.journal.run(lambda tx: self._store(tx.db).save_cursors(), durable=False).result()
+            self._saved_cursor = saved
 
     def _settle_restart_faults(self) -> None:
         """A fault open when the daemon last stopped lasted at least until the restart; it
@@ -1244,20 +1167,22 @@ class Records:
             if lane is None:
                 ended.append(span_id)
                 continue
-            if not lane.core.running and not late:
+            snap = lane.snapshot()
+            running = snap["state"] != "starting"
+            if not running and not late:
                 continue
-            if device in lane.core.faults:
+            if device in snap["faults"]:
                 del self._suspect[span_id]  # still faulty: the span goes on
                 continue
-            devices = lane.snapshot()["devices"]
-            healthy = devices[device].get("health") == "ok" if device in devices else lane.core.running
+            devices = snap["devices"]
+            healthy = devices[device].get("health") == "ok" if device in devices else running
             if late or healthy:
                 ended.append(span_id)
         if ended:
-            with self.store.tx() as db:
-                db.executemany(
-                    "UPDATE rec_fault_spans SET closed_epoch = ?, closed_how = 'restart' WHERE id = ? AND closed_epoch IS NULL",
-                    [(self._started_at.timestamp(), i) for i in ended])
+            at = self._started_at.timestamp()
+            self.site.journal.run(lambda tx: tx.db.executemany(
+                "UPDATE rec_fault_spans SET closed_epoch = ?, closed_how = 'restart' WHERE id = ? AND closed_epoch IS NULL",
+                [(at, i) for i in ended])).result()
             for i in ended:
                 self._suspect.pop(i, None)
 
@@ -1270,7 +1195,7 @@ class Records:
     def sample(self, now: datetime, force: bool = False) -> None:
         """Add the frames dropped since the last sample to the day's total (the driver
         counters live in memory and start again from 0 with the process)."""
-        today = now.astimezone(self.store.tz).date()
+        today = now.astimezone(self.config.site.tz).date()
         due = force or self._sample_day != today or _time.monotonic() - self._sampled_at >= SAMPLE_S
         if not due:
             return
@@ -1284,18 +1209,20 @@ class Records:
                 self._last_raw[(lane.id, dev)] = raw
                 if delta > 0:
                     deltas[(lane.id, dev)] = delta
-        self.store.add_dropped(day, deltas)
+        if deltas:
+            self.site.journal.run(lambda tx: self._store(tx.db).add_dropped(day, deltas), durable=False).result()
         self._sample_day = today
         self._sampled_at = _time.monotonic()
 
     def _write_ledger(self, now: datetime) -> None:
         """Journal the equipment ledger of every day that ended and has none yet."""
-        today = now.astimezone(self.store.tz).date()
-        through = self.store.meta("ledger_through")
+        today = now.astimezone(self.config.site.tz).date()
+        store = self.store
+        through = store.meta("ledger_through")
         if through is not None:
             first = date.fromisoformat(through) + timedelta(days=1)
         else:
-            first = self.store.first_event_day() or today
+            first = store.first_event_day() or today
             first = max(first, today - timedelta(days=LEDGER_MAX_BACKFILL_DAYS))
         day, done = first, 0
         while day < today and done < LEDGER_DAYS_PER_PASS:
@@ -1305,19 +1232,25 @@ class Records:
 
     def write_equipment_day(self, day: date) -> list[dict[str, Any]]:
         """Journal ``equipment.daily`` for every device row of ``day`` not journaled yet."""
-        have = {(r["lane_id"], r["device"]) for r in self.store.equipment(day)}
-        per_lane: dict[str, list[dict[str, Any]]] = {}
-        for row in self.store.compute_equipment(day):
-            if (row["lane_id"], row["device"]) not in have:
-                per_lane.setdefault(row["lane_id"], []).append({k: v for k, v in row.items() if k != "lane_id"})
-        for lane_id, rows in per_lane.items():  # one journal transaction per lane and day
-            self._record_many(lane_id, "equipment.daily", rows)
-        with self.store.tx():
-            through = self.store.meta("ledger_through")
+        now = self.site.now()
+
+        def job(tx: WriteTx) -> list[dict[str, Any]]:
+            store = self._store(tx.db)
+            have = {(r["lane_id"], r["device"]) for r in store.equipment(day)}
+            for row in store.compute_equipment(day):
+                if (row["lane_id"], row["device"]) in have:
+                    continue
+                lane = row["lane_id"] if row["lane_id"] in self.site.lanes else SITE_LANE
+                tx.append(lane, ev.EquipmentDaily(**{k: v for k, v in row.items() if k != "lane_id"}), now)
+            store.ingest([ev.encode(st) for st in tx.written])
+            through = store.meta("ledger_through")
             if through is None or day.isoformat() > through:
-                self.store.set_meta("ledger_through", day.isoformat())
+                store.set_meta("ledger_through", day.isoformat())
+            return store.equipment(day)
+
+        rows = self.site.journal.run(job).result()
         log.info("equipment ledger written", date=day.isoformat())
-        return self.store.equipment(day)
+        return rows
 
     # ------------------------------------------------------------------ API
 
@@ -1353,15 +1286,11 @@ RECORDS_KEY = web.AppKey("records", Records)
 
 
 def _err(status: int, message: str, **extra: Any) -> web.Response:
-    from gatectl.api import error
-
     return error(status, message, **extra)
 
 
 def _records(request: web.Request) -> Records:
-    rec = request.app[RECORDS_KEY]
-    rec.flush()  # answer with everything journaled so far
-    return rec
+    return request.app[RECORDS_KEY]
 
 
 def _flag(request: web.Request, name: str) -> bool:
@@ -1378,17 +1307,16 @@ def _limit(request: web.Request) -> int:
 
 def api_order(kind: str, **from_path: str):
     async def handler(request: web.Request) -> web.Response:
-        from gatectl.api import json_body
-
         body = await json_body(request)
         for key, part in from_path.items():
             body[key] = request.match_info[part]
         try:
-            result = _records(request).perform(kind, body)
-        except RecordError as exc:
-            return _err(exc.status, exc.message, code=exc.code, message_zh=exc.message_zh)
+            result = await _records(request).order(kind, body)
         except JournalError as exc:
             return _err(503, f"not recorded: {exc}", code="journal_error", message_zh="日志写入失败，未记录")
+        if result.get("status") == "refused":
+            return _err(result.pop("http_status", 422), result.get("message", ""), **{
+                k: v for k, v in result.items() if k not in ("status", "message")})
         return web.json_response(result, status=201 if kind.endswith(".open") else 200)
 
     return handler
@@ -1396,38 +1324,37 @@ def api_order(kind: str, **from_path: str):
 
 async def api_alarms(request: web.Request) -> web.Response:
     """GET /api/v1/alarms?open=1&lane=L&limit=N: every alarm kind in one list, newest first."""
-    rec = _records(request)
-    return web.json_response({"alarms": rec.store.alarms(_flag(request, "open"), request.query.get("lane") or None,
-                                                          _limit(request))})
+    open_only, lane, limit = _flag(request, "open"), request.query.get("lane") or None, _limit(request)
+    return web.json_response({"alarms": await _records(request).read(lambda st: st.alarms(open_only, lane, limit))})
 
 
 async def api_alarm(request: web.Request) -> web.Response:
-    alarm = _records(request).store.alarm(request.match_info["event_id"])
+    alarm = await _records(request).read(lambda st: st.alarm(request.match_info["event_id"]))
     return web.json_response(alarm) if alarm else _err(404, "no such alarm", code="unknown_alarm")
 
 
 async def api_incidents(request: web.Request) -> web.Response:
-    return web.json_response({"incidents": _records(request).store.incidents(_flag(request, "open"), _limit(request))})
+    open_only, limit = _flag(request, "open"), _limit(request)
+    return web.json_response({"incidents": await _records(request).read(lambda st: st.incidents(open_only, limit))})
 
 
 async def api_incident(request: web.Request) -> web.Response:
-    inc = _records(request).store.incident(request.match_info["incident_id"])
+    inc = await _records(request).read(lambda st: st.incident(request.match_info["incident_id"]))
     return web.json_response(inc) if inc else _err(404, "no such incident", code="unknown_incident")
 
 
 async def api_tickets(request: web.Request) -> web.Response:
-    rec = _records(request)
-    return web.json_response({"tickets": rec.store.tickets(_flag(request, "open"), request.query.get("device") or None,
-                                                            _limit(request))})
+    open_only, device, limit = _flag(request, "open"), request.query.get("device") or None, _limit(request)
+    return web.json_response({"tickets": await _records(request).read(lambda st: st.tickets(open_only, device, limit))})
 
 
 async def api_ticket(request: web.Request) -> web.Response:
-    t = _records(request).store.ticket(request.match_info["ticket_id"])
+    t = await _records(request).read(lambda st: st.ticket(request.match_info["ticket_id"]))
     return web.json_response(t) if t else _err(404, "no such ticket", code="unknown_ticket")
 
 
 def _period(rec: Records, start: str | None, end: str | None) -> tuple[date, date]:
-    today = rec.site.now().astimezone(rec.store.tz).date()
+    today = rec.site.now().astimezone(rec.config.site.tz).date()
     s = date.fromisoformat(start) if start else date(today.year, 1, 1)
     e = date.fromisoformat(end) if end else date(s.year, 12, 31)
     if e < s:
@@ -1442,42 +1369,32 @@ async def api_figures(request: web.Request) -> web.Response:
         s, e = _period(rec, request.query.get("from"), request.query.get("to"))
     except ValueError as exc:
         return _err(400, f"from/to must be dates YYYY-MM-DD: {exc}")
-    return web.json_response(rec.store.figures(s, e))
+    return web.json_response(await rec.read(lambda st: st.figures(s, e)))
 
 
 async def api_shifts(request: web.Request) -> web.Response:
-    return web.json_response({"records": _records(request).store.duty(limit=_limit(request))})
+    limit = _limit(request)
+    return web.json_response({"records": await _records(request).read(lambda st: st.duty(limit=limit))})
 
 
 async def api_open_items(request: web.Request) -> web.Response:
-    return web.json_response(_records(request).store.open_items())
+    return web.json_response(await _records(request).read(lambda st: st.open_items()))
 
 
 async def api_equipment(request: web.Request) -> web.Response:
     """GET /api/v1/ledger/equipment?date=YYYY-MM-DD (default yesterday): the stored rows,
     or, for a day not written yet, the rows so far (``final`` false)."""
     rec = _records(request)
-    today = rec.site.now().astimezone(rec.store.tz).date()
+    now = rec.site.now()
+    today = now.astimezone(rec.config.site.tz).date()
     try:
         day = date.fromisoformat(request.query["date"]) if request.query.get("date") else today - timedelta(days=1)
     except ValueError:
         return _err(400, "date must be YYYY-MM-DD")
-    rows = rec.store.equipment(day)
+    rows = await rec.read(lambda st: st.equipment(day))
     if rows:
         return web.json_response({"date": day.isoformat(), "final": True, "rows": rows})
     if day > today:
         return _err(400, "that day has not begun")
     return web.json_response({"date": day.isoformat(), "final": False,
-                              "rows": rec.store.compute_equipment(day, rec.site.now())})
-
-
-# -------------------------------------------------------------------------- CLI
-
-
-def add_subcommands(subparsers) -> None:
-    """Register ``alarm``, ``incident``, ``ticket``, ``shift`` and ``ledger equipment``."""
-    from gatectl.records_cli import add_subcommands as add
-
-    add(subparsers)
-
-
+                              "rows": await rec.read(lambda st: st.compute_equipment(day, now))})

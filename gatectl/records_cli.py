@@ -2,7 +2,7 @@
 
 Reading commands read the record tables in the journal file. Commands that change a
 record check the order here first (a clear refusal at once, nothing queued), then leave
-it in the journal file's ``rec_inbox`` for the running daemon, which journals it within a
+it in the journal file's ``inbox`` for the running daemon, which journals it within a
 second and answers; the CLI never appends events itself (the daemon owns each lane's
 ``seq``). With no daemon running, the order waits for the next start.
 
@@ -20,6 +20,11 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable
 
+from gatectl.config import ConfigError, format_problems, load_config
+from gatectl.journal import Journal, JournalError
+from gatectl.records import CATEGORIES, INCIDENT_KINDS, PARTIES, TICKET_STATE_ZH, TICKET_STATES, RecordError, RecordStore
+from gatectl.labels import HEALTH as HEALTH_ZH
+
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 WAIT_S = 5.0
 
@@ -34,10 +39,6 @@ class _Exit(Exception):
 
 
 def _context(args):
-    from gatectl.config import ConfigError, format_problems, load_config
-    from gatectl.journal import Journal, JournalError
-    from gatectl.records import RecordStore
-
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -51,13 +52,21 @@ def _context(args):
     except JournalError as exc:
         print(str(exc), file=sys.stderr)
         raise _Exit(EXIT_FAILURE) from exc
-    store = RecordStore(journal.db, config)
     try:
-        store.ensure_schema()
+        journal.run(lambda tx: RecordStore(tx.db, config).ensure_schema()).result()
     except Exception:
         journal.close()
         raise
-    return config, journal, store
+    return config, journal, CliStore(journal, config)
+
+
+class CliStore(RecordStore):
+    """The record tables read here, and the journal whose inbox takes orders."""
+
+    def __init__(self, journal: Journal, config) -> None:
+        super().__init__(journal.reader(), config)
+        self.journal = journal
+        self._ready = True
 
 
 def _command(fn: Callable[..., int]) -> Callable[[argparse.Namespace], int]:
@@ -92,19 +101,17 @@ def _refused(result: dict[str, Any]) -> int:
 
 def _order(args, config, store, kind: str, payload: dict[str, Any], show: Callable[[dict[str, Any]], None]) -> int:
     """Check an order here, then hand it to the daemon and print its answer."""
-    from gatectl.records import RecordError
-
     now = datetime.now(config.site.tz)
     try:
         store.plan(kind, payload, now)
     except RecordError as exc:
         return _refused(exc.to_dict())
-    item = store.inbox_put(kind, payload, now)
+    item = store.journal.inbox_put(kind, payload, now)
     end = time.monotonic() + max(0.0, args.wait)
-    result = store.inbox_result(item)
+    result = store.journal.inbox_result(item)
     while result is None and time.monotonic() < end:
         time.sleep(0.1)
-        result = store.inbox_result(item)
+        result = store.journal.inbox_result(item)
     if result is None:
         print(f"queued for the daemon (not running?) / 已提交，守护进程运行后即记录 (#{item})")
         return EXIT_OK
@@ -255,7 +262,6 @@ def cmd_incident_close(args, config, store) -> int:
 
 
 def _show_ticket(t: dict[str, Any]) -> None:
-    from gatectl.records import CATEGORIES, PARTIES, TICKET_STATE_ZH
 
     print(f"故障处理单 ticket {t['ticket_id']}  [{t['state_zh']} {t['state']}]")
     print(f"  设备 device:   {t['device_key']}  (lane {t['lane_id']})")
@@ -378,7 +384,6 @@ def _show_duty(ev: dict[str, Any]) -> None:
         if ev.get("notes"):
             print(f"    说明 notes: {ev['notes']}")
     elif t == "shift.check":
-        from gatectl.records import HEALTH_ZH
 
         phase = "上岗检查 start" if ev["phase"] == "start" else "下岗检查 end"
         bad = {d: h for d, h in ev["devices"].items() if h != "ok"}
@@ -469,7 +474,6 @@ def ledger_subparsers(subparsers: argparse._SubParsersAction) -> argparse._SubPa
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     """Register ``alarm``, ``incident``, ``ticket``, ``shift`` and ``ledger equipment``."""
-    from gatectl.records import CATEGORIES, INCIDENT_KINDS, TICKET_STATES
 
     def group(name: str, help_: str) -> argparse._SubParsersAction:
         return subparsers.add_parser(name, help=help_).add_subparsers(dest=f"{name}_command", required=True)

@@ -41,44 +41,15 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from gatectl import events as ev
+from gatectl import labels as L
 from gatectl.api import SITE_KEY
-from gatectl.demo import ALARM_ZH, KINDS_ZH, STATE_ZH, describe
-from gatectl.lane.core import HOLD_TEXTS
 from gatectl.service import Site
 
 log = structlog.get_logger("gatectl.screen")
 
 STATIC_DIR = Path(__file__).parent / "static"
 
-DECISION_ZH = {"release": "放行", "hold": "不予放行", "inspect": "待检查验", "deny": "禁止通行"}
-OUTCOME_ZH = {
-    "passed": "已通行",
-    "held": "不予放行",
-    "backed_out": "倒车离开",
-    "emergency": "紧急放行",
-    "manual": "审批手动抬杆",
-    "forced": "闯卡",
-}
-HEALTH_ZH = {"ok": "正常", "degraded": "降级", "faulty": "故障", None: "未知"}
-DEVICE_ZH = {"card_reader": "读卡器", "weighbridge": "地磅", "barrier": "道闸", "journal": "日志"}
-BARRIER_ZH = {"up": "抬起", "down": "落下", "moving": "运动中", "conflict": "限位矛盾"}
-TRIGGER_ZH = {"panel": "现场按钮抬杆", "remote": "远程放行"}
-REASON_ZH = {"equipment_fault": "设备故障", "network_fault": "网络故障", "other": "其他"}
-EMERGENCY_TYPES = ("警车", "消防车", "救护车", "其他")
-AUTH_KIND_ZH = {
-    "release_instruction": "海关放行指令",
-    "approval": "审批",
-    "emergency": "紧急放行",
-    "whitelist": "登记车辆",
-    "staff_card": "人员卡",
-}
-HOLD_ZH = {
-    **HOLD_TEXTS,
-    "hold": "海关指令：不予放行",
-    "inspect": "海关指令：待检",
-    "deny": "海关指令：禁止通行",
-    "authority_timeout": "海关系统无应答",
-}
 #: Events that change the passages list or the emergency accounts owed.
 PASSAGE_EVENTS = frozenset({"passage.opened", "passage.closed", "emergency.account", "card.read", "release.decided"})
 APPROVAL_EVENTS = frozenset({"approval.accepted", "approval.used", "approval.expired", "authorisation.committed"})
@@ -90,78 +61,36 @@ EMERGENCY_LOOKBACK = 500
 
 
 def labels() -> dict[str, Any]:
-    """Every Chinese label the page uses, from one place."""
+    """Every Chinese label the page uses, from ``gatectl.labels``."""
     return {
-        "state": STATE_ZH,
-        "alarm": ALARM_ZH,
-        "kind": KINDS_ZH,
-        "decision": DECISION_ZH,
-        "outcome": OUTCOME_ZH,
-        "health": {k or "unknown": v for k, v in HEALTH_ZH.items()},
-        "device": DEVICE_ZH,
-        "barrier": BARRIER_ZH,
-        "trigger": TRIGGER_ZH,
-        "reason": REASON_ZH,
-        "hold": HOLD_ZH,
-        "emergency_types": list(EMERGENCY_TYPES),
+        "state": L.STATES,
+        "alarm": L.ALARMS,
+        "kind": L.KINDS,
+        "decision": L.DECISIONS,
+        "outcome": L.OUTCOMES,
+        "health": L.HEALTH,
+        "device": L.DEVICES,
+        "barrier": L.BARRIER_POSITIONS,
+        "trigger": L.TRIGGERS,
+        "reason": L.APPROVAL_REASONS,
+        "hold": L.REASONS,
+        "emergency_types": list(L.EMERGENCY_TYPES),
     }
 
 
-def describe_zh(ev: dict) -> str:
-    """``demo.describe`` with alarm and fault details, never raising on an odd event."""
-    t = ev.get("type")
+def describe_zh(body: dict) -> str:
+    """One line in Chinese for a journaled event (its body), never raising on an odd one."""
     try:
-        if t == "release.decided" and ev.get("source") != "local":
-            decision = DECISION_ZH.get(ev.get("decision"), ev.get("decision"))
-            text = " ".join(str(x) for x in ("海关指令", decision, ev.get("instruction_id"), ev.get("hint")) if x)
-        elif t == "release.decided":
-            basis = AUTH_KIND_ZH.get(ev.get("basis"), HOLD_ZH.get(ev.get("basis"), ev.get("basis")))
-            text = f"本通道名单核验: {DECISION_ZH.get(ev.get('decision'), ev.get('decision'))} ({basis})"
-        elif t == "passage.closed":
-            text = f"通行结束: {OUTCOME_ZH.get(ev.get('outcome'), ev.get('outcome'))}"
-            if ev.get("reason"):
-                text += f" ({HOLD_ZH.get(ev['reason'], ev['reason'])})"
-        elif t in ("barrier.lifted", "authorisation.committed"):
-            auth = ev.get("authorisation") or {}
-            what = f"{AUTH_KIND_ZH.get(auth.get('kind'), auth.get('kind') or '')} {auth.get('id') or ''}".strip()
-            if t == "authorisation.committed":
-                text = f"授权已记入日志 ({what})"
-            else:
-                text = ("安全回抬" if ev.get("reason") == "safety_reverse" else "抬杆") + (f" ({what})" if what else "")
-        elif t == "release.failed":
-            text = f"海关系统无应答 ({ev.get('reason')})"
-        elif t == "emergency.account":
-            text = f"紧急放行登记: {ev.get('vehicle_type')} {ev.get('plate') or ''} ({ev.get('by') or ''})"
-        elif t == "alarm.acknowledged":
-            text = f"报警已确认 ({ev.get('by') or ''})"
-        else:
-            text = describe(ev)
+        return L.describe(ev.decode(body))
     except Exception:  # noqa: BLE001 - a label must never break the stream
-        text = str(t or "?")
-    if ev.get("type") == "alarm.raised":
-        detail = alarm_detail(ev)
-        if detail:
-            text += f" — {detail}"
-    return text
+        return str(body.get("type") or "?")
 
 
-def alarm_detail(ev: dict) -> str:
-    """What a guard needs to know about one alarm, in Chinese."""
-    alarm = ev.get("alarm")
-    if alarm == "device_fault":
-        dev = ev.get("device") or ""
-        return f"{DEVICE_ZH.get(dev, dev)} {ev.get('reason') or ''}".strip()
-    if alarm == "forced_passage":
-        return {"safety_loop": "安全线圈有车但未抬杆", "exit_loop": "出口线圈有车但未抬杆"}.get(ev.get("loop"), "")
-    if alarm == "tailgating":
-        return "一次抬杆通过两辆车"
-    if alarm == "barrier_fault":
-        return str(ev.get("reason") or "")
-    if alarm == "emergency_release":
-        return "请登记特种车辆信息" if ev.get("account_pending") else "道闸已抬起"
-    if alarm == "authority_unreachable":
-        return str(ev.get("reason") or "")
-    return ""
+def alarm_detail(body: dict) -> str:
+    try:
+        return L.alarm_detail(ev.decode(body).event)
+    except Exception:  # noqa: BLE001
+        return ""
 
 
 def barrier_position(inputs: dict[str, bool]) -> str:
@@ -269,7 +198,7 @@ class Screen:
             health = d.get("health")
             devices.append({
                 "name": name,
-                "label": DEVICE_ZH.get(name, f"IO模块 {name}"),
+                "label": L.device(name),
                 "health": health,
                 "reason": d.get("health_reason") or faults.get(name),
             })
@@ -299,37 +228,39 @@ class Screen:
     def lanes(self) -> list[dict[str, Any]]:
         return [self.lane_view(lane) for lane in self.site.lanes.values()]
 
-    def _recent_bodies(self, type_: str, limit: int) -> list[dict]:
+    @staticmethod
+    def _recent_bodies(db, type_: str, limit: int) -> list[dict]:
         """The latest events of one type, newest first (the (type, ts) index: flat cost)."""
-        cur = self.site.journal.db.execute(
-            "SELECT body FROM events WHERE type = ? ORDER BY ts DESC LIMIT ?", (type_, limit)
-        )
+        cur = db.execute("SELECT body FROM events WHERE type = ? ORDER BY ts DESC LIMIT ?", (type_, limit))
         return [json.loads(body) for (body,) in cur.fetchall()]
 
-    def accounted(self) -> set[str]:
-        return {e.get("passage_id") for e in self._recent_bodies("emergency.account", EMERGENCY_LOOKBACK)}
+    def _accounted(self, db) -> set[str]:
+        return {e.get("passage_id") for e in self._recent_bodies(db, "emergency.account", EMERGENCY_LOOKBACK)}
 
-    def passages(self) -> dict[str, Any]:
+    def _passages(self, db) -> dict[str, Any]:
         """Recent passages (newest first) and the emergency releases still owing an account."""
         journal = self.site.journal
-        accounted = self.accounted()
-        rows = journal.passages(None, RECENT_PASSAGES)
+        accounted = self._accounted(db)
+        rows = journal.passages(None, RECENT_PASSAGES, db=db)
         recent = [self._passage_row(r, accounted) for r in rows]
         owed = []
         seen: set[str] = set()
-        for ev in self._recent_bodies("alarm.raised", EMERGENCY_LOOKBACK):
-            auth = ev.get("authorisation") or {}
-            pid = ev.get("passage_id")
-            if ev.get("alarm") != "emergency_release" or auth.get("kind") != "emergency" or not pid:
+        for e in self._recent_bodies(db, "alarm.raised", EMERGENCY_LOOKBACK):
+            auth = e.get("authorisation") or {}
+            pid = e.get("passage_id")
+            if e.get("alarm") != "emergency_release" or auth.get("kind") != "emergency" or not pid:
                 continue
             if pid in seen or pid in accounted:
                 continue
             seen.add(pid)
-            row = journal.passage(pid)
+            row = journal.passage(pid, db=db)
             if row is None or row.get("closed_at") is None or row.get("auth_kind") != "emergency":
                 continue
             owed.append(self._passage_row(row, accounted))
         return {"passages": recent, "emergency_owed": owed}
+
+    async def passages(self) -> dict[str, Any]:
+        return await self.site.journal.read(self._passages)
 
     @staticmethod
     def _passage_row(row: dict, accounted: set[str]) -> dict[str, Any]:
@@ -340,6 +271,7 @@ class Screen:
             "opened_at": row.get("opened_at"),
             "closed_at": row.get("closed_at"),
             "card": row.get("card"),
+            "plate": row.get("plate"),
             "gross_weight_kg": row.get("gross_weight_kg"),
             "decision": row.get("decision"),
             "hint": row.get("hint"),
@@ -351,19 +283,18 @@ class Screen:
             "account_owed": emergency and row.get("closed_at") is not None and row["passage_id"] not in accounted,
         }
 
-    def approvals(self, pending: bool, now: datetime | None = None) -> list[dict[str, Any]]:
+    def _approvals(self, db, pending: bool, now: datetime) -> list[dict[str, Any]]:
         """Accepted approvals, newest first; ``pending``: only those usable now (inside
         their window, lifts left)."""
-        now = now or self.site.now()
         journal = self.site.journal
-        cur = journal.db.execute(
+        cur = db.execute(
             "SELECT approval_id, lane_id, trigger, max_lifts, valid_from, valid_until, document, accepted_at"
             " FROM approvals ORDER BY accepted_at DESC LIMIT ?",
             (100 if not pending else 1000,),
         )
         out = []
         for approval_id, lane_id, trigger, max_lifts, valid_from, valid_until, document, accepted_at in cur.fetchall():
-            used = journal.approval_uses(approval_id)
+            used = journal.approval_uses(approval_id, db)
             start, end = datetime.fromisoformat(valid_from), datetime.fromisoformat(valid_until)
             if now < start:
                 status = "not_yet_valid"
@@ -398,22 +329,26 @@ class Screen:
             })
         return out
 
-    def recent_alarms(self) -> list[dict[str, Any]]:
+    async def approvals(self, pending: bool, now: datetime | None = None) -> list[dict[str, Any]]:
+        now = now or self.site.now()
+        return await self.site.journal.read(lambda db: self._approvals(db, pending, now))
+
+    def _recent_alarms(self, db) -> list[dict[str, Any]]:
         """The latest alarms from the journal, newest first, with any acknowledgement the
         journal holds (an ``alarm.acknowledged`` event naming the alarm's event id)."""
-        alarms = self._recent_bodies("alarm.raised", RECENT_ALARMS)
+        alarms = self._recent_bodies(db, "alarm.raised", RECENT_ALARMS)
         ids = {a["event_id"] for a in alarms}
         acks: dict[str, dict] = {}
-        for ack in self._recent_bodies("alarm.acknowledged", EMERGENCY_LOOKBACK):
-            for key, value in ack.items():
-                if key != "event_id" and isinstance(value, str) and value in ids and value not in acks:
-                    acks[value] = ack
+        for ack in self._recent_bodies(db, "alarm.acknowledged", EMERGENCY_LOOKBACK):
+            target = ack.get("alarm_event_id")
+            if target in ids and target not in acks:
+                acks[target] = ack
         out = []
         for a in alarms:
             ack = acks.get(a["event_id"])
             out.append({
                 **a,
-                "zh": ALARM_ZH.get(a.get("alarm"), a.get("alarm")),
+                "zh": L.zh(L.ALARMS, a.get("alarm")),
                 "detail_zh": alarm_detail(a),
                 "acknowledged_at": ack["ts"] if ack else None,
                 "acknowledged_by": ack.get("by") if ack else None,
@@ -421,27 +356,37 @@ class Screen:
             })
         return out
 
-    def state(self) -> dict[str, Any]:
+    async def recent_alarms(self) -> list[dict[str, Any]]:
+        return await self.site.journal.read(self._recent_alarms)
+
+    async def state(self, lanes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         cfg = self.site.config
+        now = self.site.now()
+
+        def read(db) -> dict[str, Any]:
+            return {
+                **self._passages(db),
+                "approvals": self._approvals(db, True, now),
+                "alarms": self._recent_alarms(db),
+            }
+
         return {
             "site": {"id": cfg.site.id, "name": cfg.site.name},
-            "server_time": self.site.now().isoformat(),
+            "server_time": now.isoformat(),
             "token_configured": cfg.local_api.token is not None,
             "labels": labels(),
-            "lanes": self.lanes(),
-            **self.passages(),
-            "approvals": self.approvals(pending=True),
-            "alarms": self.recent_alarms(),
+            "lanes": lanes if lanes is not None else self.lanes(),
+            **await self.site.journal.read(read),
         }
 
     # ------------------------------------------------------------- pushing
 
-    def on_events(self, events: list[dict]) -> None:
+    def on_events(self, written: list[ev.Stamped]) -> None:
         """Site subscriber: called with each batch of journaled events, in the loop."""
         if self._stopped:
             return
         try:
-            types = {e.get("type") for e in events}
+            types = {s.type for s in written}
             self._lanes_dirty = True
             if types & PASSAGE_EVENTS:
                 self._passages_dirty = True
@@ -449,7 +394,7 @@ class Screen:
                 self._approvals_dirty = True
             self._wake.set()
             if self.clients:
-                self.broadcast(sse("journal", [{**e, "zh": describe_zh(e)} for e in events]))
+                self.broadcast(sse("journal", [{**ev.encode(s), "zh": L.describe(s)} for s in written]))
         except Exception as exc:  # noqa: BLE001 - the screen must never break a lane's write
             log.error("screen could not take events", error=repr(exc))
 
@@ -484,10 +429,10 @@ class Screen:
                         self.broadcast(sse("lanes", {"lanes": changed}))
                 if self._passages_dirty:
                     self._passages_dirty = False
-                    self.broadcast(sse("passages", self.passages()))
+                    self.broadcast(sse("passages", await self.passages()))
                 if self._approvals_dirty:
                     self._approvals_dirty = False
-                    self.broadcast(sse("approvals", {"approvals": self.approvals(pending=True)}))
+                    self.broadcast(sse("approvals", {"approvals": await self.approvals(pending=True)}))
             except Exception as exc:  # noqa: BLE001 - e.g. the journal closed during shutdown
                 log.warning("screen update failed", error=repr(exc))
             await asyncio.sleep(self.min_interval_s)
@@ -514,11 +459,12 @@ class Screen:
             while not client.closing:
                 if client.resync:
                     client.resync = False
-                    state = self.state()
+                    lanes = self.lanes()
                     if self.clients == {client}:
-                        # No other screen to keep up to date: changes count from this state.
-                        self._last_lanes = {v["lane_id"]: self._lane_key(v) for v in state["lanes"]}
-                    await self._write(resp, sse("state", state))
+                        # No other screen to keep up to date: changes count from this state
+                        # (set before the journal is read: a change meanwhile is a change).
+                        self._last_lanes = {v["lane_id"]: self._lane_key(v) for v in lanes}
+                    await self._write(resp, sse("state", await self.state(lanes)))
                     continue
                 data = client.pop()
                 if data is not None:
@@ -555,7 +501,7 @@ class Screen:
 
     async def approvals_route(self, request: web.Request) -> web.Response:
         pending = request.query.get("pending", "") in ("1", "true", "yes")
-        return web.json_response({"approvals": self.approvals(pending=pending)})
+        return web.json_response({"approvals": await self.approvals(pending=pending)})
 
     async def _on_startup(self, app: web.Application) -> None:
         self._stopped = False

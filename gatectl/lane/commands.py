@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
+
+from gatectl.events import Authorisation, Event
 
 
 class Command:
@@ -13,11 +15,18 @@ class Command:
 
 @dataclass(frozen=True, slots=True)
 class Emit(Command):
-    """Journal (and later publish) one lane event of the contract's section 5."""
+    """Journal (and later publish) one event (``gatectl.events``) stamped ``ts``."""
 
-    type: str
+    event: Event
     ts: datetime
-    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def type(self) -> str:
+        return self.event.TYPE
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self.event.data
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,20 +38,26 @@ class RequestRelease(Command):
     card: str
     gross_weight_kg: float | None
     captured_at: datetime
+    plate: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class CommitAuthorisation(Command):
     """Record the authorisation as consumed in the journal before any coil moves (S6).
 
-    The service answers with ``AuthorisationCommitted`` or ``AuthorisationRefused``
-    before it hands the core any other event.
+    Always the last command of its step. The runtime answers with
+    ``AuthorisationCommitted`` or ``AuthorisationRefused`` before it hands the core any
+    other input.
     """
 
     kind: str
     auth_id: str
     passage_id: str
     ts: datetime
+
+    @property
+    def authorisation(self) -> Authorisation:
+        return Authorisation(self.kind, self.auth_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +70,7 @@ class Pulse(Command):
     """
 
     coil: Literal["open", "close"]
-    authorisation: tuple[str, str] | None = None
+    authorisation: Authorisation | None = None
     reason: Literal["lift", "safety_reverse", "lower"] = "lift"
 
 

@@ -116,7 +116,7 @@
     if (spot.hold_next) footer.push(h("span", { class: "warn" }, `海关抽查：后续 ${spot.hold_next} 辆`));
     if (spot.fraction) footer.push(h("span", { class: "warn" }, `海关随机抽查 ${Math.round(spot.fraction * 100)}%`));
     if (v.lift && v.lift.outcome === "emergency") footer.push(h("span", { class: "warn" }, "紧急放行中"));
-    if (v.lift && v.lift.outcome === "manual") footer.push(h("span", { class: "warn" }, "审批手动抬杆"));
+    if (v.lift && v.lift.outcome === "manual") footer.push(h("span", { class: "warn" }, label("outcome", "manual")));
     const direction = v.direction === "in" ? "进区" : v.direction === "out" ? "出区" : "";
     return h("article", { class: `lane${faults.length ? " has-fault" : ""}`, dataset: { lane: v.lane_id, state: v.state } },
       h("header", {},

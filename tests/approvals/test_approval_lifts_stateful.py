@@ -22,16 +22,14 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from gatectl.approvals import ApprovalRefused, public_key_b64, sign, verify
 from gatectl.lane.commands import CommitAuthorisation, Emit, Pulse
 from gatectl.lane.core import LaneCore, LaneRules, LaneState
-from gatectl.lane.events import (
+from gatectl.lane.inputs import (
     INPUT_POINTS,
     ApprovalAccepted,
-    AuthorisationCommitted,
-    AuthorisationRefused,
     InputChanged,
     InputsSnapshot,
     Tick,
 )
-from gatectl.lane.recovery import fold, last_lift
+from lanelog import LaneLog
 
 TZ = ZoneInfo("Asia/Shanghai")
 CUSTOMS = Ed25519PrivateKey.generate()
@@ -49,8 +47,8 @@ class ApprovalMachine(RuleBasedStateMachine):
         self.now = datetime(2026, 11, 27, 9, 0, tzinfo=TZ)
         self._ids = itertools.count(1)
         self._approvals = itertools.count(1)
-        self.journal: list[dict] = []
-        self.consumed: set[tuple[str, str]] = set()
+        self.log = LaneLog("B1-IN")
+        self.consumed = self.log.consumed
         self.inputs = {p: False for p in INPUT_POINTS}
         self.inputs["barrier_down"] = True
         self.accepted: dict[str, dict] = {}  # approval_id -> verified document
@@ -71,16 +69,9 @@ class ApprovalMachine(RuleBasedStateMachine):
 
     def carry_out(self, cmd) -> None:
         if isinstance(cmd, Emit):
-            self.journal.append({"type": cmd.type, "ts": cmd.ts.isoformat(), **cmd.data})
+            self.log.emit(cmd)
         elif isinstance(cmd, CommitAuthorisation):
-            key = (cmd.kind, cmd.auth_id)
-            if key in self.consumed:
-                self.feed(AuthorisationRefused(cmd.kind, cmd.auth_id, "replay"))
-                return
-            self.consumed.add(key)
-            self.journal.append({"type": "authorisation.committed", "ts": cmd.ts.isoformat(),
-                                 "passage_id": cmd.passage_id, "authorisation": {"kind": cmd.kind, "id": cmd.auth_id}})
-            self.feed(AuthorisationCommitted(cmd.kind, cmd.auth_id))
+            self.feed(self.log.commit(cmd))  # answered before any other input (S6)
         elif isinstance(cmd, Pulse) and cmd.coil == "open" and cmd.reason == "lift":
             kind, auth_id = cmd.authorisation
             if kind == "approval":
@@ -172,9 +163,7 @@ class ApprovalMachine(RuleBasedStateMachine):
     @rule()
     def restart(self) -> None:
         """S7: the site reloads accepted approvals with the uses the journal holds."""
-        opened = [i for i, e in enumerate(self.journal) if e["type"] == "passage.opened"]
-        window = self.journal[opened[-1]:] if opened else []
-        self.core = LaneCore(self.rules, recovered=fold(window), last_lift=last_lift(window), new_id=self.new_id)
+        self.core = LaneCore(self.rules, **self.log.recovery(), new_id=self.new_id)
         for approval_id, doc in self.accepted.items():
             until = datetime.fromisoformat(doc["valid_until"])
             if until > self.now:

@@ -2,8 +2,8 @@
 
 A real ``SQLITE_FULL`` without mounting anything: ``PRAGMA max_page_count`` on the
 daemon's own journal connection (the limit is per connection, so the daemon runs in this
-process and the pragma is set on ``site.journal.db``) is lowered to the file's current
-size. Writes that fit in the pages already there still succeed, the rest fail, as on a disk
+process and the pragma is set on the journal writer's connection, by a journal job) is
+lowered to the file's current size. Writes that fit in the pages already there still succeed, the rest fail, as on a disk
 with a few bytes left. After a while the limit is raised again, as when space is freed.
 
 Checked: while the journal cannot record, nothing lifts without its authorisation
@@ -65,7 +65,11 @@ async def disk_full_campaign(tmp_path: Path, figures: dict, *, fills: int, full_
         await daemon.start()
         observer.start()
         traffic.start()
-        db = daemon.site.journal.db
+        journal = daemon.site.journal
+
+        def limit_pages(tx) -> tuple[int, int]:
+            pages = tx.db.execute("PRAGMA page_count").fetchone()[0]
+            return pages, tx.db.execute(f"PRAGMA max_page_count = {pages}").fetchone()[0]
 
         def journal_faulty() -> list[str]:
             return [lane for lane in daemon.site.lanes if "journal" in daemon.lane_faults(lane)]
@@ -78,8 +82,8 @@ async def disk_full_campaign(tmp_path: Path, figures: dict, *, fills: int, full_
                          timeout=60, what="warm-up passages")
         for _ in range(fills):
             await asyncio.sleep(rng.uniform(0.5, 3.0))
-            pages = db.execute("PRAGMA page_count").fetchone()[0]
-            assert db.execute(f"PRAGMA max_page_count = {pages}").fetchone()[0] == pages
+            pages, limit = journal.run(limit_pages).result(timeout=30)
+            assert limit == pages
             full_at = time.time()
             # Traffic keeps coming: some write soon finds no page left.
             await wait_until(lambda: journal_faulty() != [] or daemon.crashed is not None, timeout=60,
@@ -88,7 +92,7 @@ async def disk_full_campaign(tmp_path: Path, figures: dict, *, fills: int, full_
             await asyncio.sleep(full_s)
             assert daemon.crashed is None, f"the daemon stopped on a full disk: {daemon.crashed!r}"
             seen_before = set(observer.seen)
-            db.execute(f"PRAGMA max_page_count = {NO_LIMIT}")
+            journal.run(lambda tx: tx.db.execute(f"PRAGMA max_page_count = {NO_LIMIT}")).result(timeout=30)
             freed_at = time.time()
             windows.append((full_at, freed_at))
             await wait_until(lambda: journal_faulty() == [], timeout=60, what="journal fault closed")
@@ -101,7 +105,7 @@ async def disk_full_campaign(tmp_path: Path, figures: dict, *, fills: int, full_
         await wait_until(lambda: all(lane.barrier.position == "down" for lane in sim.lanes), timeout=30,
                          what="booms down")
         assert daemon.crashed is None, repr(daemon.crashed)
-        unwritten = {lane.id: len(lane._unwritten) for lane in daemon.site.lanes.values()}
+        unwritten = daemon.site.journal.queued
         await daemon.stop()
         await observer.stop()
 
@@ -125,7 +129,7 @@ async def disk_full_campaign(tmp_path: Path, figures: dict, *, fills: int, full_
             "events_seen_during_run": len(observer.seen),
             "passed": sum(1 for e in evs if e["type"] == "passage.closed" and e["outcome"] == "passed"),
         })
-        assert unwritten == dict.fromkeys(unwritten, 0), f"events still held in memory: {unwritten}"
+        assert unwritten == 0, f"appends still held in memory: {unwritten}"
         assert len(journal_faults) >= len(windows) and late_written > 0
         lift_stats: dict = {}
         problems = (observer.lost(evs) + seq_problems(evs) + lift_problems(recorder, auths, evs, lift_stats)

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from gatectl.lane.commands import ConfirmPassage, Pulse
 from gatectl.lane.core import LaneState as S
-from gatectl.lane.events import CoilWriteFailed, DeviceFault, DeviceRecovered, InputsSnapshot
+from gatectl.lane.inputs import CoilWriteFailed, DeviceFault, DeviceRecovered, InputsSnapshot
 
 from test_core_scenarios import (
     BONDED,

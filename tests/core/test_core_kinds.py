@@ -13,11 +13,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from gatectl.lane import core as core_module
+from gatectl.lane import display as core_module
 from gatectl.lane.commands import CommitAuthorisation, ConfirmPassage, Pulse, RequestRelease
 from gatectl.lane.core import LaneRules, LaneState
 from gatectl.lane.errors import LaneProtocolError
-from gatectl.lane.events import DeviceFault, DeviceRecovered, SpotCheckOrdered
+from gatectl.lane.inputs import DeviceFault, DeviceRecovered, SpotCheckOrdered
+from gatectl.lane.passage import LaneRecord
 from test_core_scenarios import (
     BONDED,
     CARD_A,
@@ -481,8 +482,8 @@ def test_r7_r11_an_emergency_lift_is_not_spot_checked() -> None:
 
 
 def test_r7_s7_spot_checks_in_force_are_restored_from_the_core_arguments() -> None:
-    """R7, S7: LaneCore(spot_check=(n, f)) is what the journal says is still in force."""
-    lane = start(BONDED, spot_check=(1, 0.0))
+    """R7, S7: LaneCore(lane=LaneRecord(spot checks)) is what the journal says is still in force."""
+    lane = start(BONDED, lane=LaneRecord("B1-IN", spot_hold_next=1))
     up_to_deciding(lane, 1)
     out = lane.decide("release", at(4), "CMD-1")
     assert emitted(out, "passage.held")[0]["reason"] == "spot_check"

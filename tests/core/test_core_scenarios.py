@@ -5,12 +5,11 @@ walk the passages of DESIGN.md sections 3-4 step by step, with explicit Asia/Sha
 timestamps, and check the exact commands of every step (events journaled, pulses, release
 requests, authorisation commits, display texts, in order) and ``core.state`` afterwards.
 
-``Lane`` below plays the lane service the way ``gatectl.service.LaneService`` does: it
-carries out the commands in order, answers ``CommitAuthorisation`` at once from an
-in-memory set of consumed authorisations (appending ``authorisation.committed`` to the
-journal as the real journal does, in the same place), and keeps every journaled event as
-a dict so that ``gatectl.lane.recovery.fold`` and ``last_lift`` can rebuild a crashed lane
-from the events since its last ``passage.opened``, as ``Journal.recover`` does (S7).
+``Lane`` below plays the lane runtime the way ``gatectl.lane.runtime`` does: it
+carries out the commands in order, answers ``CommitAuthorisation`` at once, before any
+other input, from an in-memory journal (``tests/support/lanelog.py``) that keeps every
+event as its JSON body, splits a poll into single edges (``poll_edges``) once the lane
+runs, and rebuilds a crashed lane from the journal with the journal's own fold (S7).
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from gatectl.lane import core as core_module
+from gatectl.lane import display as core_module
 from gatectl.lane.commands import (
     CommitAuthorisation,
     Command,
@@ -35,23 +34,24 @@ from gatectl.lane.commands import (
 )
 from gatectl.lane.core import LaneCore, LaneRules, LaneState
 from gatectl.lane.errors import LaneProtocolError
-from gatectl.lane.events import (
+from gatectl.lane.inputs import (
     INPUT_POINTS,
     AuthorisationCommitted,
     AuthorisationRefused,
     CardRead,
     DeviceFault,
     DeviceRecovered,
-    Event,
+    Input as Event,
     InputChanged,
     InputsSnapshot,
-    Recovered,
     ReleaseDecided,
     ReleaseFailed,
     Tick,
     WeightStable,
 )
-from gatectl.lane.recovery import fold, last_lift, spot_checks
+from gatectl.lane.inputs import poll_edges
+from gatectl.lane.passage import LaneRecord, PassageRecord
+from lanelog import LaneLog
 
 S = LaneState
 TZ = ZoneInfo("Asia/Shanghai")
@@ -93,48 +93,57 @@ def _no_draws() -> float:
 
 
 class Lane:
-    """One lane core and a minimal, synchronous lane service around it."""
+    """One lane core and a minimal, synchronous lane runtime around it."""
 
     def __init__(
         self,
         rules: LaneRules = BONDED,
         *,
-        recovered: Recovered | None = None,
-        last_lift: tuple[str, str] | None = None,
-        consumed: set[tuple[str, str]] | None = None,
-        journal: list[dict] | None = None,
+        recovered: PassageRecord | None = None,
+        lane: LaneRecord | None = None,
+        log: LaneLog | None = None,
         ids: Iterator[int] | None = None,
-        spot_check: tuple[int, float] = (0, 0.0),
         rand: Callable[[], float] | None = None,
     ) -> None:
         self.rules = rules
         self._ids = ids if ids is not None else itertools.count(1)
         #: The core's random draws for spot-check fractions (R7): never drawn unless set.
         self.rand = rand if rand is not None else _no_draws
-        self.core = LaneCore(
-            rules,
-            recovered=recovered,
-            last_lift=last_lift,
-            new_id=self.new_id,
-            spot_check=spot_check,
-            rand=self.rand,
-        )
-        self.journal: list[dict] = journal if journal is not None else []
-        self.consumed: set[tuple[str, str]] = consumed if consumed is not None else set()
-        self.journal_broken = False
+        self.core = LaneCore(rules, recovered=recovered, lane=lane, new_id=self.new_id, rand=self.rand)
+        self.log = log if log is not None else LaneLog(rules.lane_id)
+        #: Every journaled event of the lane as its JSON body (cut its tail to lose writes).
+        self.journal: list[dict] = self.log.bodies
         self.requests: list[RequestRelease] = []
         self.inputs = {p: False for p in INPUT_POINTS}
+
+    @property
+    def consumed(self) -> set[tuple[str, str]]:
+        return self.log.consumed
+
+    @property
+    def journal_broken(self) -> bool:
+        return self.log.broken
+
+    @journal_broken.setter
+    def journal_broken(self, value: bool) -> None:
+        self.log.broken = value
 
     def new_id(self) -> str:
         return f"id-{next(self._ids)}"
 
-    # The service's side: carry out commands in order, answer commits at once.
+    # The runtime's side: carry out commands in order, answer commits at once.
 
     def feed(self, event: Event, now: datetime) -> list[Command]:
         if isinstance(event, InputChanged):
             self.inputs[event.point] = event.value
         elif isinstance(event, InputsSnapshot):
             self.inputs.update(event.values)
+            if self.core.running:
+                # A later poll reaches the core one edge at a time, as the runtime feeds it.
+                out: list[Command] = []
+                for edge in poll_edges(event.values):
+                    out += self._execute(self.core.handle(edge, now), now)
+                return out
         return self._execute(self.core.handle(event, now), now)
 
     def _execute(self, commands: list[Command], now: datetime) -> list[Command]:
@@ -142,29 +151,12 @@ class Lane:
         for cmd in commands:
             done.append(cmd)
             if isinstance(cmd, Emit):
-                self.journal.append({"type": cmd.type, "ts": cmd.ts.isoformat(), **cmd.data})
+                self.log.emit(cmd)
             elif isinstance(cmd, RequestRelease):
                 self.requests.append(cmd)
             elif isinstance(cmd, CommitAuthorisation):
-                done.extend(self._execute(self.core.handle(self._commit(cmd), now), now))
+                done.extend(self._execute(self.core.handle(self.log.commit(cmd), now), now))
         return done
-
-    def _commit(self, cmd: CommitAuthorisation) -> Event:
-        key = (cmd.kind, cmd.auth_id)
-        if self.journal_broken:
-            return AuthorisationRefused(cmd.kind, cmd.auth_id, "journal_error", "disk full")
-        if key in self.consumed:
-            return AuthorisationRefused(cmd.kind, cmd.auth_id, "replay", "consumed before")
-        self.consumed.add(key)
-        self.journal.append(
-            {
-                "type": "authorisation.committed",
-                "ts": cmd.ts.isoformat(),
-                "passage_id": cmd.passage_id,
-                "authorisation": {"kind": cmd.kind, "id": cmd.auth_id},
-            }
-        )
-        return AuthorisationCommitted(cmd.kind, cmd.auth_id)
 
     # Shorthands for the steps of a scenario.
 
@@ -190,25 +182,9 @@ class Lane:
         return self.feed(Tick(), now)
 
     def restart(self, now: datetime, **inputs: bool) -> tuple["Lane", list[Command]]:
-        """S7: a new core knowing only the journal and the live inputs.
-
-        As ``Journal.recover`` does: the window is the lane's events since its last
-        ``passage.opened`` (none if it never opened one); ``fold`` rebuilds the open
-        passage from it and ``last_lift`` names what a barrier found up is up for.
-        """
-        opened = [i for i, e in enumerate(self.journal) if e["type"] == "passage.opened"]
-        window = self.journal[opened[-1] :] if opened else []
-        lane = Lane(
-            self.rules,
-            recovered=fold(window),
-            last_lift=last_lift(window),
-            consumed=self.consumed,
-            journal=self.journal,
-            ids=self._ids,
-            # As Journal.spot_checks: the orders in force after the lane's whole history.
-            spot_check=spot_checks(self.journal),
-            rand=self.rand,
-        )
+        """S7: a new core knowing only the journal and the live inputs, rebuilt with the
+        journal's own fold of the lane's events."""
+        lane = Lane(self.rules, **self.log.recovery(), log=self.log, ids=self._ids, rand=self.rand)
         return lane, lane.start(now, **inputs)
 
     # Reading what happened.
@@ -218,7 +194,7 @@ class Lane:
         return self.core.state
 
     def events(self, type_: str) -> list[dict]:
-        return [e for e in self.journal if e["type"] == type_]
+        return self.log.events(type_)
 
     def alarms(self, alarm: str | None = None) -> list[dict]:
         return [e for e in self.events("alarm.raised") if alarm is None or e["alarm"] == alarm]

@@ -20,10 +20,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from gatectl.lane.commands import CommitAuthorisation, Emit, Pulse, RequestRelease
 from gatectl.lane.core import LaneCore, LaneRules, LaneState
-from gatectl.lane.events import (
+from gatectl.lane.inputs import (
     INPUT_POINTS,
-    AuthorisationCommitted,
-    AuthorisationRefused,
     CardRead,
     CoilWriteFailed,
     DeviceFault,
@@ -34,7 +32,8 @@ from gatectl.lane.events import (
     ReleaseFailed,
     Tick,
 )
-from gatectl.lane.recovery import fold, last_lift
+from gatectl.lane.inputs import poll_edges
+from lanelog import LaneLog
 
 TZ = ZoneInfo("Asia/Shanghai")
 CARDS = ["0100E2850E", "06008E6D5D", "3A00F1229B"]
@@ -48,9 +47,9 @@ class LaneMachine(RuleBasedStateMachine):
         super().__init__()
         self.now = datetime(2026, 11, 27, 9, 0, tzinfo=TZ)
         self._ids = itertools.count(1)
-        self.journal: list[dict] = []
-        self.consumed: set[tuple[str, str]] = set()
-        self.journal_broken = False
+        self.log = LaneLog("B1-IN")
+        self.journal: list[dict] = self.log.bodies
+        self.consumed = self.log.consumed
         self.lifts: Counter[tuple[str, str]] = Counter()
         self.released_instructions: set[str] = set()
         self.requests: list[str] = []
@@ -112,7 +111,7 @@ class LaneMachine(RuleBasedStateMachine):
         core = self.core
         assert core is not None
         if isinstance(cmd, Emit):
-            self.journal.append({"type": cmd.type, "ts": cmd.ts.isoformat(), **cmd.data})
+            self.log.emit(cmd)
             if cmd.type == "alarm.raised" and cmd.data["alarm"] == "tailgating":
                 self.lift_alarmed = True
             if cmd.type == "release.decided" and cmd.data["decision"] == "release":
@@ -125,23 +124,8 @@ class LaneMachine(RuleBasedStateMachine):
             assert self.requests_per_passage[cmd.passage_id] == 1, "S8: one release request per passage"
             return []
         if isinstance(cmd, CommitAuthorisation):
-            key = (cmd.kind, cmd.auth_id)
-            if self.journal_broken:
-                reply = AuthorisationRefused(cmd.kind, cmd.auth_id, "journal_error")
-            elif key in self.consumed:
-                reply = AuthorisationRefused(cmd.kind, cmd.auth_id, "replay")
-            else:
-                self.consumed.add(key)
-                self.journal.append(
-                    {
-                        "type": "authorisation.committed",
-                        "ts": cmd.ts.isoformat(),
-                        "passage_id": cmd.passage_id,
-                        "authorisation": {"kind": cmd.kind, "id": cmd.auth_id},
-                    }
-                )
-                reply = AuthorisationCommitted(cmd.kind, cmd.auth_id)
-            return self.feed(reply)
+            # The runtime answers a commit before any other input (S6).
+            return self.feed(self.log.commit(cmd))
         if isinstance(cmd, Pulse):
             if cmd.coil == "open":
                 assert cmd.authorisation is not None
@@ -196,7 +180,7 @@ class LaneMachine(RuleBasedStateMachine):
     @rule(card=st.sampled_from(CARDS), instruction=st.sampled_from(INSTRUCTIONS))
     def arrive_and_release(self, card: str, instruction: str) -> None:
         """A vehicle arrives, shows its card, is weighed and released."""
-        from gatectl.lane.events import WeightStable
+        from gatectl.lane.inputs import WeightStable
 
         self.set_input("arrival_loop", True)
         self.feed(CardRead(card))
@@ -223,7 +207,9 @@ class LaneMachine(RuleBasedStateMachine):
                 # Keep S4's edge bookkeeping exact: deliver loop rises one by one.
                 self.set_input(point, True)
         self.inputs.update(values)
-        self.feed(InputsSnapshot(dict(values)))
+        # The runtime hands a running lane one poll as single edges, in order.
+        for edge in poll_edges(values):
+            self.feed(edge)
 
     @rule(card=st.sampled_from(CARDS), elsewhere=st.sampled_from([None, None, None, "N2-OUT"]))
     def card(self, card: str, elsewhere: str | None) -> None:
@@ -233,7 +219,7 @@ class LaneMachine(RuleBasedStateMachine):
 
     @rule(kg=st.sampled_from([0.0, 320.0, 800.0, 31250.0]))
     def weight(self, kg: float) -> None:
-        from gatectl.lane.events import WeightStable
+        from gatectl.lane.inputs import WeightStable
 
         self.feed(WeightStable(kg))
 
@@ -275,14 +261,12 @@ class LaneMachine(RuleBasedStateMachine):
 
     @rule()
     def break_journal(self) -> None:
-        self.journal_broken = not self.journal_broken
+        self.log.broken = not self.log.broken
 
     @rule()
     def restart(self) -> None:
         """S7: crash and restart; the new core knows only the journal and the live inputs."""
-        opened = [i for i, e in enumerate(self.journal) if e["type"] == "passage.opened"]
-        window = self.journal[opened[-1] :] if opened else []
-        self.core = LaneCore(self.rules, recovered=fold(window), last_lift=last_lift(window), new_id=self.new_id)
+        self.core = LaneCore(self.rules, **self.log.recovery(), new_id=self.new_id)
         self.requests_per_passage.clear()
         self.lift_falls, self.lift_alarmed = 0, False
         self.feed(InputsSnapshot(dict(self.inputs)))

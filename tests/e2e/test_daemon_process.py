@@ -188,4 +188,4 @@ def test_demo_runs_a_whole_site(tmp_path: Path) -> None:
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert out.returncode == 0, out.stderr
-    assert "抬杆" in out.stdout and "通行结束: passed" in out.stdout, out.stdout[-2000:]
+    assert "抬杆" in out.stdout and "通行结束: 已通行" in out.stdout, out.stdout[-2000:]

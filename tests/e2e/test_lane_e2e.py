@@ -215,3 +215,30 @@ async def test_io_module_outage_fails_closed_then_recovers(running: Running) -> 
     assert await lane.drive(TRUCK) == "passed"
     await wait_until(lambda: outcomes(running) == ["passed"])
     assert lane.opens == 1
+
+
+async def test_s7_a_lane_whose_runtime_fails_starts_again_from_the_journal(running: Running) -> None:
+    """S7, S1: a bug in one step of a lane (here its core refuses a card with an error) does
+    not stop the daemon: that lane is started again from the journal and its inputs, as
+    after a crash, and the next vehicle passes; nothing lifted twice."""
+    service = running.site.lanes["B1-IN"]
+    real = service.core.handle
+    failed = []
+
+    def broken(event, now):
+        if type(event).__name__ == "CardRead" and not failed:
+            failed.append(event)
+            raise RuntimeError("a bug in one step")
+        return real(event, now)
+
+    service.core.handle = broken  # type: ignore[method-assign]
+    running.sim.authority.script(TRUCK.card, "release")
+    lane = running.sim.lane("B1-IN")
+    assert await lane.drive(TRUCK, wait_for_lift_s=3.0) == "backed_out"
+    await wait_until(lambda: service.restarts == 1 and service.core.running, timeout=20)
+    assert failed and service.core.handle is not broken  # a new core
+    assert await lane.drive(TRUCK) == "passed"
+    lifts = [e for e in running.events("B1-IN", "barrier.lifted") if e["reason"] == "lift"]
+    assert len(lifts) == len({e["authorisation"]["id"] for e in lifts}) == 1
+    status, body = await running.get("/api/v1/health")
+    assert status == 200 and body["status"] == "ok"

@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 
 from gatectl.config import SiteConfig, load_config
-from gatectl.journal import Journal, PendingEvent
+from gatectl.journal import Entry, Journal
+from gatectl.lane.commands import CommitAuthorisation
 
 from .synthetic import SITE_ID, site_yaml
+from journaling import write
 
 
 def make_config(tmp_path: Path, ledger: str = "") -> SiteConfig:
@@ -56,33 +58,38 @@ def write_passage(
     """One passage the way the lane core journals it; returns its passage_id."""
     pid = str(uuid.uuid4())
     t = opened
-    events = [PendingEvent("passage.opened", t, {"passage_id": pid, "card": None, **(opened_data or {})})]
+    events = [Entry.of("passage.opened", t, {"passage_id": pid, "card": None, **(opened_data or {})})]
     if card is not None:
-        events.append(PendingEvent("card.read", t, {"passage_id": pid, "card": card}))
+        events.append(Entry.of("card.read", t, {"passage_id": pid, "card": card}))
     if kg is not None:
-        events.append(PendingEvent("weight.stable", t, {"passage_id": pid, "gross_weight_kg": kg}))
+        events.append(Entry.of("weight.stable", t, {"passage_id": pid, "gross_weight_kg": kg}))
     if decision is not None:
         if outcome == "passed" and instruction is None:
             instruction = f"CMD-{pid[:8]}"
-        events.append(PendingEvent("release.decided", t, {
-            "passage_id": pid, "decision": decision, "instruction_id": instruction, "form_id": form, "hint": hint,
+        events.append(Entry.of("release.decided", t, {
+            "source": "authority", "request_id": f"R-{pid[:8]}", "passage_id": pid, "decision": decision,
+            "instruction_id": instruction, "form_id": form, "hint": hint,
         }))
     if auth is None and instruction is not None and outcome == "passed":
         auth = ("release_instruction", instruction)
+    if auth is not None:
+        # Consumed after the decision, before the vehicle moves (S6), as the lane does.
+        write(journal, lane, events, authorisation=CommitAuthorisation(auth[0], auth[1], pid, t))
+        events = []
     if outcome == "held":
-        events.append(PendingEvent("passage.held", t, {"passage_id": pid, "reason": reason, "display": "不予放行"}))
+        events.append(Entry.of("passage.held", t, {"passage_id": pid, "reason": reason, "display": "不予放行"}))
     closed = {"passage_id": pid, "outcome": outcome, "card": card, "gross_weight_kg": kg, "decision": decision,
               "authorisation": None if auth is None else {"kind": auth[0], "id": auth[1]}}
     if reason is not None:
         closed["reason"] = reason
-    events.append(PendingEvent("passage.closed", t + timedelta(seconds=20), closed))
-    journal.write(lane, events, authorisation=None if auth is None else (auth[0], auth[1], pid, t))
+    events.append(Entry.of("passage.closed", t + timedelta(seconds=20), closed))
+    write(journal, lane, events)
     return pid
 
 
 def record(journal: Journal, lane_id: str, type_: str, t: datetime, /, **data: Any) -> dict:
     """One record event (what ``Site.record`` journals), at ``t``."""
-    return journal.write(lane_id, [PendingEvent(type_, t, data)])[0]
+    return write(journal, lane_id, [Entry.of(type_, t, data)])[0]
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

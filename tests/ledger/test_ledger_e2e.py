@@ -21,6 +21,7 @@ from gatectl.service import SITE_LANE, Site
 from simulators.site import LaneSpec, SimulatedSite, Vehicle, free_tcp_port
 
 from .conftest import csv_header, read_csv, read_xlsx, xlsx_headers
+from journaling import record
 
 TZ = ZoneInfo("Asia/Shanghai")
 CUSTOMS = Ed25519PrivateKey.generate()
@@ -28,7 +29,7 @@ BONDED = LaneSpec("B1-IN", "保税货物进区1号", "bonded", "in", "K001")
 TRUCK = Vehicle("0100E2850E", "云A12345", 31250)
 SECOND = Vehicle("06008E6D5D", "云A67890", 18800)
 NO_CARD = Vehicle(None, "云A00000", 9000)
-OUTCOME_ZH = {"passed": "通行", "held": "不予放行", "manual": "手动抬杆", "emergency": "紧急放行", "forced": "闯卡",
+OUTCOME_ZH = {"passed": "已通行", "held": "不予放行", "manual": "手动抬杆", "emergency": "紧急放行", "forced": "闯卡",
               "backed_out": "倒车离开"}
 
 
@@ -87,7 +88,7 @@ async def drive_a_day(sim: SimulatedSite, site: Site) -> None:
            "countersigned_by": None, "plate": "云A99999", "valid_from": (now - timedelta(minutes=1)).isoformat(),
            "valid_until": (now + timedelta(hours=1)).isoformat(), "max_lifts": 1, "signatures": []}
     lane.set_loop("arrival", True)
-    result = await site.accept_approval(sign(doc, "customs", CUSTOMS), source="test")
+    result = await site.orders.approval(sign(doc, "customs", CUSTOMS), source="test")
     assert result["status"] == "accepted", result
     await wait_until(lambda: lane.barrier.position == "up")
     await drive_through(lane)
@@ -102,7 +103,7 @@ async def drive_a_day(sim: SimulatedSite, site: Site) -> None:
     await wait_until(lambda: lane.barrier.position == "down")
     emergency = site.journal.passages("B1-IN", limit=1)[0]
     assert emergency["outcome"] == "emergency"
-    account = await site.add_emergency_account({"passage_id": emergency["passage_id"], "vehicle_type": "消防车",
+    account = await site.orders.emergency_account({"passage_id": emergency["passage_id"], "vehicle_type": "消防车",
                                                 "plate": "云A119", "note": "火警出警", "by": "王保安"})
     assert account["status"] == "accepted"
 
@@ -112,19 +113,19 @@ async def drive_a_day(sim: SimulatedSite, site: Site) -> None:
     await wait_until(lambda: len(closed(site)) == 5)
 
     forced = next(e for e in site.journal.events("B1-IN") if e.get("alarm") == "forced_passage")
-    site.record("B1-IN", "alarm.acknowledged", {"alarm_event_id": forced["event_id"], "alarm": "forced_passage",
+    record(site, "B1-IN", "alarm.acknowledged", {"alarm_event_id": forced["event_id"], "alarm": "forced_passage",
                                                 "by": "王保安", "note": "已报海关"})
-    site.record("B1-IN", "incident.opened", {"incident_id": "INC-1", "kind": "forced_passage", "reason": "闯卡"})
-    site.record("B1-IN", "incident.closed", {"incident_id": "INC-1", "by": "王保安", "summary": "车辆已拦回"})
-    site.record(SITE_LANE, "shift.handover", {"outgoing": "赵保安", "incoming": "王保安", "notes": "视频监控正常",
+    record(site, "B1-IN", "incident.opened", {"incident_id": "INC-1", "kind": "forced_passage", "reason": "闯卡"})
+    record(site, "B1-IN", "incident.closed", {"incident_id": "INC-1", "by": "王保安", "summary": "车辆已拦回"})
+    record(site, SITE_LANE, "shift.handover", {"outgoing": "赵保安", "incoming": "王保安", "notes": "视频监控正常",
                                               "open_alarms": [], "open_incidents": [], "open_tickets": []})
-    site.record(SITE_LANE, "shift.check", {"phase": "start", "guard": "王保安", "remarks": "",
+    record(site, SITE_LANE, "shift.check", {"phase": "start", "guard": "王保安", "remarks": "",
                                            "devices": {"B1-IN/card_reader": "ok"}})
-    site.record(SITE_LANE, "video.note", {"guard": "王保安", "note": "监控画面正常"})
-    site.record(SITE_LANE, "equipment.daily", {"date": now.date().isoformat(), "lane_id": "B1-IN",
+    record(site, SITE_LANE, "video.note", {"guard": "王保安", "note": "监控画面正常"})
+    record(site, SITE_LANE, "equipment.daily", {"date": now.date().isoformat(), "lane_id": "B1-IN",
                                                "device": "card_reader", "availability": 1.0, "faults": 0,
                                                "faulty_s": 0, "frames_dropped": 0, "checks": 1})
-    site.record("B1-IN", "ticket.opened", {"ticket_id": "T-1", "device": "weighbridge", "lane_id": "B1-IN",
+    record(site, "B1-IN", "ticket.opened", {"ticket_id": "T-1", "device": "weighbridge", "lane_id": "B1-IN",
                                            "reason": "silence", "source": "fault"})
 
 

@@ -89,7 +89,7 @@ def test_rows_in_time_order_with_chinese_values_beside_raw_codes(config: SiteCon
     assert (r["IC卡号"], r["毛重(kg)"], r["海关指令"], r["指令代码"]) == ("0A0B0C0D0E", "31250", "放行", "release")
     assert (r["放行指令号"], r["核放单号"], r["海关提示"]) == ("CMD-1", "HF1", "核放通过")
     assert (r["通行结果"], r["结果代码"], r["授权类型"], r["授权类型代码"], r["授权编号"]) == (
-        "通行", "passed", "海关放行指令", "release_instruction", "CMD-1")
+        "已通行", "passed", "海关放行指令", "release_instruction", "CMD-1")
     assert (r["时间"], r["离开时间"]) == ("2026-11-13 09:00:00", "2026-11-13 09:00:20")
     r = by[held]
     assert (r["方向"], r["海关指令"], r["通行结果"], r["结果代码"]) == ("出", "待检", "不予放行", "held")
@@ -111,7 +111,7 @@ def test_emergency_and_manual_lifts_carry_plate_and_account(config: SiteConfig, 
            "requested_by": {"org": "某某物流", "name": "张三"}, "verified_by": {"org": "运维单位", "name": "李四"},
            "approved_by": {"org": "昆明海关", "name": "王五"}, "countersigned_by": None}
     journal.store_approval("AP-1", "B1-IN", "panel", 1, local(2026, 11, 13), local(2026, 11, 14),
-                           json.dumps(doc, ensure_ascii=False), local(2026, 11, 13))
+                           json.dumps(doc, ensure_ascii=False), local(2026, 11, 13)).result()
     manual = write_passage(journal, "B1-IN", local(2026, 11, 13, 9), "manual", card=None, kg=None, decision=None,
                            auth=("approval", "AP-1#1"), opened_data={"approval_id": "AP-1"})
     fire = write_passage(journal, "B1-OUT", local(2026, 11, 13, 10), "emergency", card=None, kg=None,

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from gatectl.config import load_config
+from gatectl import events as ev
 from gatectl.ledger import LedgerScheduler, Period
 from gatectl.service import Site
 
@@ -61,7 +62,7 @@ async def test_each_period_written_once_announced_and_caught_up_after_downtime(t
     clock = Clock(datetime(2026, 11, 28, 0, 20, tzinfo=TZ))  # the first period ended 20 minutes ago
     site = make_site(tmp_path, clock, LEDGER)
     published: list[dict] = []
-    site.subscribe(lambda evs: published.extend(e for e in evs if e["type"] == "ledger.exported"))
+    site.subscribe(lambda evs: published.extend(ev.encode(s) for s in evs if s.type == "ledger.exported"))
     sched = LedgerScheduler(site)
     assert await sched.run_once() == []  # not settled yet: passages may still be closing
     clock.t = datetime(2026, 11, 28, 0, 31, tzinfo=TZ)
@@ -132,7 +133,7 @@ async def test_run_writes_by_itself_and_never_returns(tmp_path: Path, journal_pa
     clock = Clock(datetime(2026, 11, 28, 1, 0, tzinfo=TZ))
     site = make_site(tmp_path, clock, LEDGER)
     published: list[dict] = []
-    site.subscribe(lambda evs: published.extend(e for e in evs if e["type"] == "ledger.exported"))
+    site.subscribe(lambda evs: published.extend(ev.encode(s) for s in evs if s.type == "ledger.exported"))
     task = asyncio.create_task(LedgerScheduler(site, poll_s=0.05).run())
     for _ in range(400):
         if len(published) == 2:

@@ -86,13 +86,14 @@ async def test_spot_check_by_mqtt_holds_the_next_vehicle_and_bad_orders_are_refu
     """R7 over MQTT: ``{"lane_id", "hold_next": 1}`` holds the next released lorry, the one
     after passes. Not JSON, an unknown lane, a bad value and a retained order (which would
     be applied again on every reconnect) are each refused as ``command.refused`` with the
-    reason, journaled on ``_site`` and published; the link stays up throughout."""
+    reason, counted, journaled on ``_site`` once per topic and reason with the count (not
+    one by one), and published; the link stays up throughout."""
     broker = await brokers()
     col = await collectors(broker.port)
     topic = f"{PREFIX}/cmd/spot-checks"
     # Left retained on the broker before the daemon subscribes.
     await col.publish(topic, dumps({"lane_id": "B1-IN", "clear": True}), retain=True)
-    h = await sites(broker.port)
+    h = await sites(broker.port, refused_interval=0.3)
     await wait_until(lambda: h.link.connected)
     for payload in (b"\xff not json", dumps({"lane_id": "Z9", "hold_next": 1}),
                     dumps({"lane_id": "B1-IN", "hold_next": -1}), dumps(["B1-IN", 1])):
@@ -109,9 +110,12 @@ async def test_spot_check_by_mqtt_holds_the_next_vehicle_and_bad_orders_are_refu
     assert [c["outcome"] for c in h.journal("B1-IN", "passage.closed")] == ["held", "passed"]
     assert [e["reason"] for e in h.journal("B1-IN", "passage.held")] == ["spot_check"]
 
+    await wait_until(lambda: sum(r["count"] for r in h.journal("_site", "command.refused")) == 5)
     refused = h.journal("_site", "command.refused")
-    assert sorted(r["reason"] for r in refused) == ["invalid", "malformed", "malformed", "retained", "unknown_lane"]
+    assert sorted((r["reason"], r["count"]) for r in refused) == [
+        ("invalid", 1), ("malformed", 2), ("retained", 1), ("unknown_lane", 1)]
     assert all(r["source"] == "mqtt" and r["topic"] == topic and r["message"] for r in refused)
     assert [r["lane"] for r in refused if r["reason"] == "invalid"] == ["B1-IN"]
-    await wait_until(lambda: len([e for e in col.events("_site") if e["type"] == "command.refused"]) == 5)
+    assert h.link.commands["refused"] == 5
+    await wait_until(lambda: len([e for e in col.events("_site") if e["type"] == "command.refused"]) == 4)
     assert h.link.outages == 0 and h.link.connected

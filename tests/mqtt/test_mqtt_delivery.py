@@ -12,6 +12,7 @@ from structlog.testing import capture_logs
 from simulators.site import FLEET, INTRUDERS
 
 from .conftest import BONDED, BONDED_OUT, PREFIX, mqtt_yaml, wait_until
+from journaling import record
 
 LANES = ["B1-IN", "B2-OUT"]
 
@@ -54,7 +55,7 @@ async def test_events_in_seq_order_per_lane_with_alarms_states_and_status(broker
         assert await b2.drive(FLEET[2]) == "passed"
 
     await asyncio.gather(lane_one(), lane_two())
-    h.site.record("_site", "note.recorded", {"text": "交接班记录已写入"})
+    record(h.site, "_site", "note.recorded", {"text": "交接班记录已写入"})
     lanes = [*LANES, "_site"]
     await wait_until(lambda: has_all(col, h, lanes) and h.link.depth() == 0)
 
@@ -184,19 +185,20 @@ async def test_cursor_write_failing_is_logged_once_and_delivery_goes_on(brokers,
     broker = await brokers()
     col = await collectors(broker.port)
     h = await sites(broker.port, cursor_save_interval=0)
-    db = h.site.journal.db
+    journal = h.site.journal
     for op in ("INSERT", "UPDATE"):
-        db.execute(f"CREATE TRIGGER refuse_{op.lower()} BEFORE {op} ON mqtt_cursor"
-                   " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")
+        journal.run(lambda tx, op=op: tx.db.execute(
+            f"CREATE TRIGGER refuse_{op.lower()} BEFORE {op} ON mqtt_cursor"
+            " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")).result()
     with capture_logs() as logs:
         for n in range(3):
-            h.site.record("_site", "note.recorded", {"n": n})
+            record(h.site, "_site", "note.recorded", {"n": n})
             await wait_until(lambda n=n: len(col.events("_site")) == n + 1)
         assert [e["n"] for e in col.events("_site")] == [0, 1, 2]
         assert h.link.cursor("_site") == 3 and h.link.depth() == 0
-        db.execute("DROP TRIGGER refuse_insert")
-        db.execute("DROP TRIGGER refuse_update")
-        h.site.record("_site", "note.recorded", {"n": 3})
+        journal.run(lambda tx: tx.db.execute("DROP TRIGGER refuse_insert")).result()
+        journal.run(lambda tx: tx.db.execute("DROP TRIGGER refuse_update")).result()
+        record(h.site, "_site", "note.recorded", {"n": 3})
         await wait_until(lambda: any(e["event"] == "mqtt cursor saved again" for e in logs))
     assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
         "mqtt cursor not saved; delivery goes on, a restart re-publishes"]

@@ -9,6 +9,7 @@ from pathlib import Path
 from structlog.testing import capture_logs
 
 from .conftest import PREFIX, make_pki, mqtt_yaml, wait_until
+from journaling import record
 
 
 async def test_tls_with_client_certificates(tmp_path: Path, brokers, collectors, sites) -> None:
@@ -21,7 +22,7 @@ async def test_tls_with_client_certificates(tmp_path: Path, brokers, collectors,
         h = await sites(broker.port, extra=mqtt_yaml(broker.port, pki=pki))
         await wait_until(lambda: col.payloads(f"{PREFIX}/status") == [b"online"])
         await wait_until(lambda: col.on(f"{PREFIX}/lanes/B1-IN/state") != [])
-        h.site.record("_site", "note.recorded", {"text": "TLS"})
+        record(h.site, "_site", "note.recorded", {"text": "TLS"})
         await wait_until(lambda: [e["type"] for e in col.events("_site")] == ["note.recorded"])
         await wait_until(lambda: without_cert.link.outages == 1)
     assert h.link.connected and h.link.outages == 0

@@ -22,6 +22,7 @@ from gatectl.records import Records
 from gatectl.records_cli import add_subcommands
 from gatectl.service import Site
 from simulators.site import LaneSpec, SimulatedSite, free_tcp_port
+from journaling import record
 
 TZ = ZoneInfo("Asia/Shanghai")
 TOKEN = "rec-token"
@@ -99,7 +100,7 @@ class Synthetic:
         return self.clock[0]
 
     def lane_event(self, lane: str, type_: str, **data: Any) -> dict:
-        return self.site.record(lane, type_, data)
+        return record(self.site, lane, type_, data)
 
     def events(self, type_: str | None = None, lane: str | None = None) -> list[dict]:
         return [e for e in self.site.journal.events(lane) if type_ is None or e["type"] == type_]
@@ -111,8 +112,6 @@ def build_synthetic(tmp_path: Path, start: datetime) -> Synthetic:
     clock = [start]
     site = Site(load_config(path), now=lambda: clock[0])
     records = Records(site)
-    records.ensure_schema()
-    site.subscribe(records.on_events)
     return Synthetic(site, records, path, clock)
 
 
@@ -156,8 +155,6 @@ async def live(tmp_path: Path):
     config = load_config(path)
     site = Site(config)
     records = Records(site)
-    records.ensure_schema()
-    site.subscribe(records.on_events)
     site.add_task(records.run, "records")
     runner = await start_api(site, records.setup_routes)
     stop = asyncio.Event()

@@ -150,7 +150,7 @@ def test_cli_queues_for_the_daemon_and_refuses_at_once(synthetic: Synthetic, cap
                 "--wait", "0"]) == 0
     assert "queued" in capsys.readouterr().out
     assert len(syn.events()) == n  # nothing journaled by the CLI
-    syn.records.tick()  # the daemon's next pass
+    assert asyncio.run(syn.site.orders.take_inbox()) == 1  # the daemon's next pass over its inbox
     (acked,) = syn.events("alarm.acknowledged")
     assert acked["alarm_event_id"] == alarm["event_id"] and acked["by"] == "王保安"
 
@@ -160,7 +160,7 @@ def test_cli_queues_for_the_daemon_and_refuses_at_once(synthetic: Synthetic, cap
                 "--solution", "s", "--category", "hardware"]) == 1
     err = capsys.readouterr().err
     assert "illegal_transition" in err and "已上报" in err
-    assert syn.records.store.inbox_pending() == []
+    assert syn.site.journal.inbox_pending() == []
     assert cli(["alarm", "ack", "--config", cfg, "no-such-alarm", "--by", "王", "--note", "x"]) == 1
     assert cli(["alarm", "list", "--config", cfg]) == 0
     assert "闯卡" in capsys.readouterr().out
@@ -173,9 +173,8 @@ async def test_cli_answered_by_the_running_daemon(synthetic: Synthetic, capsys: 
     account` are journaled within a second and the CLI prints the daemon's answer."""
     syn = synthetic
     forced(syn)
-    syn.records.flush()  # inside the loop, records follow the journal at the loop's next turn
-    iid = syn.records.store.incidents()[0]["incident_id"]
-    task = asyncio.create_task(syn.records.run())
+    iid = syn.records.store.incidents()[0]["incident_id"]  # projected with the alarm's commit
+    task = asyncio.create_task(syn.site.orders.run())
     try:
         cfg = str(syn.config_path)
         rc = await asyncio.to_thread(cli, ["shift", "note", "--config", cfg, "--guard", "王保安",
@@ -217,12 +216,11 @@ def test_cli_ledger_equipment_joins_an_existing_ledger_group() -> None:
     assert args.ledger_command == "equipment" and callable(args.func)
 
 
-async def test_records_work_waits_for_the_loops_next_turn(synthetic: Synthetic) -> None:
-    """Speed: a lane's journal write returns to the lane (which may pulse a coil next)
-    before Records writes anything; the incident follows at the loop's next turn."""
+def test_r8_the_incident_follows_its_alarm_in_the_commit_after_it(synthetic: Synthetic) -> None:
+    """R8: the records follow the journal in its writer, right after each commit (the lane
+    has its answer by then, tests/journal): the forced passage's incident is there as soon
+    as its alarm is, journaled after it."""
     syn = synthetic
-    n = len(syn.events())
     alarm = forced(syn)
-    assert len(syn.events()) == n + 1  # only the alarm, nothing of ours yet
-    await wait_until(lambda: syn.events("incident.opened") != [], timeout=2)
-    assert syn.events("incident.opened")[0]["alarm_event_id"] == alarm["event_id"]
+    (opened,) = syn.events("incident.opened")
+    assert opened["alarm_event_id"] == alarm["event_id"] and opened["seq"] == alarm["seq"] + 1

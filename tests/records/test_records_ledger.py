@@ -12,20 +12,20 @@ from pathlib import Path
 import pytest
 
 import gatectl.records as records_mod
-from gatectl.journal import PendingEvent
+from gatectl.journal import Entry
 
 from .conftest import TZ, Synthetic, build_synthetic, cli, wait_until
+from journaling import record, write
 
 DAY = date(2026, 11, 26)
 
 
 def fault_window(syn: Synthetic, lane: str, device: str, start: datetime, end: datetime | None) -> None:
     syn.at(start)
-    written = syn.site.journal.write(lane, [
-        PendingEvent("fault.opened", start, {"device": device, "reason": "timeout"}),
-        PendingEvent("alarm.raised", start, {"alarm": "device_fault", "device": device, "reason": "timeout"}),
+    write(syn.site.journal, lane, [
+        Entry.of("fault.opened", start, {"device": device, "reason": "timeout"}),
+        Entry.of("alarm.raised", start, {"alarm": "device_fault", "device": device, "reason": "timeout"}),
     ])
-    syn.site.published(written)
     if end is not None:
         syn.at(end)
         syn.lane_event(lane, "fault.closed", device=device)
@@ -139,7 +139,7 @@ def test_records_catch_up_events_journaled_while_they_were_not_following(tmp_pat
     syn = build_synthetic(tmp_path, datetime(2026, 11, 26, 8, 0, tzinfo=TZ))
     syn.site.journal.close()
     bare = Site(load_config(syn.config_path), now=lambda: datetime(2026, 11, 26, 9, 0, tzinfo=TZ))
-    alarm = bare.record("B1-OUT", "alarm.raised", {"alarm": "forced_passage", "loop": "safety_loop", "state": "idle"})
+    alarm = record(bare, "B1-OUT", "alarm.raised", {"alarm": "forced_passage", "loop": "safety_loop", "state": "idle"})
     bare.journal.close()
 
     again = build_synthetic(tmp_path, datetime(2026, 11, 26, 9, 5, tzinfo=TZ))
@@ -161,23 +161,23 @@ def test_records_projection_failure_loses_nothing_and_projects_once(synthetic: S
     the alarm is listed, its incident opened, each once."""
     import sqlite3
 
+    from gatectl.records import RecordStore
+
     syn = synthetic
     store = syn.records.store
-    real = store._commit
+    real = RecordStore._commit
     calls = {"n": 0}
 
-    def failing(batch):
+    def failing(self, batch):
         calls["n"] += 1
         if calls["n"] == 1:
             raise sqlite3.OperationalError("disk I/O error")
-        return real(batch)
+        return real(self, batch)
 
-    monkeypatch.setattr(store, "_commit", failing)
+    monkeypatch.setattr(RecordStore, "_commit", failing)
     alarm = syn.lane_event("B1-IN", "alarm.raised", alarm="tailgating", vehicles=2)  # does not raise
     assert store.alarm(alarm["event_id"]) is None
-    syn.lane_event("B1-IN", "loop.changed", loop="arrival_loop", on=True)  # the lane goes on
-    syn.records.tick()
-    syn.records.tick()
+    syn.lane_event("B1-IN", "loop.changed", loop="arrival_loop", occupied=True)  # the lane goes on
     assert store.alarm(alarm["event_id"])["open"]
     (opened,) = syn.events("incident.opened")
     assert opened["alarm_event_id"] == alarm["event_id"] and opened["kind"] == "tailgating"

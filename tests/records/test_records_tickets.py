@@ -12,17 +12,17 @@ from hypothesis import given, settings, strategies as st
 from gatectl.records import TICKET_STATES, TICKET_TRANSITIONS, RecordError
 
 from .conftest import TZ, Synthetic, cli
+from journaling import write
 
 
 def fault(syn: Synthetic, lane: str, device: str, reason: str = "no answer within 1 s") -> None:
     """What the core journals for a device fault, in one write."""
-    from gatectl.journal import PendingEvent
+    from gatectl.journal import Entry
 
-    written = syn.site.journal.write(lane, [
-        PendingEvent("fault.opened", syn.now, {"device": device, "reason": reason}),
-        PendingEvent("alarm.raised", syn.now, {"alarm": "device_fault", "device": device, "reason": reason}),
+    write(syn.site.journal, lane, [
+        Entry.of("fault.opened", syn.now, {"device": device, "reason": reason}),
+        Entry.of("alarm.raised", syn.now, {"alarm": "device_fault", "device": device, "reason": reason}),
     ])
-    syn.site.published(written)
 
 
 def recovered(syn: Synthetic, lane: str, device: str) -> None:
@@ -235,15 +235,14 @@ def test_r16_holds_never_open_a_ticket(synthetic: Synthetic, reason: str) -> Non
     """R16: a passage held for the declared data or the lane's own rules opens no ticket,
     and an enterprise's report naming it is refused; a hold for a device fault may be reported."""
     syn = synthetic
-    from gatectl.journal import PendingEvent
+    from gatectl.journal import Entry
 
     pid = f"P-{reason}"
-    written = syn.site.journal.write("B1-IN", [
-        PendingEvent("passage.opened", syn.now, {"passage_id": pid}),
-        PendingEvent("passage.held", syn.now, {"passage_id": pid, "reason": reason, "display": "不予放行"}),
-        PendingEvent("passage.closed", syn.now, {"passage_id": pid, "outcome": "held", "reason": reason}),
+    written = write(syn.site.journal, "B1-IN", [
+        Entry.of("passage.opened", syn.now, {"passage_id": pid}),
+        Entry.of("passage.held", syn.now, {"passage_id": pid, "reason": reason, "display": "不予放行"}),
+        Entry.of("passage.closed", syn.now, {"passage_id": pid, "outcome": "held", "reason": reason}),
     ])
-    syn.site.published(written)
     assert syn.events("ticket.opened") == [] and syn.records.store.tickets() == []
     with pytest.raises(RecordError) as err:
         syn.records.perform("ticket.open", {"device": "card_reader", "lane_id": "B1-IN", "reason": "不抬杆",
@@ -251,11 +250,10 @@ def test_r16_holds_never_open_a_ticket(synthetic: Synthetic, reason: str) -> Non
     assert err.value.code == "not_a_fault" and err.value.status == 422
     assert syn.records.store.tickets() == []
 
-    written = syn.site.journal.write("B1-IN", [
-        PendingEvent("passage.opened", syn.now, {"passage_id": "P-dev"}),
-        PendingEvent("passage.closed", syn.now, {"passage_id": "P-dev", "outcome": "held", "reason": "device_fault"}),
+    write(syn.site.journal, "B1-IN", [
+        Entry.of("passage.opened", syn.now, {"passage_id": "P-dev"}),
+        Entry.of("passage.closed", syn.now, {"passage_id": "P-dev", "outcome": "held", "reason": "device_fault"}),
     ])
-    syn.site.published(written)
     result = syn.records.perform("ticket.open", {"device": "weighbridge", "lane_id": "B1-IN", "reason": "地磅无读数",
                                                  "by": "某公司", "passage_id": "P-dev"})
     assert result["ticket"]["source"] == "report" and result["event"]["passage_id"] == "P-dev"

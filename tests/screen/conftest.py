@@ -27,6 +27,7 @@ from gatectl.config import load_config
 from gatectl.screen import Screen
 from gatectl.service import Site
 from simulators.site import LaneSpec, SimulatedSite, free_tcp_port
+from journaling import record
 
 BONDED = LaneSpec("B1-IN", "保税货物进区1号", "bonded", "in", "K001")
 NON_BONDED = LaneSpec("N1-OUT", "非保税出区", "non_bonded", "out", "K003", exit_loop=False)
@@ -70,8 +71,6 @@ def real_alarm_routes(site: Site) -> Callable[[web.Application], None] | None:
     except ImportError:
         return None
     records = module.Records(site)
-    records.ensure_schema()
-    site.subscribe(records.on_events)
     site.add_task(records.run, "records")
     return records.setup_routes
 
@@ -118,7 +117,7 @@ def alarms_standin(app: web.Application) -> None:
         by = body.get("by")
         if not isinstance(by, str) or not by.strip():
             return error(422, "by is required")
-        ev = site.record(alarm["lane_id"], "alarm.acknowledged", {
+        ev = record(site, alarm["lane_id"], "alarm.acknowledged", {
             "alarm_event_id": event_id, "alarm": alarm["alarm"], "by": by.strip(), "note": body.get("note") or "",
         })
         return web.json_response({"event_id": event_id, "acknowledged_at": ev["ts"], "by": by.strip()})
@@ -181,6 +180,9 @@ async def screen_site(tmp_path: Path, screen_options: dict):
     task = asyncio.create_task(site.run(stop))
     try:
         await wait_until(lambda: site.running)
+        # Every device has reported its health: the lanes' views are settled.
+        await wait_until(lambda: all(d.get("health") is not None for lane in site.lanes.values()
+                                     for d in lane.snapshot()["devices"].values()))
         yield ScreenSite(sim, site, screen, f"http://127.0.0.1:{port}", runner, real is not None)
     finally:
         stop.set()

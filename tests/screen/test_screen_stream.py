@@ -13,10 +13,12 @@ import aiohttp
 import pytest
 
 from gatectl.api import SITE_KEY, make_app
-from gatectl.journal import PendingEvent
+from gatectl.journal import Entry
+from gatectl.lane.commands import CommitAuthorisation
 from gatectl.screen import SCREEN_KEY, STATIC_DIR, Client, Screen, setup_routes
 
 from .conftest import AUTH, ScreenSite, wait_until
+from journaling import write
 
 
 class Stream:
@@ -173,7 +175,7 @@ def store(site, approval_id: str, start: timedelta, end: timedelta, max_lifts: i
     doc = {"approval_id": approval_id, "lane_id": "B1-IN", "trigger": "panel", "reason": "equipment_fault",
            "detail": "地磅通讯中断", "approved_by": {"org": "昆明海关", "name": "王五"}, "plate": "云A12345"}
     site.journal.store_approval(approval_id, "B1-IN", "panel", max_lifts, now + start, now + end,
-                                json.dumps(doc, ensure_ascii=False), now)
+                                json.dumps(doc, ensure_ascii=False), now).result()
 
 
 async def test_pending_approvals_are_those_in_their_window_with_lifts_left(screen_site: ScreenSite) -> None:
@@ -185,10 +187,10 @@ async def test_pending_approvals_are_those_in_their_window_with_lifts_left(scree
     store(r.site, "AP-EXPIRED", -2 * hour, -hour)
     store(r.site, "AP-LATER", hour, 2 * hour)
     now = r.site.now()
-    r.site.journal.write("B1-IN", [PendingEvent("approval.used", now, {"approval_id": "AP-USED"})],
-                         authorisation=("approval", "AP-USED#1", None, now))
-    r.site.journal.write("B1-IN", [PendingEvent("approval.used", now, {"approval_id": "AP-OPEN"})],
-                         authorisation=("approval", "AP-OPEN#1", None, now))
+    for approval_id, max_lifts in (("AP-USED", 1), ("AP-OPEN", 2)):
+        write(r.site.journal, "B1-IN", [Entry.of("approval.used", now, {
+            "approval_id": approval_id, "use": 1, "max_lifts": max_lifts, "trigger": "panel"})],
+            authorisation=CommitAuthorisation("approval", f"{approval_id}#1", None, now))
     status, body = await r.get("/api/v1/approvals?pending=1")
     assert status == 200
     (pending,) = body["approvals"]
@@ -237,4 +239,4 @@ async def test_make_app_setup_wires_the_screen_and_subscribes_it(screen_site: Sc
     screen._lanes_dirty = False
     status, _ = await screen_site.post("/api/v1/lanes/B1-IN/spot-checks", {"hold_next": 1})
     assert status == 200
-    assert screen._lanes_dirty  # it heard the journaled spot_check.ordered
+    await wait_until(lambda: screen._lanes_dirty)  # it heard the journaled spot_check.ordered

@@ -1,9 +1,10 @@
-"""Events the lane core consumes.
+"""What the lane core consumes: its inputs.
 
-Each event is a frozen value checked at birth: a malformed event is a bug in the adapter
+Each input is a frozen value checked at birth: a malformed input is a bug in the adapter
 that built it (``LaneProtocolError``), never something the core has to tolerate.
 The adapters (drivers, authority clients, journal) turn bytes and results into these;
-only ``LaneCore.handle`` decides what they mean.
+only ``LaneCore.handle`` decides what they mean. (What the core emits for the journal is
+``gatectl.events``.)
 """
 
 from __future__ import annotations
@@ -29,15 +30,17 @@ Decision = Literal["release", "hold", "inspect", "deny"]
 DECISIONS: tuple[str, ...] = ("release", "hold", "inspect", "deny")
 
 
-class Event:
-    """Base of every lane event."""
+class Input:
+    """Base of every input of the lane core."""
 
     __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
-class InputsSnapshot(Event):
-    """All of the lane's inputs, read at once (first poll, or after a reconnect)."""
+class InputsSnapshot(Input):
+    """All of the lane's inputs, read at once: the first reading, which starts the lane.
+
+    Later polls reach the core one edge at a time (``poll_edges``)."""
 
     values: Mapping[str, bool]
 
@@ -48,7 +51,7 @@ class InputsSnapshot(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class InputChanged(Event):
+class InputChanged(Input):
     """One discrete input changed (loops, limit switches, panel buttons)."""
 
     point: str
@@ -60,7 +63,7 @@ class InputChanged(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class CardRead(Event):
+class CardRead(Input):
     """The lane's reader decoded a card.
 
     ``open_elsewhere`` names another lane of this site holding an open passage for the
@@ -76,14 +79,14 @@ class CardRead(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class WeightStable(Event):
+class WeightStable(Input):
     """The weighbridge settled on a weight (kg)."""
 
     kg: float
 
 
 @dataclass(frozen=True, slots=True)
-class ReleaseDecided(Event):
+class ReleaseDecided(Input):
     """The release authority answered the request ``request_id``."""
 
     request_id: str
@@ -101,7 +104,7 @@ class ReleaseDecided(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class ReleaseFailed(Event):
+class ReleaseFailed(Input):
     """The release authority did not answer usefully (timeout, refused, garbage...)."""
 
     request_id: str
@@ -110,15 +113,16 @@ class ReleaseFailed(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class AuthorisationCommitted(Event):
-    """The journal durably recorded the authorisation as consumed (S6)."""
+class AuthorisationCommitted(Input):
+    """The journal durably recorded the authorisation as consumed (S6). The runtime hands
+    it (or ``AuthorisationRefused``) to the core before any other input."""
 
     kind: str
     auth_id: str
 
 
 @dataclass(frozen=True, slots=True)
-class AuthorisationRefused(Event):
+class AuthorisationRefused(Input):
     """The journal did not record the authorisation.
 
     ``reason`` is ``replay`` (already consumed by an earlier lift) or ``journal_error``.
@@ -131,7 +135,7 @@ class AuthorisationRefused(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class DeviceFault(Event):
+class DeviceFault(Input):
     """A device the lane needs stopped working (S5)."""
 
     device: str
@@ -139,12 +143,12 @@ class DeviceFault(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class DeviceRecovered(Event):
+class DeviceRecovered(Input):
     device: str
 
 
 @dataclass(frozen=True, slots=True)
-class CoilWriteFailed(Event):
+class CoilWriteFailed(Input):
     """A barrier pulse the IO module ``device`` may never have acted on.
 
     What the barrier did is read from its limit switches once the module answers again.
@@ -155,7 +159,7 @@ class CoilWriteFailed(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class ApprovalAccepted(Event):
+class ApprovalAccepted(Input):
     """A verified approval for this lane (R10, R17): the service checked its signatures,
     chain, lane and window (gatectl/approvals.py); the core decides when it lifts.
 
@@ -181,7 +185,7 @@ class ApprovalAccepted(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class ApprovalRefused(Event):
+class ApprovalRefused(Input):
     """An approval for this lane failed verification; journaled with its reason (R10)."""
 
     approval_id: str | None
@@ -191,7 +195,7 @@ class ApprovalRefused(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class EmergencyAccount(Event):
+class EmergencyAccount(Input):
     """The guard's account of an emergency release (R11), added after the fact."""
 
     passage_id: str
@@ -202,7 +206,7 @@ class EmergencyAccount(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class SpotCheckOrdered(Event):
+class SpotCheckOrdered(Input):
     """Customs orders spot checks on the lane (R7): hold the next N released vehicles,
     hold a random share of them, or clear both. Exactly one of the three."""
 
@@ -222,30 +226,24 @@ class SpotCheckOrdered(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class Tick(Event):
+class Tick(Input):
     """Time passed; lets the core act on its deadlines."""
 
 
-@dataclass(frozen=True, slots=True)
-class Recovered:
-    """What the journal knows of a lane's open passage after a restart (S7).
+def _edge_rank(change: tuple[str, bool]) -> int:
+    point, on = change
+    if point in ("barrier_up", "barrier_down"):
+        return 1 if on else 0
+    return 1 if on else 2
 
-    Built by ``gatectl.lane.recovery.fold`` from the passage's journaled events.
+
+def poll_edges(values: Mapping[str, bool]) -> list[InputChanged]:
+    """The inputs one poll saw change, as edges in the order they must have happened.
+
+    A limit switch released first, then rising edges, then the rest: a vehicle reaches the
+    next loop before it leaves the last, so "arrival off, safety on" is a vehicle moving
+    forward, not one backing out; an arm leaves one limit before it reaches the other, so
+    "up off, down on" (as after the IO module was away) is a completed travel, not both
+    limits at once. Unchanged values may be included: the core ignores them.
     """
-
-    passage_id: str
-    opened_at: str
-    card: str | None = None
-    weight_kg: float | None = None
-    request_id: str | None = None
-    decision: str | None = None
-    hint: str | None = None
-    authorisation: tuple[str, str] | None = None
-    lifted: bool = False
-    hold_reason: str | None = None
-    instruction_id: str | None = None
-    #: Its vehicle was seen on the safety or exit loop after the lift.
-    entered: bool = False
-    #: When the lift or a loop of the passage was last journaled (ISO time): how long
-    #: nobody has been seen, whatever restarts came since.
-    last_seen_at: str | None = None
+    return [InputChanged(p, v) for p, v in sorted(values.items(), key=_edge_rank)]

@@ -1,0 +1,772 @@
+"""Every journaled event, defined once, and the one codec between them and JSON.
+
+An event is a frozen value: the lane core emits them, the records and the ledger write
+them, the journal stamps them (``Stamped``: ``event_id``, ``seq``, ``site_id``,
+``lane_id``, ``ts``) and stores ``encode(stamped)``, the JSON body that MQTT publishes and
+the API serves as it is. Whoever reads a body back (recovery, the passage projection,
+records, metrics, the screen, the ledger, the zone central) calls ``decode`` and matches
+on the class, never on strings and dicts.
+
+The JSON shape of each type is its fields in order, keys as named (``key=`` where a JSON
+key is not a Python name). A field made with ``opt()`` is left out of the JSON while it is
+None; every other field is always written, None as ``null``. Types that share one JSON
+``type`` (``release.decided`` from the authority or from the lane's own lists,
+``alarm.raised`` of each alarm, ``incident.opened`` by the core or by a person) are told
+apart by a fixed field (``FIXED``) or, for ``incident.opened``, by which keys are present.
+
+A body whose type this module does not know (an older or newer gatectl) decodes to
+``Unknown`` with its fields kept, and encodes back unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping, NamedTuple
+
+#: Keys of the envelope the journal stamps on every event.
+ENVELOPE = ("event_id", "seq", "site_id", "lane_id", "type", "ts")
+
+
+class EventDecodeError(ValueError):
+    """A body that is not a journaled event of the shape its type says."""
+
+
+class Authorisation(NamedTuple):
+    """What a lift is the effect of (S1): ``(kind, id)``.
+
+    ``kind`` is ``release_instruction``, ``whitelist``, ``staff_card``, ``approval`` (one
+    use ``APPROVAL-ID#n`` of an approval) or ``emergency``. A tuple, so it compares equal
+    to ``("release_instruction", "CMD-1")``.
+    """
+
+    kind: str
+    id: str
+
+    def json(self) -> dict[str, str]:
+        out = {"kind": self.kind, "id": self.id}
+        if self.kind == "approval":
+            out["approval_id"] = self.approval_id or self.id
+        return out
+
+    @property
+    def approval_id(self) -> str | None:
+        """The approval a use ``AP-...#n`` belongs to (None for other kinds)."""
+        return self.id.rsplit("#", 1)[0] if self.kind == "approval" else None
+
+    @classmethod
+    def from_json(cls, value: Any) -> Authorisation | None:
+        if value is None:
+            return None
+        if not isinstance(value, Mapping) or not isinstance(value.get("kind"), str) or not isinstance(value.get("id"), str):
+            raise EventDecodeError(f"an authorisation is {{kind, id}}, not {value!r:.80}")
+        return cls(value["kind"], value["id"])
+
+
+# ---------------------------------------------------------------------------- fields
+
+
+def opt(**kw: Any) -> Any:
+    """A field left out of the JSON while it is None."""
+    return field(default=None, metadata={"omit": True, **kw.pop("metadata", {})}, **kw)
+
+
+def key(name: str, **kw: Any) -> Any:
+    """A field whose JSON key is ``name`` (e.g. ``from``)."""
+    return field(metadata={"key": name}, **kw)
+
+
+def auth(*, omit: bool = False) -> Any:
+    """An ``Authorisation`` field, ``{kind, id}`` in JSON."""
+    return field(default=None, metadata={"auth": True, "omit": omit})
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    attr: str
+    key: str
+    omit: bool
+    auth: bool
+    required: bool
+
+
+class Event:
+    """Base of every journaled event. ``TYPE`` is the JSON ``type``."""
+
+    __slots__ = ()
+    TYPE: ClassVar[str] = ""
+    #: Fields written with constant values that tell types of one ``TYPE`` apart.
+    FIXED: ClassVar[Mapping[str, Any]] = {}
+    _FIELDS: ClassVar[tuple[_Field, ...]] = ()
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The event's own JSON fields (no envelope)."""
+        return _fields_json(self)
+
+
+class LaneEvent(Event):
+    """An event of a lane's rules. ``passage_id`` names the passage open when it
+    happened (left out when none was)."""
+
+    __slots__ = ()
+    passage_id: str | None
+
+
+_TYPES: dict[str, list[type[Event]]] = {}
+_DISPATCH: dict[str, Callable[[Mapping[str, Any]], type[Event]]] = {}
+
+
+def _register(cls: type[Event]) -> type[Event]:
+    fields = []
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        fields.append(_Field(f.name, f.metadata.get("key", f.name), bool(f.metadata.get("omit")),
+                             bool(f.metadata.get("auth")), required))
+    cls._FIELDS = tuple(fields)
+    _TYPES.setdefault(cls.TYPE, []).append(cls)
+    return cls
+
+
+def event(cls: type) -> type:
+    """Class decorator: a frozen, slotted, keyword-only event registered by its ``TYPE``."""
+    return _register(dataclass(frozen=True, slots=True, kw_only=True)(cls))
+
+
+def _fields_json(ev: Event) -> dict[str, Any]:
+    out: dict[str, Any] = dict(ev.FIXED)
+    for f in ev._FIELDS:
+        value = getattr(ev, f.attr)
+        if value is None and f.omit:
+            continue
+        if f.auth and value is not None:
+            value = value.json()
+        out[f.key] = value
+    return out
+
+
+# ============================================================ passages (the lane core)
+
+
+@event
+class PassageOpened(LaneEvent):
+    TYPE = "passage.opened"
+    card: str | None = None
+    approval_id: str | None = opt()  # opened by a manual or remote lift
+    emergency: bool | None = opt()  # opened by the emergency button
+    passage_id: str | None = opt()
+
+
+@event
+class CardRead(LaneEvent):
+    TYPE = "card.read"
+    card: str
+    passage_id: str | None = opt()
+
+
+@event
+class CardRefused(LaneEvent):
+    TYPE = "card.refused"
+    card: str
+    reason: str  # lane_busy | open_elsewhere
+    lane: str | None = opt()  # the lane whose open passage holds the card
+    passage_id: str | None = opt()
+
+
+@event
+class WeightStable(LaneEvent):
+    TYPE = "weight.stable"
+    gross_weight_kg: float
+    passage_id: str | None = opt()
+
+
+@event
+class ReleaseRequested(LaneEvent):
+    TYPE = "release.requested"
+    request_id: str
+    card: str
+    gross_weight_kg: float | None = None
+    passage_id: str | None = opt()
+
+
+@event
+class AuthorityDecision(LaneEvent):
+    """The release authority's answer (R3)."""
+
+    TYPE = "release.decided"
+    FIXED = {"source": "authority"}
+    request_id: str
+    decision: str  # release | hold | inspect | deny
+    instruction_id: str | None = None
+    form_id: str | None = None
+    hint: str | None = None
+    declared_weight_kg: float | None = None
+    passage_id: str | None = opt()
+
+
+@event
+class LocalDecision(LaneEvent):
+    """A decision the lane takes from its own lists (administrative, personnel)."""
+
+    TYPE = "release.decided"
+    FIXED = {"source": "local"}
+    decision: str  # release | hold
+    basis: str  # whitelist | staff_card | not_registered | admin_overweight | not_staff
+    curb_weight_kg: float | None = opt()
+    name: str | None = opt()
+    passage_id: str | None = opt()
+
+
+@event
+class ReleaseFailed(LaneEvent):
+    TYPE = "release.failed"
+    request_id: str | None
+    reason: str
+    detail: str = ""
+    passage_id: str | None = opt()
+
+
+@event
+class AuthorisationCommitted(LaneEvent):
+    """Written by the journal in the transaction that consumes the authorisation (S6)."""
+
+    TYPE = "authorisation.committed"
+    passage_id: str | None = None
+    authorisation: Authorisation | None = auth()
+
+
+@event
+class BarrierLifted(LaneEvent):
+    TYPE = "barrier.lifted"
+    authorisation: Authorisation | None = auth()
+    reason: str = "lift"  # lift | safety_reverse
+    passage_id: str | None = opt()
+
+
+@event
+class BarrierLowered(LaneEvent):
+    TYPE = "barrier.lowered"
+    authorisation: Authorisation | None = auth()
+    retry: bool | None = opt()  # a lowering pulse sent again after the IO module was away
+    passage_id: str | None = opt()
+
+
+@event
+class BarrierLiftFailed(LaneEvent):
+    TYPE = "barrier.lift_failed"
+    authorisation: Authorisation | None = auth()
+    passage_id: str | None = opt()
+
+
+@event
+class BarrierPosition(LaneEvent):
+    TYPE = "barrier.position"
+    limit: str  # barrier_up | barrier_down
+    on: bool
+    passage_id: str | None = opt()
+
+
+@event
+class LoopChanged(LaneEvent):
+    TYPE = "loop.changed"
+    loop: str  # arrival_loop | safety_loop | exit_loop
+    occupied: bool
+    passage_id: str | None = opt()
+
+
+@event
+class PassageHeld(LaneEvent):
+    TYPE = "passage.held"
+    reason: str
+    display: str
+    passage_id: str | None = opt()
+
+
+@event
+class PassageClosed(LaneEvent):
+    TYPE = "passage.closed"
+    outcome: str  # passed | held | backed_out | forced | emergency | manual
+    card: str | None = None
+    gross_weight_kg: float | None = None
+    decision: str | None = None
+    authorisation: Authorisation | None = auth()
+    reason: str | None = opt()
+    passage_id: str | None = opt()
+
+
+@event
+class LaneRecovered(LaneEvent):
+    TYPE = "lane.recovered"
+    card: str | None = None
+    authorisation: Authorisation | None = auth()
+    passage_id: str | None = opt()
+
+
+# ============================================================ spot checks (R7)
+
+
+@event
+class SpotCheckOrdered(LaneEvent):
+    TYPE = "spot_check.ordered"
+    order: Mapping[str, Any]  # {hold_next, fraction, clear}
+    source: str
+    remaining: int
+    fraction: float
+    passage_id: str | None = opt()
+
+
+@event
+class SpotCheckApplied(LaneEvent):
+    TYPE = "spot_check.applied"
+    remaining: int
+    fraction: float
+    draw: float | None = opt()
+    passage_id: str | None = opt()
+
+
+# ============================================================ alarms (R8, R9, R11, S4, S5)
+
+
+class AlarmRaised(LaneEvent):
+    """Base of ``alarm.raised``; ``ALARM`` is the JSON ``alarm``."""
+
+    __slots__ = ()
+    TYPE = "alarm.raised"
+    ALARM: ClassVar[str] = ""
+
+    @property
+    def alarm(self) -> str:
+        return self.ALARM
+
+
+def alarm(name: str) -> Callable[[type], type]:
+    def wrap(cls: type) -> type:
+        cls.ALARM = name
+        cls.FIXED = {"alarm": name}
+        return event(cls)
+
+    return wrap
+
+
+@alarm("forced_passage")
+class ForcedPassageAlarm(AlarmRaised):
+    loop: str
+    state: str
+    passage_id: str | None = opt()
+
+
+@alarm("tailgating")
+class TailgatingAlarm(AlarmRaised):
+    authorisation: Authorisation | None = auth()
+    vehicles: int = 2
+    passage_id: str | None = opt()
+
+
+@alarm("emergency_release")
+class EmergencyReleaseAlarm(AlarmRaised):
+    authorisation: Authorisation | None = auth()
+    account_pending: bool | None = opt()  # a lift: the guard owes an account of the vehicle
+    note: str | None = opt()  # barrier_already_up
+    passage_id: str | None = opt()
+
+
+@alarm("device_fault")
+class DeviceFaultAlarm(AlarmRaised):
+    device: str
+    reason: str = ""
+    passage_id: str | None = opt()
+
+
+@alarm("barrier_fault")
+class BarrierFaultAlarm(AlarmRaised):
+    reason: str
+    passage_id: str | None = opt()
+
+
+@alarm("authority_unreachable")
+class AuthorityUnreachableAlarm(AlarmRaised):
+    reason: str
+    detail: str = ""
+    passage_id: str | None = opt()
+
+
+@alarm("instruction_replay")
+class InstructionReplayAlarm(AlarmRaised):
+    authorisation: Authorisation | None = auth()
+    passage_id: str | None = opt()
+
+
+@alarm("journal_fault")
+class JournalFaultAlarm(AlarmRaised):
+    detail: str = ""
+    passage_id: str | None = opt()
+
+
+# ============================================================ faults and incidents (R9, R15)
+
+
+@event
+class FaultOpened(LaneEvent):
+    TYPE = "fault.opened"
+    device: str
+    reason: str = ""
+    passage_id: str | None = opt()
+
+
+@event
+class FaultClosed(LaneEvent):
+    TYPE = "fault.closed"
+    device: str
+    passage_id: str | None = opt()
+
+
+@event
+class BarrierIncidentOpened(LaneEvent):
+    """The core's own incident record of a barrier fault (R9)."""
+
+    TYPE = "incident.opened"
+    incident_id: str
+    kind: str
+    reason: str
+    passage_id: str | None = opt()
+
+
+@event
+class IncidentOpened(Event):
+    """An incident opened for an alarm (``alarm_event_id``) or by a guard (None, ``by``)."""
+
+    TYPE = "incident.opened"
+    incident_id: str
+    kind: str
+    reason: str
+    alarm_event_id: str | None
+    by: str | None = opt()
+
+
+@event
+class IncidentUpdated(Event):
+    TYPE = "incident.updated"
+    incident_id: str
+    account: Mapping[str, Any]  # {by, what, plate, photos, notified}
+
+
+@event
+class IncidentClosed(Event):
+    TYPE = "incident.closed"
+    incident_id: str
+    by: str
+    summary: str
+
+
+@event
+class AlarmAcknowledged(Event):
+    TYPE = "alarm.acknowledged"
+    alarm_event_id: str
+    alarm: str
+    by: str
+    note: str
+
+
+@event
+class TicketOpened(Event):
+    TYPE = "ticket.opened"
+    ticket_id: str
+    device: str
+    reason: str
+    source: str  # fault | report
+    by: str | None = opt()
+    passage_id: str | None = opt()
+
+
+@event
+class TicketAdvanced(Event):
+    TYPE = "ticket.advanced"
+    ticket_id: str
+    from_: str = key("from")
+    to: str
+    by: str
+    note: str = ""
+    parties: list[str] | None = opt()  # to notified
+    at: str | None = opt()  # to notified
+    cause: str | None = opt()  # to fixed
+    solution: str | None = opt()
+    category: str | None = opt()
+
+
+# ============================================================ approvals (R10, R11, R17)
+
+
+@event
+class ManualLiftRefused(LaneEvent):
+    TYPE = "manual_lift.refused"
+    reason: str
+    passage_id: str | None = opt()
+
+
+@event
+class ApprovalAccepted(LaneEvent):
+    TYPE = "approval.accepted"
+    approval_id: str
+    trigger: str
+    max_lifts: int
+    lifts_used: int
+    valid_from: str
+    valid_until: str
+    plate: str | None = None
+    passage_id: str | None = opt()
+
+
+@event
+class ApprovalRefused(LaneEvent):
+    TYPE = "approval.refused"
+    approval_id: str | None
+    reason: str
+    message: str = ""
+    source: str = ""
+    lane: str | None = opt()  # refused for a lane that is not configured (journaled on _site)
+    passage_id: str | None = opt()
+
+
+@event
+class ApprovalUsed(LaneEvent):
+    TYPE = "approval.used"
+    approval_id: str
+    use: int
+    max_lifts: int
+    trigger: str
+    passage_id: str | None = opt()
+
+
+@event
+class ApprovalExpired(LaneEvent):
+    TYPE = "approval.expired"
+    approval_id: str
+    passage_id: str | None = opt()
+
+
+@event
+class EmergencyAccountGiven(LaneEvent):
+    """The guard's account of an emergency release (R11), naming its passage."""
+
+    TYPE = "emergency.account"
+    passage_id: str | None
+    vehicle_type: str
+    plate: str | None = None
+    note: str = ""
+    by: str = ""
+
+
+# ============================================================ duty records (R13, R15)
+
+
+@event
+class ShiftHandover(Event):
+    TYPE = "shift.handover"
+    outgoing: str
+    incoming: str
+    notes: str = ""
+    open_alarms: list[Any] = field(default_factory=list)
+    open_incidents: list[Any] = field(default_factory=list)
+    open_tickets: list[Any] = field(default_factory=list)
+
+
+@event
+class ShiftCheck(Event):
+    TYPE = "shift.check"
+    phase: str  # start | end
+    guard: str
+    remarks: str = ""
+    devices: Mapping[str, Any] = field(default_factory=dict)
+
+
+@event
+class VideoNote(Event):
+    TYPE = "video.note"
+    guard: str
+    note: str
+
+
+@event
+class EquipmentDaily(Event):
+    TYPE = "equipment.daily"
+    date: str
+    device: str
+    availability: float
+    faults: int
+    faulty_s: float
+    frames_dropped: int
+    checks: int
+
+
+# ============================================================ the site
+
+
+@event
+class CommandRefused(Event):
+    """An inbound command that could not be applied (MQTT)."""
+
+    TYPE = "command.refused"
+    source: str
+    topic: str
+    reason: str
+    message: str
+    lane: str | None = None
+    payload: str = ""
+    count: int | None = opt()  # refusals of this topic and reason since the last record
+
+
+@event
+class LedgerExported(Event):
+    TYPE = "ledger.exported"
+    period_from: str
+    period_to: str
+    path: str
+    format: str
+    rows: int
+    files: list[str] = field(default_factory=list)
+    sheets: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown(Event):
+    """A journaled type this gatectl does not know; its fields are kept as they are."""
+
+    type: str
+    fields: Mapping[str, Any]
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return dict(self.fields)
+
+
+# ---------------------------------------------------------------------------- dispatch
+
+
+def _by_fixed(type_: str) -> Callable[[Mapping[str, Any]], type[Event]]:
+    classes = _TYPES[type_]
+    (name,) = {k for c in classes for k in c.FIXED}
+    table = {c.FIXED[name]: c for c in classes}
+
+    def pick(body: Mapping[str, Any]) -> type[Event]:
+        try:
+            return table[body.get(name)]
+        except (KeyError, TypeError):
+            raise _UnknownVariant from None
+
+    return pick
+
+
+class _UnknownVariant(Exception):
+    pass
+
+
+for _type, _classes in _TYPES.items():
+    if len(_classes) > 1 and all(c.FIXED for c in _classes):
+        _DISPATCH[_type] = _by_fixed(_type)
+_DISPATCH["incident.opened"] = lambda body: IncidentOpened if "alarm_event_id" in body else BarrierIncidentOpened
+del _type, _classes
+
+
+def event_class(type_: str, body: Mapping[str, Any]) -> type[Event] | None:
+    """The class of a body of JSON type ``type_`` (None if unknown)."""
+    pick = _DISPATCH.get(type_)
+    if pick is not None:
+        try:
+            return pick(body)
+        except _UnknownVariant:
+            return None
+    classes = _TYPES.get(type_)
+    return classes[0] if classes else None
+
+
+# ---------------------------------------------------------------------------- stamped
+
+
+@dataclass(frozen=True, slots=True)
+class Stamped:
+    """A journaled event: the envelope the journal stamped, and the event."""
+
+    event_id: str
+    seq: int
+    site_id: str
+    lane_id: str
+    ts: str  # ISO 8601 with offset, as written
+    event: Event
+
+    @property
+    def type(self) -> str:
+        ev = self.event
+        return ev.type if isinstance(ev, Unknown) else ev.TYPE
+
+    @property
+    def passage_id(self) -> str | None:
+        return getattr(self.event, "passage_id", None) if not isinstance(self.event, Unknown) else (
+            self.event.fields.get("passage_id"))
+
+
+def encode(st: Stamped) -> dict[str, Any]:
+    """The JSON body of a journaled event, as stored, published and served."""
+    return {
+        "event_id": st.event_id,
+        "seq": st.seq,
+        "site_id": st.site_id,
+        "lane_id": st.lane_id,
+        "type": st.type,
+        "ts": st.ts,
+        **st.event.data,
+    }
+
+
+def dumps(st: Stamped) -> str:
+    return json.dumps(encode(st), ensure_ascii=False)
+
+
+def decode_event(type_: str, body: Mapping[str, Any]) -> Event:
+    """The typed event of one body's own fields (``body`` may include the envelope)."""
+    cls = event_class(type_, body)
+    if cls is None:
+        return Unknown(type=type_, fields={k: v for k, v in body.items() if k not in ENVELOPE})
+    kwargs: dict[str, Any] = {}
+    for f in cls._FIELDS:
+        if f.key in body:
+            value = body[f.key]
+            kwargs[f.attr] = Authorisation.from_json(value) if f.auth else value
+        elif f.required:
+            raise EventDecodeError(f"{type_} without {f.key!r}")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise EventDecodeError(f"{type_}: {exc}") from None
+
+
+def decode(body: Mapping[str, Any]) -> Stamped:
+    """A journaled event from its JSON body (as stored or as published)."""
+    if not isinstance(body, Mapping):
+        raise EventDecodeError(f"an event is a JSON object, not {type(body).__name__}")
+    try:
+        event_id, seq, site_id, lane_id, type_, ts = (body[k] for k in ENVELOPE)
+    except KeyError as exc:
+        raise EventDecodeError(f"event without {exc.args[0]!r}") from None
+    if not isinstance(type_, str) or not isinstance(seq, int) or isinstance(seq, bool) or not isinstance(ts, str):
+        raise EventDecodeError("an event's type and ts are text and its seq a whole number")
+    return Stamped(str(event_id), seq, str(site_id), str(lane_id), ts, decode_event(type_, body))
+
+
+def loads(text: str | bytes) -> Stamped:
+    try:
+        body = json.loads(text)
+    except ValueError as exc:
+        raise EventDecodeError(f"not JSON: {exc}") from None
+    return decode(body)
+
+
+#: Every registered JSON type (for docs and tests).
+TYPES: frozenset[str] = frozenset(_TYPES)
+
+
+__all__ = [name for name, value in globals().items()
+           if isinstance(value, type) and issubclass(value, Event)] + [
+    "Authorisation", "Stamped", "EventDecodeError", "ENVELOPE", "TYPES",
+    "encode", "decode", "decode_event", "dumps", "loads", "event_class",
+]

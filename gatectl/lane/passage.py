@@ -1,0 +1,155 @@
+"""The one fold of a lane's journaled events into its passages, and into what the lane
+must remember across restarts.
+
+``fold(record, stamped)`` takes a lane's open passage (or None) and that lane's next event
+in ``seq`` order and returns the passage as the event leaves it. Everything that needs a
+passage reads what this fold made, never the events again:
+
+- the journal keeps the ``passages`` table with it, in the transaction of the events;
+- recovery (S7) starts a lane from its open passage's record;
+- records, metrics, the guard's screen, the demo and the checkpoint ledger read records;
+- the zone central projects its passages table with the same function, so the lane's and
+  the zone's ledgers cannot disagree.
+
+``fold_lane`` keeps the few facts about the lane itself that outlive passages: the last
+lift's authorisation (what a barrier found up at start is up for) and the customs spot
+checks in force.
+
+Pure: no I/O, no clock; times are the events' own ``ts`` text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+from gatectl import events as ev
+from gatectl.events import Authorisation, Stamped
+
+
+@dataclass(frozen=True, slots=True)
+class PassageRecord:
+    """One vehicle's attempt to pass a lane, as its events describe it."""
+
+    passage_id: str
+    lane_id: str
+    opened_seq: int
+    opened_at: str
+    closed_at: str | None = None
+    card: str | None = None
+    plate: str | None = None
+    gross_weight_kg: float | None = None
+    request_id: str | None = None
+    decision: str | None = None
+    decided_at: str | None = None  # when the release decision was journaled
+    instruction_id: str | None = None
+    form_id: str | None = None
+    hint: str | None = None
+    auth_kind: str | None = None  # the authorisation consumed for it (S1, S6)
+    auth_id: str | None = None
+    lifted_at: str | None = None  # the lift under that authorisation
+    #: Its vehicle was seen on the safety or exit loop after the lift.
+    entered: bool = False
+    #: When the lift or a loop of the passage was last journaled: how long nobody has
+    #: been seen, whatever restarts came since (S7).
+    last_seen_at: str | None = None
+    hold_reason: str | None = None
+    outcome: str | None = None
+    reason: str | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.closed_at is None
+
+    @property
+    def authorisation(self) -> Authorisation | None:
+        if self.auth_kind is None or self.auth_id is None:
+            return None
+        return Authorisation(self.auth_kind, self.auth_id)
+
+    @property
+    def lifted(self) -> bool:
+        return self.lifted_at is not None
+
+
+#: Columns of the journal's ``passages`` table, in this order.
+COLUMNS: tuple[str, ...] = tuple(PassageRecord.__dataclass_fields__)
+
+
+def fold(record: PassageRecord | None, st: Stamped) -> PassageRecord | None:
+    """The lane's passage after ``st``: a new record on ``passage.opened``, the open one
+    updated by an event of its own passage, ``record`` itself (the same object) for any
+    other event. A closed record is returned once, closed; the caller drops it after."""
+    e = st.event
+    if isinstance(e, ev.PassageOpened):
+        return PassageRecord(e.passage_id or st.event_id, st.lane_id, st.seq, st.ts)
+    if record is None or record.closed_at is not None or st.passage_id != record.passage_id:
+        return record
+    match e:
+        case ev.CardRead():
+            return replace(record, card=e.card)
+        case ev.WeightStable():
+            return replace(record, gross_weight_kg=e.gross_weight_kg)
+        case ev.ReleaseRequested():
+            # Asked (again, after a restart): whatever was decided before no longer holds.
+            return replace(record, request_id=e.request_id, decision=None, decided_at=None, instruction_id=None,
+                           form_id=None, hint=None, hold_reason=None)
+        case ev.AuthorityDecision():
+            return replace(record, decision=e.decision, decided_at=st.ts, instruction_id=e.instruction_id,
+                           form_id=e.form_id, hint=e.hint)
+        case ev.LocalDecision():
+            return replace(record, decision=e.decision, decided_at=st.ts)
+        case ev.AuthorisationCommitted() if e.authorisation is not None:
+            return replace(record, auth_kind=e.authorisation.kind, auth_id=e.authorisation.id)
+        case ev.BarrierLifted() if e.reason == "lift":
+            return replace(record, lifted_at=record.lifted_at or st.ts, last_seen_at=st.ts)
+        case ev.LoopChanged():
+            entered = record.entered or (record.lifted and e.occupied and e.loop != "arrival_loop")
+            return replace(record, last_seen_at=st.ts, entered=entered)
+        case ev.PassageHeld():
+            return replace(record, hold_reason=e.reason)
+        case ev.PassageClosed():
+            return replace(record, closed_at=st.ts, outcome=e.outcome, reason=e.reason)
+    return record
+
+
+@dataclass(frozen=True, slots=True)
+class LaneRecord:
+    """What a lane remembers beyond its passages."""
+
+    lane_id: str
+    #: The authorisation of the lift since the lane's last passage opened, if any: a
+    #: barrier found up at start with no passage open is up for it (else it is a fault).
+    last_lift: Authorisation | None = None
+    #: Customs spot checks in force (R7): hold the next N released vehicles, or a share.
+    spot_hold_next: int = 0
+    spot_fraction: float = 0.0
+
+
+def fold_lane(record: LaneRecord, st: Stamped) -> LaneRecord:
+    e = st.event
+    match e:
+        case ev.PassageOpened():
+            # A passage opens with the barrier down (or takes the lowering lift over).
+            return replace(record, last_lift=None) if record.last_lift is not None else record
+        case ev.BarrierLifted() if e.authorisation is not None:
+            return replace(record, last_lift=e.authorisation)
+        case ev.SpotCheckOrdered() | ev.SpotCheckApplied():
+            return replace(record, spot_hold_next=int(e.remaining), spot_fraction=float(e.fraction))
+    return record
+
+
+def project(lane_id: str, events: Iterable[Stamped]) -> tuple[PassageRecord | None, LaneRecord]:
+    """A lane's open passage (None if none is open) and its lane record after ``events``
+    (the lane's own, oldest first): both folds over a stretch of its journal."""
+    record: PassageRecord | None = None
+    lane = LaneRecord(lane_id)
+    for st in events:
+        record = fold(record, st)
+        if record is not None and record.closed_at is not None:
+            record = None
+        lane = fold_lane(lane, st)
+    return record, lane
+
+
+__all__ = ["PassageRecord", "LaneRecord", "COLUMNS", "fold", "fold_lane", "project"]
