@@ -152,9 +152,11 @@ def cmd_approval_add(args) -> int:
     except JournalError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_FAILURE
-    result = _queue_for_daemon(config, "approval", {"document": raw.decode("utf-8")})
+    # The text exactly as verified (less a BOM): the daemon checks the same bytes again.
+    result = _queue_for_daemon(config, "approval", {"document": raw.decode("utf-8-sig")})
     if result is None:
-        print(f"valid; queued for the daemon (not running?): {doc['approval_id']} on {doc['lane_id']}")
+        print(f"valid; queued: {doc['approval_id']} on {doc['lane_id']}; no running daemon took it within "
+              "5 s, it is checked again and applied when the daemon runs")
         return EXIT_OK
     if result["status"] != "accepted":
         print(f"refused by the daemon: {result.get('reason')}: {result.get('message')}", file=sys.stderr)

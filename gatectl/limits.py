@@ -98,12 +98,13 @@ JSON_REFUSALS: Final[tuple[str, ...]] = (
 class JsonRefused(ValueError):
     """A JSON document refused at the edge; ``reason`` is one of :data:`JSON_REFUSALS`."""
 
-    def __init__(self, reason: JsonRefusal, message: str) -> None:
+    def __init__(self, reason: JsonRefusal, message: str, *, key: str | None = None) -> None:
         if reason not in JSON_REFUSALS:
             raise ValueError(f"unknown JSON refusal {reason!r}")
         super().__init__(message)
         self.reason: JsonRefusal = reason
         self.message = message
+        self.key = key  # the duplicated key, for a duplicate_key refusal
 
 
 # A string token (skipped whole, so brackets inside strings do not count) or one bracket.
@@ -131,7 +132,7 @@ def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise JsonRefused("duplicate_key", f"key {key!r} appears twice in one object")
+            raise JsonRefused("duplicate_key", f"key {key!r} appears twice in one object", key=key)
         out[key] = value
     return out
 
