@@ -420,6 +420,7 @@ def test_any_text_is_a_config_or_a_list_of_problems(text: str) -> None:
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(3600)
 @settings(max_examples=20_000, deadline=None)
 @given(st.lists(YAML_BITS, max_size=200).map("".join))
 def test_any_text_is_a_config_or_a_list_of_problems_long(text: str) -> None:
