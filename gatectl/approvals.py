@@ -50,6 +50,7 @@ import binascii
 import copy
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -97,6 +98,7 @@ __all__ = [
     "lane_kinds",
     "parse_document",
     "public_key_b64",
+    "read_document",
     "sign",
     "signing_bytes",
     "validate",
@@ -333,6 +335,19 @@ def parse_document(raw: Mapping[str, Any] | bytes | bytearray | str) -> dict[str
     if not isinstance(doc, dict):
         raise _malformed(None, f"expected a JSON object, got {type(doc).__name__}", "应为 JSON 对象")
     return doc
+
+
+def read_document(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of an approval file, reading no more than one byte past the size limit.
+
+    A larger file (a log picked by mistake, ``/dev/zero``) is refused as ``malformed``
+    without being read whole. ``OSError`` for a file that cannot be read.
+    """
+    with open(path, "rb") as stream:
+        raw = stream.read(MAX_APPROVAL_BYTES + 1)
+    if len(raw) > MAX_APPROVAL_BYTES:
+        raise _malformed(None, f"larger than {MAX_APPROVAL_BYTES} bytes", f"超过 {MAX_APPROVAL_BYTES} 字节")
+    return raw
 
 
 def _loc(loc: Iterable[Any]) -> str:

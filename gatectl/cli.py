@@ -67,11 +67,10 @@ def cmd_run(args) -> int:
         return EXIT_FAILURE
 
 
-MAX_SEQ = 2**63 - 1  # SQLite's largest integer
-
-
 def _seq(text: str) -> int:
     """``--since-seq``: a whole number SQLite can compare (0 .. 2**63-1)."""
+    from gatectl.limits import MAX_SEQ
+
     try:
         value = int(text)
     except ValueError:
@@ -188,17 +187,20 @@ def cmd_approval_add(args) -> int:
     """R10: check an approval here (for a clear answer at once), then hand it to the daemon."""
     from datetime import datetime
 
-    from gatectl.approvals import ApprovalRefused, lane_kinds, parse_document, verify
+    from gatectl.approvals import ApprovalRefused, lane_kinds, parse_document, read_document, verify
     from gatectl.journal import Journal, JournalError
 
     config = _load(args.config)
     if config is None:
         return EXIT_USAGE
     try:
-        raw = Path(args.file).read_bytes()
+        raw = read_document(args.file)
     except OSError as exc:
         print(f"cannot read {args.file}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except ApprovalRefused as exc:
+        print(f"refused: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_FAILURE
     try:
         journal = Journal(config.journal.path, config.site.id)
         try:

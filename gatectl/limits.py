@@ -34,6 +34,7 @@ __all__ = [
     "MAX_NUMBER_CHARS",
     "MAX_ORG_LEN",
     "MAX_PLATE_LEN",
+    "MAX_SEQ",
     "MAX_TEXT_LEN",
     "MAX_WEIGHT_KG",
     "DurationMs",
@@ -61,6 +62,9 @@ MAX_NUMBER_CHARS: Final = 32
 """A JSON number literal longer than this is refused before it is converted: no count,
 weight or time at a checkpoint needs more, and Python's int() of a 5 000-digit literal
 costs time and then fails anyway."""
+
+MAX_SEQ: Final = 2**63 - 1
+"""The largest integer SQLite stores: any seq, count or id number from outside stays within."""
 
 MAX_DURATION_MS: Final = 24 * 60 * 60 * 1000
 """No wait or timeout at a checkpoint is longer than a day."""

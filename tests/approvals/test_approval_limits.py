@@ -242,3 +242,24 @@ def test_any_json_object_verifies_or_is_refused_with_a_code(changes: dict) -> No
 @settings(max_examples=20_000, deadline=None)
 def test_any_json_object_verifies_or_is_refused_with_a_code_long(changes: dict) -> None:
     _verifies_or_refuses(changes)
+
+
+def test_approval_files_are_read_no_further_than_the_limit(tmp_path, capsys) -> None:
+    """`gatectl approval add` and `approval sign` given /dev/zero or a huge file refuse it
+    as malformed without reading it whole; a file within the limit is read as it is."""
+    from gatectl.approvals import read_document
+    from gatectl.cli import main
+    from gatectl.keys import new_key
+
+    ok = tmp_path / "ok.json"
+    ok.write_text(json.dumps(signed(), ensure_ascii=False), encoding="utf-8")
+    assert json.loads(read_document(ok)) == signed()
+    huge = tmp_path / "huge.json"
+    huge.write_bytes(b" " * (MAX_APPROVAL_BYTES + 1))
+    for path in (huge, "/dev/zero"):
+        with pytest.raises(ApprovalRefused, match="larger than"):
+            read_document(path)
+    key = tmp_path / "customs.key"
+    new_key(key)
+    assert main(["approval", "sign", "--key", str(key), "--role", "customs", "/dev/zero"]) == 2
+    assert "larger than" in capsys.readouterr().err
