@@ -26,7 +26,7 @@ from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
-from ruamel.yaml.composer import Composer, ComposerError, MaxDepthExceededError
+from ruamel.yaml.composer import Composer, ComposerError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.events import AliasEvent, CollectionStartEvent, ScalarEvent
 from ruamel.yaml.nodes import CollectionNode, MappingNode, Node, ScalarNode
@@ -93,7 +93,6 @@ def parse_config(
         raise ConfigError([Problem("", None, _too_large(), filename)])
     yaml = YAML(typ="rt")
     yaml.Composer = _BoundedComposer
-    yaml.max_depth = MAX_CONFIG_DEPTH
     try:
         tree = yaml.load(text)
     except MarkedYAMLError as exc:
@@ -101,8 +100,6 @@ def parse_config(
         message = exc.problem or exc.context or "YAML syntax error"
         if exc.context and exc.problem:
             message = f"{exc.problem} ({exc.context})"
-        if isinstance(exc, MaxDepthExceededError):
-            message = f"nested more than {MAX_CONFIG_DEPTH} levels deep; a site config is about six"
         line = mark.line + 1 if mark is not None else None
         raise ConfigError([Problem("", line, f"YAML: {message}", filename)]) from None
     except YAMLError as exc:
@@ -209,6 +206,7 @@ class _BoundedComposer(Composer):
 
     def __init__(self, loader: Any = None) -> None:
         super().__init__(loader)
+        self._depth = 0  # our own count: the composer recurses, so this is checked before Python's limit
         self._expanded = 0
         self._measured: dict[int, tuple[int, int]] = {}  # id(node) -> (size, depth)
 
@@ -259,7 +257,7 @@ class _BoundedComposer(Composer):
                     raise self._refuse(f"alias *{event.anchor} is inside its own anchor", event.start_mark)
                 size, depth = self._measure(target)
                 self._count(size, event.start_mark)
-                if self.depth + depth > MAX_CONFIG_DEPTH:
+                if self._depth + depth > MAX_CONFIG_DEPTH:
                     raise self._refuse(
                         f"nested more than {MAX_CONFIG_DEPTH} levels deep once aliases are expanded",
                         event.start_mark,
@@ -275,7 +273,14 @@ class _BoundedComposer(Composer):
                     f"explicit tag {shown} is not used in a site config; quote the value instead", event.start_mark
                 )
         self._count(1, event.start_mark)
-        return super().compose_node(parent, index)
+        self._depth += 1
+        if self._depth > MAX_CONFIG_DEPTH:
+            raise self._refuse(f"nested more than {MAX_CONFIG_DEPTH} levels deep; a site config is about six",
+                               event.start_mark)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def compose_scalar_node(self, anchor: Any) -> Any:
         node = super().compose_scalar_node(anchor)
