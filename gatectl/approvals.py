@@ -74,6 +74,7 @@ from pydantic import (
 from gatectl.limits import (
     MAX_JSON_DEPTH,
     FreeText,
+    Identifier,
     JsonRefused,
     OrgName,
     PersonName,
@@ -201,7 +202,6 @@ def _b64(length: int, what: str):
 
 
 Timestamp = Annotated[datetime, BeforeValidator(_timestamp)]
-ApprovalId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
 class _Strict(BaseModel):
@@ -239,7 +239,7 @@ class Approval(_Strict):
     shape error.
     """
 
-    approval_id: ApprovalId
+    approval_id: Identifier
     lane_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     trigger: Literal["panel", "remote"]
     reason: Literal["equipment_fault", "network_fault", "other"]

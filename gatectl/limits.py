@@ -42,7 +42,6 @@ __all__ = [
     "Identifier",
     "JsonRefused",
     "JsonRefusal",
-    "Line",
     "OrgName",
     "PersonName",
     "Plate",
@@ -252,9 +251,6 @@ def single_line(max_length: int, *, what: str = "text") -> Any:
         AfterValidator(_no_control(_CONTROL, what)),
     ]
 
-
-Line = single_line
-"""Alias: ``Line(64)`` reads well in a model."""
 
 Plate = Annotated[
     str,

@@ -32,6 +32,7 @@ from pydantic import (
     GetCoreSchemaHandler,
     PlainSerializer,
     PlainValidator,
+    Strict,
     StringConstraints,
     Tag,
     TypeAdapter,
@@ -44,7 +45,7 @@ from pydantic import (
 from pydantic_core import core_schema
 
 from gatectl.config.base import GatectlModel, Int, Loc, Number, yaml_path
-from gatectl.limits import MAX_DURATION_MS, MAX_WEIGHT_KG, PersonName, Plate, single_line
+from gatectl.limits import MAX_DURATION_MS, MAX_WEIGHT_KG, DurationMs, PersonName, Plate, WeightKg, single_line
 
 __all__ = [
     "GOODS_KINDS",
@@ -110,7 +111,7 @@ BAUDRATES: tuple[int, ...] = (1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600
 
 
 def _ms(low: int, high: int) -> Any:
-    return Annotated[Int, Field(ge=low, le=high)]
+    return Annotated[DurationMs, Field(ge=low, le=high)]
 
 
 PulseMs = _ms(10, 10_000)
@@ -119,7 +120,7 @@ WaitMs = _ms(1_000, MAX_DURATION_MS)
 PollMs = _ms(10, 10_000)
 AuthorityTimeoutMs = _ms(100, 60_000)
 SilenceMs = _ms(100, MAX_DURATION_MS)
-Kilograms = Annotated[Number, Field(ge=0, le=MAX_WEIGHT_KG)]
+Kilograms = Annotated[WeightKg, Strict()]
 Host = Annotated[str, StringConstraints(min_length=1, max_length=MAX_HOST_LEN)]
 Label = single_line(128, what="a name")
 """Names shown to people: the site's, a lane's."""
