@@ -12,7 +12,7 @@ adapter never invents or repairs a decision.
 
 An answer is bounded before it is believed (``docs/reliability.md``): at most
 :data:`MAX_ANSWER_BYTES`, nested at most :data:`~gatectl.limits.MAX_JSON_DEPTH` deep, no
-duplicate keys, ``instruction_id`` and ``request_id`` at most 128 characters, ``form_id``
+duplicate keys, ``request_id`` the one sent, ``instruction_id`` at most 128 characters, ``form_id``
 64, ``hint`` 256 (it goes on the lane display), ``declared_weight_kg`` 0 to 200 000. Beyond
 any of these the answer is ``malformed``: the vehicle is held at once, as for any answer
 that is not one, instead of waiting for the timeout.
