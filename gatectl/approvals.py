@@ -19,6 +19,14 @@ Decisions worth knowing:
   (``{"lane_id": "A", "lane_id": "B"}``), which ``json.loads`` would silently resolve to the
   last one while another reader may take the first. It also refuses NaN/Infinity.
 * Every signature entry must verify; one bad entry refuses the whole approval.
+* Limits (``docs/reliability.md``), refused as ``malformed`` before any signature is
+  checked or anything is stored: at most :data:`MAX_APPROVAL_BYTES`, nested at most
+  :data:`~gatectl.limits.MAX_JSON_DEPTH` deep, ``max_lifts`` 1 to :data:`MAX_LIFTS`, a
+  validity window of at most :data:`MAX_VALIDITY` (31 days), at most
+  :data:`MAX_SIGNATURES` signatures, and every text bounded (names 64 characters,
+  organisations 128, plate 16, detail 2 000, ids 128). A ``max_lifts`` of 2**63 signed by
+  a trusted key is as malformed as an unsigned one: nothing downstream (SQLite's 64-bit
+  integers, the lane's counters) ever sees it.
 * A signature entry may carry an optional ``"key"`` (the signer's raw public key, base64),
   which :func:`sign` always writes. It is outside the signed bytes and only a hint: the
   signature is still tried against every trusted key of its role. It is what lets a refusal
@@ -42,9 +50,10 @@ import binascii
 import copy
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, Protocol
 
 from cryptography.exceptions import InvalidSignature
@@ -62,8 +71,23 @@ from pydantic import (
     field_validator,
 )
 
+from gatectl.limits import (
+    MAX_JSON_DEPTH,
+    FreeText,
+    Identifier,
+    JsonRefused,
+    OrgName,
+    PersonName,
+    Plate,
+    check_depth,
+    load_json,
+)
+
 __all__ = [
     "MAX_APPROVAL_BYTES",
+    "MAX_LIFTS",
+    "MAX_SIGNATURES",
+    "MAX_VALIDITY",
     "REASON_CODES",
     "ROLES",
     "Approval",
@@ -75,6 +99,7 @@ __all__ = [
     "lane_kinds",
     "parse_document",
     "public_key_b64",
+    "read_document",
     "sign",
     "signing_bytes",
     "validate",
@@ -101,6 +126,12 @@ REASON_CODES: tuple[str, ...] = (
 
 MAX_APPROVAL_BYTES = 64 * 1024
 """An approval larger than this (raw text, or its signed bytes) is refused as malformed."""
+MAX_LIFTS = 100
+"""An approval lifts at most this often: a day of a lane's traffic with its devices down."""
+MAX_VALIDITY = timedelta(days=31)
+"""Longest validity window: approvals cover an outage, not a season."""
+MAX_SIGNATURES = 8
+"""Signature entries: customs and park, each with room for a re-signing."""
 
 CHAIN: tuple[tuple[str, str, str], ...] = (
     ("requested_by", "the enterprise's request", "企业申请"),
@@ -144,12 +175,6 @@ class ApprovalRefused(Exception):
 # --- the model ---------------------------------------------------------------------------
 
 
-def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be blank")
-    return value
-
-
 def _timestamp(value: Any) -> datetime:
     # Only ISO 8601 text: pydantic alone would also take numbers as Unix times.
     if not isinstance(value, str):
@@ -176,9 +201,7 @@ def _b64(length: int, what: str):
     return AfterValidator(check)
 
 
-Text = Annotated[str, AfterValidator(_not_blank)]
 Timestamp = Annotated[datetime, BeforeValidator(_timestamp)]
-ApprovalId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
 class _Strict(BaseModel):
@@ -188,8 +211,8 @@ class _Strict(BaseModel):
 class Party(_Strict):
     """Who requested, verified, approved or countersigned: ``{"org", "name"}``."""
 
-    org: Text
-    name: Text
+    org: OrgName
+    name: PersonName
 
 
 class SignatureEntry(_Strict):
@@ -216,20 +239,21 @@ class Approval(_Strict):
     shape error.
     """
 
-    approval_id: ApprovalId
+    approval_id: Identifier
     lane_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     trigger: Literal["panel", "remote"]
     reason: Literal["equipment_fault", "network_fault", "other"]
-    detail: str
+    detail: FreeText
     requested_by: Party | None = None
     verified_by: Party | None = None
     approved_by: Party | None = None
     countersigned_by: Party | None = None
-    plate: Text | None = None
+    plate: Plate | None = None
     valid_from: Timestamp
     valid_until: Timestamp
-    max_lifts: int = Field(ge=1)
-    signatures: tuple[SignatureEntry, ...] = Field((), strict=False)  # a JSON list; tuple: hashable
+    max_lifts: int = Field(ge=1, le=MAX_LIFTS)
+    # A JSON list; tuple: hashable.
+    signatures: tuple[SignatureEntry, ...] = Field((), strict=False, max_length=MAX_SIGNATURES)
 
     @field_validator("valid_until")
     @classmethod
@@ -237,6 +261,8 @@ class Approval(_Strict):
         start = info.data.get("valid_from")
         if start is not None and value <= start:
             raise ValueError("valid_until must be later than valid_from")
+        if start is not None and value - start > MAX_VALIDITY:
+            raise ValueError(f"the validity window is at most {MAX_VALIDITY.days} days")
         return value
 
 
@@ -271,56 +297,57 @@ def _malformed(field: str | None, problem: str, problem_zh: str | None = None) -
     )
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _malformed(key, f"key {key!r} appears twice in one object", f"键 {key!r} 重复出现")
-        out[key] = value
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise _malformed(None, f"{name} is not JSON", f"{name} 不是合法的 JSON 数值")
+def _refused_json(exc: JsonRefused) -> ApprovalRefused:
+    zh = {
+        "too_large": f"超过 {MAX_APPROVAL_BYTES} 字节",
+        "not_utf8": "不是 UTF-8 编码",
+        "too_deep": f"嵌套超过 {MAX_JSON_DEPTH} 层",
+        "bad_number": "数值超出范围",
+    }
+    if exc.reason == "duplicate_key":
+        return _malformed(exc.key, exc.message, f"键 {exc.key!r} 重复出现")
+    return _malformed(None, exc.message, zh.get(exc.reason, f"不是合法的 JSON：{exc.message}"))
 
 
 def parse_document(raw: Mapping[str, Any] | bytes | bytearray | str) -> dict[str, Any]:
     """The approval as a plain JSON object, or ``ApprovalRefused("malformed")``.
 
-    Text and bytes (UTF-8, a BOM tolerated) are parsed refusing duplicate keys and
-    NaN/Infinity. A mapping is taken as already parsed and copied through canonical JSON,
-    which refuses what JSON cannot carry.
+    Text and bytes (UTF-8, a BOM tolerated) go through :func:`gatectl.limits.load_json`:
+    size, nesting depth, duplicate keys, NaN/Infinity and over-long numbers are refused
+    before parsing recurses. A mapping is taken as already parsed: its depth is checked,
+    then it is copied through canonical JSON, which refuses what JSON cannot carry.
     """
-    if isinstance(raw, (bytes, bytearray)):
-        if len(raw) > MAX_APPROVAL_BYTES:
-            raise _malformed(None, f"larger than {MAX_APPROVAL_BYTES} bytes", f"超过 {MAX_APPROVAL_BYTES} 字节")
+    if isinstance(raw, (bytes, bytearray, str)):
         try:
-            raw = bytes(raw).decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise _malformed(None, f"not UTF-8 ({exc.reason} at byte {exc.start})", "不是 UTF-8 编码") from None
-    if isinstance(raw, str):
-        if len(raw) > MAX_APPROVAL_BYTES:
-            raise _malformed(None, f"larger than {MAX_APPROVAL_BYTES} bytes", f"超过 {MAX_APPROVAL_BYTES} 字节")
-        try:
-            doc = json.loads(raw, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-        except json.JSONDecodeError as exc:
-            raise _malformed(
-                None, f"not JSON: {exc.msg} (line {exc.lineno} column {exc.colno})", f"不是合法的 JSON：{exc.msg}"
-            ) from None
-        except RecursionError:
-            raise _malformed(None, "nested too deeply", "嵌套层数过多") from None
+            doc = load_json(raw, max_bytes=MAX_APPROVAL_BYTES, allow_bom=True)
+        except JsonRefused as exc:
+            raise _refused_json(exc) from None
     elif isinstance(raw, Mapping):
         try:
+            check_depth(raw)
             doc = json.loads(json.dumps(dict(raw), ensure_ascii=False, allow_nan=False))
+        except JsonRefused as exc:
+            raise _refused_json(exc) from None
         except (TypeError, ValueError) as exc:
             raise _malformed(None, f"not a JSON object: {exc}", "不是合法的 JSON 对象") from None
-        except RecursionError:
-            raise _malformed(None, "nested too deeply", "嵌套层数过多") from None
     else:
         raise _malformed(None, f"expected a JSON object, got {type(raw).__name__}", "应为 JSON 对象")
     if not isinstance(doc, dict):
         raise _malformed(None, f"expected a JSON object, got {type(doc).__name__}", "应为 JSON 对象")
     return doc
+
+
+def read_document(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of an approval file, reading no more than one byte past the size limit.
+
+    A larger file (a log picked by mistake, ``/dev/zero``) is refused as ``malformed``
+    without being read whole. ``OSError`` for a file that cannot be read.
+    """
+    with open(path, "rb") as stream:
+        raw = stream.read(MAX_APPROVAL_BYTES + 1)
+    if len(raw) > MAX_APPROVAL_BYTES:
+        raise _malformed(None, f"larger than {MAX_APPROVAL_BYTES} bytes", f"超过 {MAX_APPROVAL_BYTES} 字节")
+    return raw
 
 
 def _loc(loc: Iterable[Any]) -> str:

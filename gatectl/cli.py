@@ -67,27 +67,88 @@ def cmd_run(args) -> int:
         return EXIT_FAILURE
 
 
+def _seq(text: str) -> int:
+    """``--since-seq``: a whole number SQLite can compare (0 .. 2**63-1)."""
+    from gatectl.limits import MAX_SEQ
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text[:40]!r}") from None
+    if not 0 <= value <= MAX_SEQ:
+        raise argparse.ArgumentTypeError(f"must be 0 to {MAX_SEQ}")
+    return value
+
+
+def _json_line(event: object) -> str:
+    line = json.dumps(event, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate escaped in the stored JSON: keep it escaped
+        line = json.dumps(event)
+    return line + "\n"
+
+
 def cmd_events(args) -> int:
-    from gatectl.journal import Journal, JournalError
+    """Journaled events as JSON lines, in seq order per lane.
+
+    Reads the journal read-only (it never creates, migrates or repairs one: a 0-byte or
+    foreign file is reported, not turned into an empty journal). A damaged row (a body that
+    is not JSON) is reported on stderr with the file, lane and seq and skipped; the other
+    events are still printed, and the exit status is then 1.
+    """
+    import sqlite3
 
     config = _load(args.config)
     if config is None:
         return EXIT_USAGE
-    if not Path(config.journal.path).exists():
-        print(f"no journal at {config.journal.path}", file=sys.stderr)
+    path = Path(config.journal.path)
+    if not path.exists():
+        print(f"no journal at {path}", file=sys.stderr)
         return EXIT_FAILURE
+    sql = "SELECT lane_id, seq, body FROM events"
+    where, params = [], []
+    if args.lane is not None:
+        where.append("lane_id = ?")
+        params.append(args.lane)
+    if args.since_seq is not None:
+        where.append("seq > ?")
+        params.append(args.since_seq)
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY lane_id, seq"
+    damaged = 0
     try:
-        journal = Journal(config.journal.path, config.site.id)
-    except JournalError as exc:
-        print(str(exc), file=sys.stderr)
+        db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        print(f"{path}: cannot open the journal: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    db.text_factory = bytes  # a row that is not UTF-8 is a damaged row, not a failed read
     try:
-        for ev in journal.iter_events(args.lane, args.since_seq):
-            sys.stdout.write(json.dumps(ev, ensure_ascii=False) + "\n")
+        db.execute("PRAGMA busy_timeout=5000")
+        for raw_lane, seq, body in db.execute(sql, params):
+            lane_id = raw_lane.decode("utf-8", "replace") if isinstance(raw_lane, bytes) else raw_lane
+            try:
+                event = json.loads(body.decode("utf-8") if isinstance(body, bytes) else body)
+            except (TypeError, ValueError) as exc:
+                damaged += 1
+                print(f"{path}: lane {lane_id} seq {seq}: damaged event, its body is not JSON ({exc})",
+                      file=sys.stderr)
+                continue
+            sys.stdout.write(_json_line(event))
+    except sqlite3.Error as exc:
+        message = str(exc)
+        if "no such table" in message:
+            message = "not a gatectl journal (it has no events)"
+        print(f"{path}: cannot read the journal: {message}", file=sys.stderr)
+        return EXIT_FAILURE
     except BrokenPipeError:
-        pass
+        return EXIT_OK
     finally:
-        journal.close()
+        db.close()
+    if damaged:
+        print(f"{path}: {damaged} damaged event(s) skipped", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
 
 
@@ -126,17 +187,20 @@ def cmd_approval_add(args) -> int:
     """R10: check an approval here (for a clear answer at once), then hand it to the daemon."""
     from datetime import datetime
 
-    from gatectl.approvals import ApprovalRefused, lane_kinds, parse_document, verify
+    from gatectl.approvals import ApprovalRefused, lane_kinds, parse_document, read_document, verify
     from gatectl.journal import Journal, JournalError
 
     config = _load(args.config)
     if config is None:
         return EXIT_USAGE
     try:
-        raw = Path(args.file).read_bytes()
+        raw = read_document(args.file)
     except OSError as exc:
         print(f"cannot read {args.file}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except ApprovalRefused as exc:
+        print(f"refused: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_FAILURE
     try:
         journal = Journal(config.journal.path, config.site.id)
         try:
@@ -152,9 +216,11 @@ def cmd_approval_add(args) -> int:
     except JournalError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_FAILURE
-    result = _queue_for_daemon(config, "approval", {"document": raw.decode("utf-8")})
+    # The text exactly as verified (less a BOM): the daemon checks the same bytes again.
+    result = _queue_for_daemon(config, "approval", {"document": raw.decode("utf-8-sig")})
     if result is None:
-        print(f"valid; queued for the daemon (not running?): {doc['approval_id']} on {doc['lane_id']}")
+        print(f"valid; queued: {doc['approval_id']} on {doc['lane_id']}; no running daemon took it within "
+              "5 s, it is checked again and applied when the daemon runs")
         return EXIT_OK
     if result["status"] != "accepted":
         print(f"refused by the daemon: {result.get('reason')}: {result.get('message')}", file=sys.stderr)
@@ -203,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("events", help="journaled events as JSON lines, in seq order per lane")
     p.add_argument("--config", required=True)
     p.add_argument("--lane")
-    p.add_argument("--since-seq", type=int, dest="since_seq")
+    p.add_argument("--since-seq", type=_seq, dest="since_seq")
     p.set_defaults(func=cmd_events)
 
     from gatectl.keys import add_subcommands

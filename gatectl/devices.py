@@ -4,12 +4,20 @@ For an ops engineer on site: is the reader wired to the right port and speaking 
 configured format, does the indicator settle, which loop inputs are on right now. The
 probe uses the daemon's own drivers for a few seconds and decides nothing; run it with the
 daemon stopped (serial ports are opened exclusively).
+
+Each device gets one verdict line; a device with a problem says it on that line, once:
+``FAULTY: <reason>`` or ``no answer``. The drivers' own log lines (which repeat the same
+reason) are kept out of the report. Exit status: 0 when every device answered, 1 when any
+is faulty or gave no sign of life, so a script can tell.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,8 +38,15 @@ class Probe:
     health: list[str] = field(default_factory=list)
     counters: dict[str, Any] = field(default_factory=dict)
 
-    def ok(self) -> bool:
-        return any(h == Health.OK.value for h in self.health) and Health.FAULTY.value not in self.health[-1:]
+    @property
+    def final(self) -> str | None:
+        """The last health the driver reported; None if it never reported one."""
+        return self.health[-1] if self.health else None
+
+    @property
+    def problem(self) -> bool:
+        """Faulty at the end, or never a sign of life: the lane would fail closed on it."""
+        return self.final in (None, Health.FAULTY.value)
 
 
 async def probe(config: SiteConfig, seconds: float) -> list[Probe]:
@@ -39,7 +54,11 @@ async def probe(config: SiteConfig, seconds: float) -> list[Probe]:
     tasks: list[asyncio.Task] = []
 
     def health_of(p: Probe):
-        return lambda h, reason: p.health.append(h.value) or p.seen.append(f"{h.value}: {reason}")
+        def report(h: Health, reason: str) -> None:
+            p.health.append(h.value)
+            p.seen.append(f"{h.value}: {reason}")
+
+        return report
 
     points_by_module: dict[str, list[tuple[str, str, int]]] = {}
     for lane in config.lanes:
@@ -70,10 +89,12 @@ async def probe(config: SiteConfig, seconds: float) -> list[Probe]:
     readers: list[tuple[Probe, Any]] = []
     for lane in config.lanes:
         rp = Probe(f"{lane.id}/card_reader", lane.card_reader.format, lane.card_reader.port)
+        silence = lane.card_reader.silence_ms
         reader = CardReader(
             rp.name, lane.card_reader.port, lane.card_reader.baudrate, lane.card_reader.format,
             on_card=lambda card, rp=rp: rp.seen.append(f"card {card}"),
             on_health=health_of(rp),
+            silence_s=None if silence is None else silence / 1000,
         )
         probes.append(rp)
         readers.append((rp, reader))
@@ -91,6 +112,7 @@ async def probe(config: SiteConfig, seconds: float) -> list[Probe]:
             scale = Weighbridge(
                 wp.name, wb.port, wb.baudrate, wb.format, wb.stable_samples,
                 on_weight=on_weight, on_health=health_of(wp),
+                silence_s=None if wb.silence_ms is None else wb.silence_ms / 1000,
             )
             probes.append(wp)
             readers.append((wp, scale))
@@ -111,19 +133,72 @@ async def probe(config: SiteConfig, seconds: float) -> list[Probe]:
     return probes
 
 
+_REPEATS_VERDICT = ("health", "health_reason")
+
+
+def _verdict(p: Probe) -> str:
+    if p.final is None:
+        return "no answer: the device gave no sign of life"
+    reason = next((line.split(": ", 1)[1] for line in reversed(p.seen) if line.startswith(f"{p.final}: ")), "")
+    label = {Health.OK.value: "OK", Health.DEGRADED.value: "DEGRADED", Health.FAULTY.value: "FAULTY"}[p.final]
+    return f"{label}: {reason}" if reason and p.final != Health.OK.value else label
+
+
+def _history(p: Probe) -> Iterator[str]:
+    """What the device showed, without the final health (it is on the verdict line) and
+    without a line repeated back to back."""
+    lines = list(p.seen)
+    final = f"{p.final}: " if p.final else None
+    if final is not None:
+        last = max(i for i, line in enumerate(lines) if line.startswith(final))
+        del lines[last]
+    previous = None
+    for line in lines[:40]:
+        if line != previous:
+            yield line
+        previous = line
+
+
 def report(probes: list[Probe], out=sys.stdout) -> None:
+    """One verdict line per device, then what it showed, then its counters."""
     for p in probes:
-        verdict = "OK" if p.health and p.health[-1] == Health.OK.value else (
-            "FAULTY" if p.health and p.health[-1] == Health.FAULTY.value else "no answer / no frames")
-        print(f"{p.name} ({p.kind} at {p.where}): {verdict}", file=out)
-        for line in p.seen[:40]:
+        print(f"{p.name} ({p.kind} at {p.where}): {_verdict(p)}", file=out)
+        for line in _history(p):
             print(f"    {line}", file=out)
-        interesting = {k: v for k, v in p.counters.items() if v not in (0, None, {}, [])}
+        interesting = {
+            k: v for k, v in p.counters.items() if v not in (0, None, {}, []) and k not in _REPEATS_VERDICT
+        }
         if interesting:
             print(f"    counters: {interesting}", file=out)
 
 
+@contextlib.contextmanager
+def _quiet_drivers() -> Iterator[None]:
+    """The drivers log every outage (and pymodbus every refused connect); the report says
+    each once. Restored afterwards."""
+    root = logging.getLogger()
+    saved = root.level, root.handlers[:]
+    pymodbus = logging.getLogger("pymodbus")
+    saved_pymodbus = pymodbus.level
+    root.handlers[:] = [logging.NullHandler()]
+    root.setLevel(logging.CRITICAL)
+    pymodbus.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
+        pymodbus.setLevel(saved_pymodbus)
+
+
 def cmd_devices(args, config: SiteConfig) -> int:
-    probes = asyncio.run(probe(config, args.seconds))
+    """Probe, report, and exit 1 when any device is faulty or silent (stderr says how many)."""
+    with _quiet_drivers():
+        probes = asyncio.run(probe(config, args.seconds))
     report(probes)
+    bad = [p for p in probes if p.problem]
+    if bad:
+        print(f"{len(bad)} of {len(probes)} devices faulty or not answering: "
+              + ", ".join(p.name for p in bad), file=sys.stderr)
+        return 1
     return 0

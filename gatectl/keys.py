@@ -37,6 +37,7 @@ from gatectl.approvals import (
     ApprovalRefused,
     parse_document,
     public_key_b64,
+    read_document,
     sign,
     signing_bytes,
     validate,
@@ -219,7 +220,7 @@ def sign_file(
         raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
     key = load_private_key(key_path)
     approval_path = Path(approval_path)
-    raw = approval_path.read_bytes()
+    raw = read_document(approval_path)
     signed = sign(parse_document(raw), role, key)
     _write_replace(Path(out_path) if out_path is not None else approval_path, _dump(signed))
     return signed

@@ -31,6 +31,8 @@ Fault switches (checked in this order, after the request is recorded):
 - ``wrong_byte_order``: answer in the byte order opposite to :attr:`byte_order`.
 - ``answer_override``: COMMAND_INFO fields replaced in every answer (e.g.
   ``{"form_id": None}``, ``{"chnl_no": "K999"}``, ``{"area_id": "5301999999"}``).
+- ``raw_answer``: ``raw_answer(request)`` returns the bytes to send instead of the answer
+  (the request's GATHER_INFO is given, so a hostile frame can still carry its SEQ_NO).
 
 There is no ``reuse_instruction`` switch: the instruction id is ``FORM_ID + SEQ_NO`` and
 SEQ_NO is the daemon's fresh request id, so an authority cannot repeat an earlier
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 import itertools
 import random
 from collections import Counter
@@ -126,6 +129,7 @@ class GatherAuthoritySimulator:
         self.mismatch_seq = False
         self.wrong_byte_order = False
         self.answer_override: dict[str, Any] = {}
+        self.raw_answer: Callable[[GatherInfo], bytes] | None = None
 
         self.requests: list[dict[str, Any]] = []
         self.answers: list[dict[str, Any]] = []
@@ -217,6 +221,7 @@ class GatherAuthoritySimulator:
         """Clear every fault switch (not the scripts or the records)."""
         self.silent = self.drop = self.garbage = self.mismatch_seq = self.wrong_byte_order = False
         self.answer_override = {}
+        self.raw_answer = None
 
     def next_form_id(self) -> str:
         form_id = f"HF{self.area_id[:4]}{self.form_date}{next(self._form_seq):06d}"
@@ -311,6 +316,10 @@ class GatherAuthoritySimulator:
             return True
         if self.garbage:
             writer.write(self._garbage())
+            await writer.drain()
+            return True
+        if self.raw_answer is not None:
+            writer.write(self.raw_answer(info))
             await writer.drain()
             return True
         script = self._script_for(info.dr_ic_no)

@@ -24,6 +24,9 @@ Fault switches (checked in this order, each request is recorded first):
 - ``reuse_instruction_id``: answer a release with the instruction id given last (a replay).
 - ``omit_instruction_id``: answer a release with ``instruction_id: null``.
 - ``answer_patch``: keys merged into every answer; a value of :data:`MISSING` removes the key.
+- ``raw_answer``: answer ``200`` (``application/json``) with exactly these bytes, or with
+  what ``raw_answer(request_body)`` returns: for answers no JSON encoder would write (nested
+  6 000 deep, duplicate keys, a 5 000-digit number, a huge body).
 
 Pass requests are checked against the contract's shape (exact keys, ``I``/``E``, an
 ISO 8601 ``captured_at`` with offset); a request that fails is answered ``400``.
@@ -35,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -135,6 +139,7 @@ class HttpAuthoritySimulator:
         self.reuse_instruction_id = False
         self.omit_instruction_id = False
         self.answer_patch: dict[str, Any] = {}
+        self.raw_answer: bytes | Callable[[dict[str, Any]], bytes] | None = None
         self.fail_confirmations = False
 
         self.requests: list[dict[str, Any]] = []
@@ -236,6 +241,7 @@ class HttpAuthoritySimulator:
         self.mismatch_id = self.reuse_instruction_id = self.omit_instruction_id = False
         self.status_code = None
         self.answer_patch = {}
+        self.raw_answer = None
         self.fail_confirmations = False
 
     def next_instruction_id(self) -> str:
@@ -326,6 +332,9 @@ class HttpAuthoritySimulator:
             return web.json_response({"error": "simulated failure"}, status=self.status_code)
         if self.garbage:
             return web.Response(status=200, text="<html>502 网关错误</html>", content_type="text/html")
+        if self.raw_answer is not None:
+            raw = self.raw_answer(body) if callable(self.raw_answer) else self.raw_answer
+            return web.Response(status=200, body=raw, content_type="application/json")
 
         answer = self._answer_for(body, script)
         self.answers.append(answer)

@@ -28,10 +28,15 @@ well-formed message of the frame's type whose AREA_ID, CHNL_NO and I_E_TYPE attr
 repeat the header's. So a frame the decoder yields is always one that was sent as such
 (S5: nonsense never becomes an answer).
 
-The XML bodies are built and parsed with :mod:`xml.etree.ElementTree` (defusedxml is not
-available). Entity expansion attacks need a DTD, so any text containing ``<!DOCTYPE`` or
-``<!ENTITY`` is refused before it reaches the parser; expat then refuses undefined entities
-itself and never fetches anything.
+The XML bodies are built with :mod:`xml.etree.ElementTree` and parsed by expat directly
+into an ElementTree, under limits (``docs/reliability.md``): the frame at most
+:data:`MAX_XML` bytes, elements nested at most :data:`MAX_XML_DEPTH` deep, at most
+:data:`MAX_XML_ELEMENTS` elements, and no DTD at all. Entity expansion needs entity
+declarations, which live in a DTD: the parser refuses a document type declaration, an
+entity declaration or an external entity reference as soon as expat reports it, so
+nothing is ever expanded or fetched (the text is also refused up front if it contains
+``<!DOCTYPE`` or ``<!ENTITY``). Every text value has a length: SEQ_NO 128 characters,
+CHECK_RESULT and FORM_ID 64, OP_HINT 256 (it goes on the lane display), card and plate 32.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import math
 import re
 import struct
 import xml.etree.ElementTree as ET
+from xml.parsers import expat
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -52,6 +58,8 @@ __all__ = [
     "HEADER_LEN",
     "MAX_FRAME",
     "MAX_XML",
+    "MAX_XML_DEPTH",
+    "MAX_XML_ELEMENTS",
     "MIN_FRAME",
     "TAIL",
     "ByteOrder",
@@ -80,6 +88,12 @@ MIN_FRAME: Final = HEADER_LEN + len(TAIL)
 MAX_XML: Final = 64 * 1024
 """XML bodies larger than this are not gate messages; refused rather than buffered."""
 MAX_FRAME: Final = MIN_FRAME + MAX_XML
+MAX_XML_DEPTH: Final = 8
+"""Elements nested deeper than this are refused; the messages are three deep."""
+MAX_XML_ELEMENTS: Final = 256
+"""More elements than this are refused; a message has seven."""
+MAX_ATTRIBUTES: Final = 16
+"""Attributes of one element; GATHER_INFO has five."""
 FIXED_FIELD_LEN: Final = 10
 """AREA_ID and CHNL_NO are 10 ASCII bytes, space-padded."""
 
@@ -363,8 +377,20 @@ class GatherDecoder:
 # -- XML bodies --------------------------------------------------------------------------
 
 
+_TEXT_LIMITS: Final[dict[str, int]] = {
+    "SEQ_NO": 128,
+    "CHNL_TYPE": 32,
+    "DR_IC_NO": 32,
+    "VE_NAME": 32,
+    "CHECK_RESULT": 64,
+    "OP_HINT": 256,
+    "FORM_ID": 64,
+}
+
+
 def _clean(name: str, value: Any, *, required: bool) -> str | None:
-    """Strip a text value; None for empty optional values; ValueError for what XML can't carry."""
+    """Strip a text value; None for empty optional values; ValueError for what XML can't carry
+    or what is longer than the field's limit."""
     if value is None:
         if required:
             raise ValueError(f"{name} is required")
@@ -376,6 +402,9 @@ def _clean(name: str, value: Any, *, required: bool) -> str | None:
         if required:
             raise ValueError(f"{name} must not be empty")
         return None
+    limit = _TEXT_LIMITS.get(name)
+    if limit is not None and len(value) > limit:
+        raise ValueError(f"{name} is {len(value)} characters, at most {limit}")
     bad = _NOT_XML_CHAR.search(value)
     if bad:
         raise ValueError(f"{name} contains {bad.group()!r}, which XML cannot carry")
@@ -386,15 +415,68 @@ def _format_weight(kg: float) -> str:
     return str(int(kg)) if float(kg).is_integer() else repr(float(kg))
 
 
+class _Refused(Exception):
+    """Raised from an expat handler to stop the parse at once."""
+
+
+def _refuse(what: str):
+    def handler(*_args: Any) -> Any:
+        raise _Refused(what)
+
+    return handler
+
+
+def _parse_xml(xml: str) -> ET.Element:
+    """Parse ``xml`` with expat into an ElementTree, refusing what a gate message never has.
+
+    Stops at the first element beyond :data:`MAX_XML_DEPTH` or :data:`MAX_XML_ELEMENTS`,
+    and at any DTD, entity declaration or external entity: nothing is ever expanded or
+    fetched, and the work is linear in the text.
+    """
+    parser = expat.ParserCreate()
+    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+    builder = ET.TreeBuilder()
+    depth = elements = 0
+
+    def start(tag: str, attrs: dict[str, str]) -> None:
+        nonlocal depth, elements
+        depth += 1
+        elements += 1
+        if depth > MAX_XML_DEPTH:
+            raise _Refused(f"elements nested more than {MAX_XML_DEPTH} deep")
+        if elements > MAX_XML_ELEMENTS:
+            raise _Refused(f"more than {MAX_XML_ELEMENTS} elements")
+        if len(attrs) > MAX_ATTRIBUTES:
+            raise _Refused(f"<{tag}> has more than {MAX_ATTRIBUTES} attributes")
+        builder.start(tag, attrs)
+
+    def end(tag: str) -> None:
+        nonlocal depth
+        depth -= 1
+        builder.end(tag)
+
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    parser.CharacterDataHandler = builder.data
+    parser.StartDoctypeDeclHandler = _refuse("a DTD (document type declaration)")
+    parser.EntityDeclHandler = _refuse("an entity declaration")
+    parser.UnparsedEntityDeclHandler = _refuse("an entity declaration")
+    parser.ExternalEntityRefHandler = _refuse("an external entity")
+    try:
+        parser.Parse(xml, True)
+    except _Refused as exc:
+        raise GatherFrameError(DropReason.XML, f"refused: {exc}") from None
+    except (expat.ExpatError, ValueError) as exc:
+        raise GatherFrameError(DropReason.XML, f"not well-formed XML: {exc}") from None
+    return builder.close()
+
+
 def _parse_root(xml: str, tag: str) -> ET.Element:
     if "<!DOCTYPE" in xml or "<!ENTITY" in xml:
         raise GatherFrameError(DropReason.XML, "DTD or entity declaration refused")
-    try:
-        root = ET.fromstring(xml)
-    except (ET.ParseError, ValueError) as exc:
-        raise GatherFrameError(DropReason.XML, f"not well-formed XML: {exc}") from None
+    root = _parse_xml(xml)
     if root.tag != tag:
-        raise GatherFrameError(DropReason.XML, f"root element <{root.tag}>, expected <{tag}>")
+        raise GatherFrameError(DropReason.XML, f"root element <{root.tag[:40]}>, expected <{tag}>")
     return root
 
 

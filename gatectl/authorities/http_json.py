@@ -9,17 +9,25 @@ the vehicle (S5). Only a release instruction from the authority may lift (R3), s
 adapter never invents or repairs a decision.
 
 ``confirm`` posts ``gate/v1/pass-confirmations`` once; the journal's outbox retries it.
+
+An answer is bounded before it is believed (``docs/reliability.md``): at most
+:data:`MAX_ANSWER_BYTES`, nested at most :data:`~gatectl.limits.MAX_JSON_DEPTH` deep, no
+duplicate keys, ``request_id`` the one sent, ``instruction_id`` at most 128 characters, ``form_id``
+64, ``hint`` 256 (it goes on the lane display), ``declared_weight_kg`` 0 to 200 000. Beyond
+any of these the answer is ``malformed``: the vehicle is held at once, as for any answer
+that is not one, instead of waiting for the timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import math
+import re
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import aiohttp
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from gatectl.authorities.base import (
     DECISIONS,
@@ -27,6 +35,7 @@ from gatectl.authorities.base import (
     Decision,
     PassRequest,
 )
+from gatectl.limits import MAX_HINT_LEN, MAX_ID_LEN, MAX_WEIGHT_KG, JsonRefused, load_json
 
 __all__ = ["HttpJsonAuthority", "pass_request_body", "confirmation_body"]
 
@@ -78,15 +87,49 @@ def confirmation_body(
     }
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-finite number {name} in answer")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
 
 
-def _optional_str(answer: dict[str, Any], key: str) -> str | None:
-    value = answer.get(key)
-    if value is None or isinstance(value, str):
+def _no_control(pattern: re.Pattern[str]):
+    def check(value: str) -> str:
+        if pattern.search(value):
+            raise ValueError("contains a control character")
         return value
-    raise AuthorityError("malformed", f"{key} must be a string or null, got {type(value).__name__}")
+
+    return AfterValidator(check)
+
+
+def _text(max_length: int, pattern: re.Pattern[str] = _CONTROL) -> Any:
+    return Annotated[str, StringConstraints(max_length=max_length), _no_control(pattern)]
+
+
+_Id = _text(MAX_ID_LEN)
+_FormId = _text(64)
+_Hint = _text(MAX_HINT_LEN, _CONTROL_BUT_LINES)
+_DeclaredKg = Annotated[float, Field(ge=0, le=MAX_WEIGHT_KG, allow_inf_nan=False)]
+
+
+class _Answer(BaseModel):
+    """The fields of a 200 answer after ``request_id`` (checked first: ``mismatch``).
+
+    Unknown keys are ignored (CONTRACT 3.1); empty strings are kept as they came, as
+    before: only ``release`` needs a non-empty ``instruction_id``.
+    """
+
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+    decision: Literal["release", "hold", "inspect", "deny"]
+    instruction_id: _Id | None = None
+    form_id: _FormId | None = None
+    hint: _Hint | None = None
+    declared_weight_kg: _DeclaredKg | None = None
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr`` of an answered value for a message, cut short: details are journaled."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def parse_decision(raw: bytes, request_id: str) -> Decision:
@@ -95,13 +138,14 @@ def parse_decision(raw: bytes, request_id: str) -> Decision:
     Required: a JSON object with ``request_id`` (equal to the one sent, else ``mismatch``)
     and ``decision`` (one of the four). ``instruction_id``, ``form_id``, ``hint`` (strings)
     and ``declared_weight_kg`` (a number) may be null or absent, except that a ``release``
-    must name its ``instruction_id`` (R3). Unknown keys are ignored. Anything else raises
-    ``AuthorityError("malformed")``.
+    must name its ``instruction_id`` (R3). Unknown keys are ignored. Every limit of the
+    module doc applies. Anything else raises ``AuthorityError("malformed")``; never
+    another exception, whatever the bytes.
     """
     try:
-        answer = json.loads(raw, parse_constant=_reject_constant)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise AuthorityError("malformed", f"answer is not JSON: {exc}", request_id=request_id) from None
+        answer = load_json(raw, max_bytes=MAX_ANSWER_BYTES)
+    except JsonRefused as exc:
+        raise AuthorityError("malformed", f"answer refused: {exc.message}", request_id=request_id) from None
     if not isinstance(answer, dict):
         raise AuthorityError("malformed", f"answer is a JSON {type(answer).__name__}, not an object", request_id=request_id)
 
@@ -109,35 +153,29 @@ def parse_decision(raw: bytes, request_id: str) -> Decision:
     if not isinstance(answered_id, str) or not answered_id:
         raise AuthorityError("malformed", "answer has no request_id", request_id=request_id)
     if answered_id != request_id:
-        raise AuthorityError("mismatch", f"answer is for request {answered_id!r}", request_id=request_id)
+        raise AuthorityError("mismatch", f"answer is for request {_short(answered_id)}", request_id=request_id)
 
     decision = answer.get("decision")
     if not isinstance(decision, str) or decision not in DECISIONS:
         raise AuthorityError(
-            "malformed", f"decision {decision!r} is not one of {sorted(DECISIONS)}", request_id=request_id
+            "malformed", f"decision {_short(decision)} is not one of {sorted(DECISIONS)}", request_id=request_id
         )
     try:
-        instruction_id = _optional_str(answer, "instruction_id")
-        form_id = _optional_str(answer, "form_id")
-        hint = _optional_str(answer, "hint")
-    except AuthorityError as exc:
-        exc.request_id = request_id
-        raise
-    weight = answer.get("declared_weight_kg")
-    if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float))):
-        raise AuthorityError("malformed", "declared_weight_kg must be a number or null", request_id=request_id)
-    if weight is not None and not math.isfinite(weight):
-        raise AuthorityError("malformed", "declared_weight_kg is not finite", request_id=request_id)
-    if decision == "release" and not instruction_id:
+        fields = _Answer.model_validate(answer)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"][:1])
+        raise AuthorityError("malformed", f"{where}: {first['msg']}", request_id=request_id) from None
+    if decision == "release" and not fields.instruction_id:
         raise AuthorityError("malformed", "release names no instruction_id", request_id=request_id)
 
     return Decision(
         request_id=request_id,
-        decision=decision,
-        instruction_id=instruction_id,
-        form_id=form_id,
-        hint=hint,
-        declared_weight_kg=None if weight is None else float(weight),
+        decision=fields.decision,
+        instruction_id=fields.instruction_id,
+        form_id=fields.form_id,
+        hint=fields.hint,
+        declared_weight_kg=fields.declared_weight_kg,
     )
 
 

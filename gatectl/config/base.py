@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Strict
+from pydantic import AllowInfNan, BaseModel, ConfigDict, Strict
 
 __all__ = [
     "ConfigError",
@@ -36,7 +36,7 @@ class GatectlModel(BaseModel):
 # YAML already types its scalars, so integers and numbers are strict: `port: true` or
 # `poll_ms: "50"` is a mistake to report, not something to coerce.
 Int = Annotated[int, Strict()]
-Number = Annotated[float, Strict()]  # strict float still takes a YAML integer
+Number = Annotated[float, Strict(), AllowInfNan(False)]  # strict float still takes a YAML integer; .inf is refused
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,10 @@ from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
+from ruamel.yaml.composer import Composer, ComposerError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import AliasEvent, CollectionStartEvent, ScalarEvent
+from ruamel.yaml.nodes import CollectionNode, MappingNode, Node, ScalarNode
 
 from gatectl.config.base import ConfigError, Loc, Problem, yaml_path
 from gatectl.config.models import (
@@ -38,7 +41,21 @@ from gatectl.config.models import (
     cross_check,
 )
 
-__all__ = ["check_config", "load_config", "parse_config"]
+__all__ = [
+    "MAX_CONFIG_BYTES",
+    "MAX_CONFIG_DEPTH",
+    "MAX_CONFIG_NODES",
+    "check_config",
+    "load_config",
+    "parse_config",
+]
+
+MAX_CONFIG_BYTES = 2 * 1024 * 1024
+"""A site config is a few KB; with 10 000 whitelist entries under 1 MB."""
+MAX_CONFIG_DEPTH = 24
+"""Nesting levels, aliases expanded. A config is about six deep (lanes[0].barrier.pulse_ms)."""
+MAX_CONFIG_NODES = 300_000
+"""Values in the document once every alias is expanded (10 000 whitelist entries are 70 000)."""
 
 
 def load_config(path: str | PathLike[str]) -> SiteConfig:
@@ -50,7 +67,11 @@ def load_config(path: str | PathLike[str]) -> SiteConfig:
     name = str(path)
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        with file.open("rb") as stream:
+            raw = stream.read(MAX_CONFIG_BYTES + 1)  # /dev/zero, a log file by mistake...
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError([Problem("", None, _too_large(), name)])
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError([Problem("", None, "config file not found", name)]) from None
     except UnicodeDecodeError as exc:
@@ -68,8 +89,12 @@ def parse_config(
     """Validate config text; relative paths resolve against `base_dir` (default: cwd)."""
     base = Path(base_dir).absolute() if base_dir is not None else Path.cwd()
 
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError([Problem("", None, _too_large(), filename)])
+    yaml = YAML(typ="rt")
+    yaml.Composer = _BoundedComposer
     try:
-        tree = YAML(typ="rt").load(text)
+        tree = yaml.load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         message = exc.problem or exc.context or "YAML syntax error"
@@ -79,6 +104,10 @@ def parse_config(
         raise ConfigError([Problem("", line, f"YAML: {message}", filename)]) from None
     except YAMLError as exc:
         raise ConfigError([Problem("", None, f"YAML: {exc}", filename)]) from None
+    except (ValueError, TypeError, AssertionError, OverflowError) as exc:
+        # ruamel's constructors raise these on values the composer let through; nothing
+        # is known to reach here, but a config is text from outside: report, never crash.
+        raise ConfigError([Problem("", None, f"YAML: cannot read a value: {exc}", filename)]) from None
 
     if tree is None:
         raise ConfigError([Problem("", 1, "the file is empty; expected a site config", filename)])
@@ -140,6 +169,131 @@ def summarise(config: SiteConfig) -> str:
 
 def _count(n: int, one: str, many: str) -> str:
     return f"{n} {one if n == 1 else many}"
+
+
+def _too_large() -> str:
+    return f"larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MB; a site config is a few KB"
+
+
+# --------------------------------------------------------------------------------------
+# YAML with a budget
+
+
+_TAG_INT = "tag:yaml.org,2002:int"
+_TAG_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+_TAG_STR = "tag:yaml.org,2002:str"
+_MAX_INT_CHARS = 32
+_BAD_CHAR = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+
+
+class _BoundedComposer(Composer):
+    """ruamel's composer, refusing what a site config never needs and a hostile file uses.
+
+    Aliases are cheap to compose (they share one node) but every reader after the composer
+    expands them: an 8-level alias bomb of 2 KB is billions of values. So while composing,
+    the size and depth of the document *as expanded* are counted, exactly and in linear
+    time: each node counts once, each alias counts the expanded size of what it names
+    (measured once per anchor). The first alias that takes the count over
+    MAX_CONFIG_NODES, or the depth over MAX_CONFIG_DEPTH, is refused at its line.
+
+    Also refused at their line: an alias inside its own anchor (an infinite value), an
+    anchor defined twice (which one an alias means is easy to misread),
+    explicit tags (``!!binary``, ``!!python/object``, ``!!set``...: a config needs none,
+    and ruamel's constructors for them raise on bad input), keys that are not plain values,
+    integers longer than 32 characters, and control characters or lone surrogates in text.
+    Dates and times stay text, so pydantic reports a bad one with its line.
+    """
+
+    def __init__(self, loader: Any = None) -> None:
+        super().__init__(loader)
+        self._depth = 0  # our own count: the composer recurses, so this is checked before Python's limit
+        self._expanded = 0
+        self._measured: dict[int, tuple[int, int]] = {}  # id(node) -> (size, depth)
+
+    def _refuse(self, message: str, mark: Any) -> ComposerError:
+        return ComposerError(None, None, message, mark)
+
+    def _count(self, n: int, mark: Any) -> None:
+        self._expanded += n
+        if self._expanded > MAX_CONFIG_NODES:
+            raise self._refuse(
+                f"more than {MAX_CONFIG_NODES} values once aliases are expanded (an alias bomb?); "
+                "a site config needs far fewer",
+                mark,
+            )
+
+    def _measure(self, node: Node) -> tuple[int, int]:
+        """(values, depth) of ``node`` expanded; memoised, so shared nodes cost once."""
+        known = self._measured.get(id(node))
+        if known is not None:
+            return known
+        if isinstance(node, MappingNode):
+            children = [child for pair in node.value for child in pair]
+        elif isinstance(node, CollectionNode):
+            children = list(node.value)
+        else:
+            children = []
+        size, depth = 1, 0
+        for child in children:
+            child_size, child_depth = self._measure(child)
+            size += child_size
+            depth = max(depth, child_depth)
+        result = (size, depth + 1)
+        self._measured[id(node)] = result
+        return result
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.parser.peek_event()
+        if isinstance(parent, MappingNode) and index is None:
+            target = self.anchors.get(event.anchor) if isinstance(event, AliasEvent) else None
+            if not isinstance(event, (ScalarEvent, AliasEvent)) or (
+                target is not None and not isinstance(target, ScalarNode)
+            ):
+                raise self._refuse("a mapping key must be a plain value, not a list or a mapping", event.start_mark)
+        if isinstance(event, AliasEvent):
+            target = self.anchors.get(event.anchor)
+            if target is not None:  # else ruamel reports the undefined alias
+                if isinstance(target, CollectionNode) and target.end_mark is None:
+                    raise self._refuse(f"alias *{event.anchor} is inside its own anchor", event.start_mark)
+                size, depth = self._measure(target)
+                self._count(size, event.start_mark)
+                if self._depth + depth > MAX_CONFIG_DEPTH:
+                    raise self._refuse(
+                        f"nested more than {MAX_CONFIG_DEPTH} levels deep once aliases are expanded",
+                        event.start_mark,
+                    )
+            return super().compose_node(parent, index)
+        if isinstance(event, (ScalarEvent, CollectionStartEvent)):
+            if event.anchor is not None and event.anchor in self.anchors:
+                raise self._refuse(f"anchor &{event.anchor} is defined twice", event.start_mark)
+            tag = event.ctag
+            if tag is not None and str(tag) != "!":
+                shown = str(tag).replace("tag:yaml.org,2002:", "!!")
+                raise self._refuse(
+                    f"explicit tag {shown} is not used in a site config; quote the value instead", event.start_mark
+                )
+        self._count(1, event.start_mark)
+        self._depth += 1
+        if self._depth > MAX_CONFIG_DEPTH:
+            raise self._refuse(f"nested more than {MAX_CONFIG_DEPTH} levels deep; a site config is about six",
+                               event.start_mark)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_scalar_node(self, anchor: Any) -> Any:
+        node = super().compose_scalar_node(anchor)
+        value = node.value
+        bad = _BAD_CHAR.search(value)
+        if bad is not None:
+            what = "a lone surrogate" if "\ud800" <= bad.group() <= "\udfff" else "a control character"
+            raise self._refuse(f"{what} ({bad.group()!r}) in a value", node.start_mark)
+        if node.tag == _TAG_INT and len(value) > _MAX_INT_CHARS:
+            raise self._refuse(f"a number of {len(value)} characters is no config value", node.start_mark)
+        if node.tag == _TAG_TIMESTAMP:
+            node.tag = _TAG_STR
+        return node
 
 
 # --------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from pydantic import (
     GetCoreSchemaHandler,
     PlainSerializer,
     PlainValidator,
+    Strict,
     StringConstraints,
     Tag,
     TypeAdapter,
@@ -44,6 +45,7 @@ from pydantic import (
 from pydantic_core import core_schema
 
 from gatectl.config.base import GatectlModel, Int, Loc, Number, yaml_path
+from gatectl.limits import MAX_DURATION_MS, MAX_WEIGHT_KG, DurationMs, PersonName, Plate, WeightKg, single_line
 
 __all__ = [
     "GOODS_KINDS",
@@ -91,7 +93,46 @@ ModuleName = Annotated[str, StringConstraints(pattern=_NAME, max_length=64)]
 AuthorityName = Annotated[str, StringConstraints(pattern=_NAME, max_length=64)]
 NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
 Port = Annotated[Int, Field(ge=1, le=65535)]
-PositiveMs = Annotated[Int, Field(gt=0)]
+
+# Limits (docs/reliability.md, "Input limits"): every number has a range that makes sense
+# at a checkpoint and every string and list a length, so a value check-config accepts can
+# never overflow a date, a timer or SQLite at run time.
+MAX_LANES = 64
+MAX_IO_MODULES = 256
+MAX_AUTHORITIES = 32
+MAX_WHITELIST = 10_000
+MAX_TRUST_KEYS = 16
+MAX_RELEASE_CODES = 32
+MAX_WINDOWS = 24
+MAX_PATH_LEN = 4096
+MAX_HOST_LEN = 253  # a DNS name
+BAUDRATES: tuple[int, ...] = (1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200)
+"""Serial rates card readers, weighing indicators and RS-485 IO modules offer."""
+
+
+def _ms(low: int, high: int) -> Any:
+    return Annotated[DurationMs, Field(ge=low, le=high)]
+
+
+PulseMs = _ms(10, 10_000)
+TravelMs = _ms(100, 120_000)
+WaitMs = _ms(1_000, MAX_DURATION_MS)
+PollMs = _ms(10, 10_000)
+AuthorityTimeoutMs = _ms(100, 60_000)
+SilenceMs = _ms(100, MAX_DURATION_MS)
+Kilograms = Annotated[WeightKg, Strict()]
+Host = Annotated[str, StringConstraints(min_length=1, max_length=MAX_HOST_LEN)]
+Label = single_line(128, what="a name")
+"""Names shown to people: the site's, a lane's."""
+
+
+def _baudrate(value: int) -> int:
+    if value not in BAUDRATES:
+        raise ValueError(f"baudrate must be one of {', '.join(map(str, BAUDRATES))}")
+    return value
+
+
+Baudrate = Annotated[Int, AfterValidator(_baudrate), WithJsonSchema({"type": "integer", "enum": list(BAUDRATES)})]
 
 
 # --------------------------------------------------------------------------------------
@@ -107,6 +148,8 @@ def _base_dir(info: ValidationInfo) -> Path:
 def _resolve_path(value: Path, info: ValidationInfo) -> Path:
     if str(value) in ("", "."):
         raise ValueError("a file path is required")
+    if len(str(value)) > MAX_PATH_LEN:
+        raise ValueError(f"a path is at most {MAX_PATH_LEN} characters")
     if value.is_absolute():
         return value
     # Lexical, so validation touches no file system state.
@@ -129,7 +172,7 @@ def _resolve_serial_port(value: str, info: ValidationInfo) -> str:
 
 SerialPort = Annotated[
     str,
-    StringConstraints(min_length=1),
+    StringConstraints(min_length=1, max_length=MAX_PATH_LEN),
     AfterValidator(_resolve_serial_port),
 ]
 """A serial device (or pty, or pyserial URL); relative paths are relative to the config."""
@@ -291,6 +334,8 @@ class TimeWindow:
 def _some_windows(windows: tuple[TimeWindow, ...]) -> tuple[TimeWindow, ...]:
     if not windows:
         raise ValueError('no opening window: give at least one, or "always"')
+    if len(windows) > MAX_WINDOWS:
+        raise ValueError(f"at most {MAX_WINDOWS} opening windows a day")
     return windows
 
 
@@ -324,8 +369,8 @@ class SiteInfo(GatectlModel):
         title="Site id",
         description="Lowercase letters, digits and dashes; sent to authorities and in every event.",
     )
-    name: NonEmptyStr = Field(title="Site name", description="Shown to people, e.g. 昆明综合保税区经开片区.")
-    timezone: str = Field(
+    name: Label = Field(title="Site name", description="Shown to people, e.g. 昆明综合保税区经开片区.")
+    timezone: Annotated[str, StringConstraints(max_length=64)] = Field(
         "Asia/Shanghai",
         title="Time zone",
         description="IANA zone name; open hours and ledger days are in this zone.",
@@ -366,12 +411,12 @@ def _split_host_port(value: str) -> tuple[str, int]:
 
 
 class LocalApiConfig(GatectlModel):
-    listen: str = Field(
+    listen: Annotated[str, StringConstraints(max_length=MAX_HOST_LEN + 8)] = Field(
         "127.0.0.1:8470",
         title="Listen address",
         description='"host:port" of the local HTTP API and guard screen; IPv6 as "[::1]:8470".',
     )
-    token: NonEmptyStr | None = Field(
+    token: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = Field(
         None,
         repr=False,
         title="Bearer token",
@@ -412,20 +457,20 @@ class MqttTlsConfig(GatectlModel):
 
 
 class MqttConfig(GatectlModel):
-    host: NonEmptyStr = Field(title="Broker host")
+    host: Host = Field(title="Broker host")
     port: Port = Field(1883, title="Broker port")
-    topic_prefix: str | None = Field(
+    topic_prefix: Annotated[str, StringConstraints(max_length=128)] | None = Field(
         None,
         title="Topic prefix",
         description="Prefix of every topic (CONTRACT 5); default gatectl/<site.id>.",
     )
-    client_id: NonEmptyStr | None = Field(
+    client_id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = Field(
         None,
         title="Client id",
         description="MQTT client id; must differ between lane PCs. Default: chosen by the MQTT link.",
     )
-    username: str | None = Field(None, title="User name")
-    password: str | None = Field(None, repr=False, title="Password")
+    username: Annotated[str, StringConstraints(max_length=256)] | None = Field(None, title="User name")
+    password: Annotated[str, StringConstraints(max_length=1024)] | None = Field(None, repr=False, title="Password")
     tls: MqttTlsConfig | None = Field(None, title="TLS", description="None: plain TCP.")
 
     @field_validator("topic_prefix")
@@ -443,11 +488,13 @@ class MqttConfig(GatectlModel):
 class TrustConfig(GatectlModel):
     customs: list[PublicKey] = Field(
         default_factory=list,
+        max_length=MAX_TRUST_KEYS,
         title="Customs keys",
         description="Ed25519 public keys (base64, raw 32 bytes) whose signature is a customs approval.",
     )
     park: list[PublicKey] = Field(
         default_factory=list,
+        max_length=MAX_TRUST_KEYS,
         title="Park management keys",
         description="Ed25519 public keys (base64, raw 32 bytes) of park management (non_bonded countersign).",
     )
@@ -455,11 +502,13 @@ class TrustConfig(GatectlModel):
 
 class HttpJsonAuthority(GatectlModel):
     protocol: Literal["http-json"] = Field(title="Protocol", description="CONTRACT 3.1.")
-    url: str = Field(
+    url: Annotated[str, StringConstraints(max_length=2048)] = Field(
         title="Base URL",
         description='Base URL; requests go to {url}gate/v1/…. A missing trailing "/" is added.',
     )
-    timeout_ms: PositiveMs = Field(3000, title="Timeout", description="No answer in time holds.")
+    timeout_ms: AuthorityTimeoutMs = Field(
+        3000, title="Timeout", description="100-60000 ms. No answer in time holds."
+    )
 
     @field_validator("url")
     @classmethod
@@ -476,16 +525,19 @@ class HttpJsonAuthority(GatectlModel):
 
 class GatherXmlAuthority(GatectlModel):
     protocol: Literal["gather-xml"] = Field(title="Protocol", description="CONTRACT 3.2.")
-    host: NonEmptyStr = Field(title="Host")
+    host: Host = Field(title="Host")
     port: Port = Field(title="Port")
     area_id: Annotated[str, StringConstraints(pattern=r"^[\x21-\x7e]{1,10}$")] = Field(
         title="Area id",
         description="AREA_ID, 1-10 ASCII characters (space-padded in the frame). Quote it.",
     )
-    timeout_ms: PositiveMs = Field(3000, title="Timeout", description="No answer in time holds.")
-    release_codes: list[str] = Field(
+    timeout_ms: AuthorityTimeoutMs = Field(
+        3000, title="Timeout", description="100-60000 ms. No answer in time holds."
+    )
+    release_codes: list[Annotated[str, StringConstraints(max_length=256)]] = Field(
         default_factory=lambda: ["^00"],
         min_length=1,
+        max_length=MAX_RELEASE_CODES,
         title="Release codes",
         description="Regexes searched in CHECK_RESULT (re.search); any match releases, else hold.",
     )
@@ -513,20 +565,20 @@ Authority = Annotated[Union[HttpJsonAuthority, GatherXmlAuthority], Field(discri
 
 class ModbusTcpModule(GatectlModel):
     protocol: Literal["modbus-tcp"] = Field(title="Protocol")
-    host: NonEmptyStr = Field(title="Host")
+    host: Host = Field(title="Host")
     port: Port = Field(502, title="Port")
     unit: Int = Field(1, ge=0, le=255, title="Unit id")
-    poll_ms: PositiveMs = Field(50, title="Poll period", description="Discrete inputs read every poll_ms.")
+    poll_ms: PollMs = Field(50, title="Poll period", description="Discrete inputs read every poll_ms (10-10000).")
 
 
 class ModbusRtuModule(GatectlModel):
     protocol: Literal["modbus-rtu"] = Field(title="Protocol")
     port: SerialPort = Field(title="Serial device", description="RS-485 adapter, e.g. /dev/ttyUSB0.")
-    baudrate: Int = Field(9600, gt=0, title="Baud rate")
+    baudrate: Baudrate = Field(9600, title="Baud rate")
     parity: Literal["N", "E", "O"] = Field("N", title="Parity")
     stopbits: Literal[1, 2] = Field(1, title="Stop bits")
     unit: Int = Field(1, ge=1, le=247, title="Unit id")
-    poll_ms: PositiveMs = Field(50, title="Poll period", description="Discrete inputs read every poll_ms.")
+    poll_ms: PollMs = Field(50, title="Poll period", description="Discrete inputs read every poll_ms (10-10000).")
 
 
 IoModule = Annotated[Union[ModbusTcpModule, ModbusRtuModule], Field(discriminator="protocol")]
@@ -534,24 +586,23 @@ IoModule = Annotated[Union[ModbusTcpModule, ModbusRtuModule], Field(discriminato
 
 class AdministrativeVehicle(GatectlModel):
     card: Card = Field(title="Card", description="IC card number; uppercase hex.")
-    plate: NonEmptyStr = Field(title="Plate", description="Number plate, e.g. 云A12345.")
-    curb_weight_kg: Number = Field(gt=0, title="Curb weight (kg)")
+    plate: Plate = Field(title="Plate", description="Number plate, e.g. 云A12345 (at most 16 characters).")
+    curb_weight_kg: Number = Field(gt=0, le=MAX_WEIGHT_KG, title="Curb weight (kg)")
 
 
 class StaffMember(GatectlModel):
     card: Card = Field(title="Card", description="IC card number; uppercase hex.")
-    name: NonEmptyStr = Field(title="Name")
+    name: PersonName = Field(title="Name")
 
 
 class CardReaderConfig(GatectlModel):
     port: SerialPort = Field(title="Serial device", description="Any path pyserial opens, a pty included.")
-    baudrate: Int = Field(9600, gt=0, title="Baud rate")
+    baudrate: Baudrate = Field(9600, title="Baud rate")
     format: Literal["ascii-line", "stx-hex-xor", "stx-bin-bcc"] = Field(
         title="Frame format", description="CONTRACT 2.1."
     )
-    silence_ms: Int | None = Field(
+    silence_ms: SilenceMs | None = Field(
         None,
-        gt=0,
         title="Silence fault after",
         description=(
             "A reader that sends no valid frame for this long is faulty and the lane fails "
@@ -563,19 +614,18 @@ class CardReaderConfig(GatectlModel):
 
 class WeighbridgeConfig(GatectlModel):
     port: SerialPort = Field(title="Serial device", description="Any path pyserial opens, a pty included.")
-    baudrate: Int = Field(9600, gt=0, title="Baud rate")
+    baudrate: Baudrate = Field(9600, title="Baud rate")
     format: Literal["xk3190-tf0", "toledo-continuous"] = Field(
         title="Frame format", description="CONTRACT 2.2."
     )
     stable_samples: Int = Field(
-        5, ge=2, title="Stable samples", description="Identical consecutive readings that count as stable."
+        5, ge=2, le=100, title="Stable samples", description="Identical consecutive readings that count as stable."
     )
-    min_vehicle_kg: Number = Field(
-        500, ge=0, title="Minimum vehicle weight", description="Below this the bridge is empty."
+    min_vehicle_kg: Kilograms = Field(
+        500, title="Minimum vehicle weight", description="Below this the bridge is empty."
     )
-    silence_ms: Int | None = Field(
+    silence_ms: SilenceMs | None = Field(
         3000,
-        gt=0,
         title="Silence fault after",
         description=(
             "An indicator in continuous mode that sends no valid frame for this long is "
@@ -622,14 +672,16 @@ class PointsConfig(GatectlModel):
 
 
 class BarrierConfig(GatectlModel):
-    pulse_ms: PositiveMs = Field(300, title="Pulse length", description="Coil on-time per command.")
-    travel_timeout_ms: PositiveMs = Field(
-        6000, title="Travel timeout", description="Limit switch not reached in time is a barrier fault."
+    pulse_ms: PulseMs = Field(300, title="Pulse length", description="Coil on-time per command (10-10000 ms).")
+    travel_timeout_ms: TravelMs = Field(
+        6000,
+        title="Travel timeout",
+        description="Limit switch not reached in time is a barrier fault (100-120000 ms).",
     )
-    card_wait_ms: PositiveMs = Field(
+    card_wait_ms: WaitMs = Field(
         60000,
         title="Card wait",
-        description="A vehicle on the arrival loop without a card read is held after this.",
+        description="A vehicle on the arrival loop without a card read is held after this (1 s to a day).",
     )
 
     @model_validator(mode="after")
@@ -646,10 +698,10 @@ class LaneConfig(GatectlModel):
     id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]+$", max_length=64)] = Field(
         title="Lane id", description="Letters, digits and dashes; used in topics and URLs."
     )
-    name: NonEmptyStr = Field(title="Lane name", description="Shown to people, e.g. 保税货物进区1号.")
+    name: Label = Field(title="Lane name", description="Shown to people, e.g. 保税货物进区1号.")
     kind: LaneKind = Field(title="Lane kind", description="Decides who releases vehicles (R1).")
     direction: Literal["in", "out"] = Field(title="Direction", description="Into or out of the zone.")
-    channel_no: NonEmptyStr = Field(
+    channel_no: Annotated[str, StringConstraints(min_length=1, max_length=32)] = Field(
         title="Channel number", description="The lane's number at the authority (CHNL_NO). Quote it."
     )
     authority: AuthorityName | None = Field(
@@ -668,9 +720,8 @@ class LaneConfig(GatectlModel):
     )
     points: PointsConfig = Field(title="IO points")
     barrier: BarrierConfig = Field(default_factory=BarrierConfig, title="Barrier timing")
-    curb_weight_tolerance_kg: Number = Field(
+    curb_weight_tolerance_kg: Kilograms = Field(
         300,
-        ge=0,
         title="Curb weight tolerance",
         description=(
             "Administrative lanes hold a registered vehicle weighing more than its "
@@ -731,16 +782,21 @@ class SiteConfig(GatectlModel):
     mqtt: MqttConfig | None = Field(None, title="MQTT", description="None: nothing is published.")
     trust: TrustConfig = Field(default_factory=TrustConfig, title="Approval signers")
     authorities: dict[AuthorityName, Authority] = Field(
-        default_factory=dict, title="Release authorities", description="By name."
+        default_factory=dict, max_length=MAX_AUTHORITIES, title="Release authorities", description="By name."
     )
-    io_modules: dict[ModuleName, IoModule] = Field(title="IO modules", description="By name.")
+    io_modules: dict[ModuleName, IoModule] = Field(
+        max_length=MAX_IO_MODULES, title="IO modules", description="By name."
+    )
     administrative_vehicles: list[AdministrativeVehicle] = Field(
-        default_factory=list, title="Administrative vehicles", description="Whitelist of administrative lanes."
+        default_factory=list,
+        max_length=MAX_WHITELIST,
+        title="Administrative vehicles",
+        description="Whitelist of administrative lanes.",
     )
     staff: list[StaffMember] = Field(
-        default_factory=list, title="Staff", description="Cards that open personnel lanes."
+        default_factory=list, max_length=MAX_WHITELIST, title="Staff", description="Cards that open personnel lanes."
     )
-    lanes: list[LaneConfig] = Field(min_length=1, title="Lanes")
+    lanes: list[LaneConfig] = Field(min_length=1, max_length=MAX_LANES, title="Lanes")
     ledger: LedgerConfig = Field(
         default_factory=LedgerConfig, title="Checkpoint ledger", description="R14: the ledger written every period."
     )

@@ -251,7 +251,7 @@ def test_device_silence_keys_default_and_validate(tmp_path: Path) -> None:
     problems = problems_of(tmp_path, text)
     zero = only(problems, "lanes[0].weighbridge.silence_ms")
     assert zero.line == line_of(text, "silence_ms: 0")
-    assert "greater than 0" in zero.message
+    assert "greater than or equal to 100" in zero.message
     fraction = only(problems, "lanes[1].card_reader.silence_ms")
     assert fraction.line == line_of(text, "silence_ms: 1.5")
 
@@ -333,7 +333,7 @@ def test_barrier_pulse_error_renders_like_the_contract(tmp_path: Path) -> None:
     [problem] = problems_of(tmp_path, text)
     line = line_of(text, "pulse_ms: -5")
     assert str(problem) == (
-        f"{tmp_path / 'site.yaml'}:{line} lanes[1].barrier.pulse_ms: Input should be greater than 0 (got -5)"
+        f"{tmp_path / 'site.yaml'}:{line} lanes[1].barrier.pulse_ms: Input should be greater than or equal to 10 (got -5)"
     )
 
 

@@ -82,6 +82,8 @@ def test_unit_declares_what_the_docs_promise() -> None:
         assert one[key] == "yes", key
     assert one["CapabilityBoundingSet"] == "" and one["AmbientCapabilities"] == ""
     assert one["UMask"] == "0077" and one["SystemCallArchitectures"] == "native"
+    # #13: a flood of API connections must not take the descriptors the lanes need.
+    assert one["LimitNOFILE"] == "4096"
     # The READY grace in gatectl/systemd.py stays inside the start timeout.
     from gatectl.systemd import READY_GRACE_S
 
