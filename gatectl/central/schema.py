@@ -23,6 +23,7 @@ Tables:
   lane's own fold (``gatectl.lane.passage.fold``); ``record`` is the whole fold record.
 - ``lifts``: release-instruction and approval lifts, for ``instruction_replay`` across sites.
 - ``zone_alarms``: the zone's own alarms, each once by ``key``.
+- ``relays``: every command and approval relayed to a lane PC, with the user who sent it.
 """
 
 from __future__ import annotations
@@ -118,6 +119,17 @@ CREATE TABLE zone_alarms (
     detail     jsonb NOT NULL
 );
 CREATE INDEX zone_alarms_open ON zone_alarms (raised_at) WHERE cleared_at IS NULL;
+
+CREATE TABLE relays (
+    relay_id  uuid PRIMARY KEY,
+    at        timestamptz NOT NULL DEFAULT now(),
+    actor     text NOT NULL,
+    role      text NOT NULL,
+    site_id   text NOT NULL,
+    topic     text NOT NULL,
+    kind      text NOT NULL,
+    body      jsonb NOT NULL
+);
 """),
 ]
 
