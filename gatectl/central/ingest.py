@@ -4,7 +4,7 @@ One ``Central`` per process. Its tasks:
 
 - **mqtt**: one aiomqtt client under a fixed client id with a persistent session
   (``clean_session=False``, QoS 1), so what lane PCs publish while the central is away
-  waits on the broker. Per configured prefix filter ``P`` it subscribes to
+  waits on the broker (in a shared group a clean session instead: see ``_client``). Per configured prefix filter ``P`` it subscribes to
   ``P/lanes/+/events`` and ``P/site/events`` (as ``$share/GROUP/...`` with
   ``shared_group``: instances share the events) and, never shared, ``P/lanes/+/state``
   and ``P/status`` (retained: every instance keeps the whole zone's view). Each event is
@@ -230,7 +230,11 @@ class Central:
         client = aiomqtt.Client(
             cfg.host, cfg.port, identifier=cfg.client_id, username=cfg.username, password=cfg.password,
             tls_context=tls_context(cfg.tls) if cfg.tls is not None else None,
-            clean_session=False, keepalive=30, timeout=10,
+            # A broker keeps queueing a group's share for a dead member's persistent session
+            # (Mosquitto does), so in a group each instance has a clean session: when one dies
+            # its share goes to the others at once; what no instance was there for comes back
+            # by replay from the lane journals.
+            clean_session=cfg.shared_group is not None, keepalive=30, timeout=10,
         )
         client.pending_calls_threshold = 1000
         # paho acknowledges a QoS 1 message when it has read it, whatever the application
