@@ -41,7 +41,7 @@ log = structlog.get_logger("gatectl.central.api")
 CENTRAL = web.AppKey("central", Central)
 POOL = web.AppKey("pool", AsyncConnectionPool)
 USERS = web.AppKey("users", Users)
-USER = "gatectl.user"
+USER = web.RequestKey("user", User)
 ANY = frozenset(ROLES) - {"camera"}
 LEDGER_ROLES = frozenset({"customs", "park"})
 OPEN_PATHS = ("/api/v1/health",)
@@ -208,7 +208,7 @@ async def ledger(request: web.Request) -> web.Response:
     tmp = Path(tempfile.mkdtemp(prefix="gatectl-zone-ledger-"))
     out = tmp / f"{period.filename(c.config.zone.id, fmt)}"
     try:
-        result = await asyncio.to_thread(export_zone, c.config, period, fmt, out, csv_single=True)
+        result = await asyncio.to_thread(export_zone, c.config, period, fmt, out, csv_single=fmt == "csv")
         body = result.path.read_bytes()
     finally:
         for f in tmp.iterdir():
