@@ -47,7 +47,7 @@ CREATE TABLE events (
     seq       bigint      NOT NULL,
     type      text        NOT NULL,
     body      jsonb       NOT NULL,
-    stored_at timestamptz NOT NULL DEFAULT now(),
+    stored_at timestamptz NOT NULL DEFAULT clock_timestamp(),  -- when the row was written: lag figures
     PRIMARY KEY (event_id, ts)
 ) PARTITION BY RANGE (ts);
 CREATE INDEX events_lane_seq ON events (site_id, lane_id, seq);

@@ -228,90 +228,124 @@ class Store:
                 [(contig[k], k[0], k[1]) for k in sorted(moved)],
             )
         result.lanes = dict(contig)
-        for key in sorted(k for k in contig if contig[k] > folded[k]):
-            self._fold_lane(conn, key, folded[key], contig[key], result)
+        self._fold(conn, {k: (folded[k], contig[k]) for k in sorted(contig) if contig[k] > folded[k]}, result)
 
     # ------------------------------------------------------------------ projection
 
-    def _fold_lane(self, conn: psycopg.Connection, key: tuple[str, str], start: int, end: int,
-                   result: IngestResult) -> None:
+    def _fold(self, conn: psycopg.Connection, spans: dict[tuple[str, str], tuple[int, int]],
+              result: IngestResult) -> None:
+        """Fold each lane's events ``(folded_seq, contiguous_seq]`` in seq order; every lane
+        of the batch in the same few statements (a round trip per lane would cost more
+        than the whole insert)."""
         from gatectl.central.project import fold_events, record_from_json, record_json
 
-        site_id, lane_id = key
-        cached = self._resume.get(key)
-        if cached is not None and cached[0] == start:
-            record = cached[1]
-        else:
-            row = conn.execute(
-                "SELECT record FROM passages WHERE site_id = %s AND lane_id = %s AND opened_seq <= %s"
-                " ORDER BY opened_seq DESC LIMIT 1", (site_id, lane_id, start),
-            ).fetchone()
-            record = record_from_json(row[0]) if row else None
-        pos = start
-        while pos < end:
-            upto = min(end, pos + FOLD_WINDOW)
-            bodies = [r[0] for r in conn.execute(
-                "SELECT body FROM events WHERE site_id = %s AND lane_id = %s AND seq > %s AND seq <= %s ORDER BY seq",
-                (site_id, lane_id, pos, upto),
-            )]
-            record, touched, problems = fold_events(record, bodies)
-            if problems:
-                result.fold_problems.extend(f"{site_id}/{lane_id}: {p}" for p in problems)
-            if touched:
-                conn.cursor().executemany(
-                    "INSERT INTO passages (passage_id, site_id, lane_id, opened_seq, opened_at, closed_at, card,"
-                    " auth_kind, auth_id, outcome, record) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                    " ON CONFLICT (passage_id) DO UPDATE SET closed_at = excluded.closed_at, card = excluded.card,"
-                    " auth_kind = excluded.auth_kind, auth_id = excluded.auth_id, outcome = excluded.outcome,"
-                    " record = excluded.record",
-                    [(r.passage_id, site_id, lane_id, r.opened_seq, r.opened_at, r.closed_at, r.card, r.auth_kind,
-                      r.auth_id, r.outcome, Jsonb(record_json(r))) for r in touched.values()],
-                )
-                for r in touched.values():
-                    if r.card:
-                        self._card_alarm(conn, site_id, r, result)
-            lifted = [b for b in bodies if b.get("type") == "barrier.lifted"]
-            for body in lifted:
-                self._lift(conn, body, result)
-            pos = upto
-        conn.execute("UPDATE lanes SET folded_seq = %s WHERE site_id = %s AND lane_id = %s",
-                     (end, site_id, lane_id))
-        self._resume[key] = (end, record)
-
-    def _lift(self, conn: psycopg.Connection, body: dict, result: IngestResult) -> None:
-        auth = body.get("authorisation")
-        if not isinstance(auth, dict) or auth.get("kind") not in ZONE_UNIQUE_AUTH or not auth.get("id"):
+        if not spans:
             return
-        kind, ident = auth["kind"], str(auth["id"])
-        conn.execute(
+        records: dict[tuple[str, str], Any] = {}
+        cold = [k for k, (lo, _) in spans.items() if self._resume.get(k, (None,))[0] != lo]
+        for k in spans:
+            if k not in cold:
+                records[k] = self._resume[k][1]
+        if cold:
+            rows = conn.execute(
+                "SELECT DISTINCT ON (p.site_id, p.lane_id) p.site_id, p.lane_id, p.record"
+                " FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS t(site_id, lane_id, lo)"
+                " JOIN passages p ON p.site_id = t.site_id AND p.lane_id = t.lane_id AND p.opened_seq <= t.lo"
+                " ORDER BY p.site_id, p.lane_id, p.opened_seq DESC",
+                ([k[0] for k in cold], [k[1] for k in cold], [spans[k][0] for k in cold])).fetchall()
+            found = {(si, ln): rec for si, ln, rec in rows}
+            for k in cold:
+                records[k] = record_from_json(found[k]) if k in found else None
+        touched_all: dict[str, tuple[str, Any]] = {}
+        lifted: list[dict] = []
+        pos = {k: lo for k, (lo, _) in spans.items()}
+        while True:
+            todo = [k for k in spans if pos[k] < spans[k][1]]
+            if not todo:
+                break
+            upto = {k: min(spans[k][1], pos[k] + FOLD_WINDOW) for k in todo}
+            rows = conn.execute(
+                "SELECT e.site_id, e.lane_id, e.body FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[])"
+                " AS t(site_id, lane_id, lo, hi) JOIN events e ON e.site_id = t.site_id AND e.lane_id = t.lane_id"
+                " AND e.seq > t.lo AND e.seq <= t.hi ORDER BY e.site_id, e.lane_id, e.seq",
+                ([k[0] for k in todo], [k[1] for k in todo], [pos[k] for k in todo], [upto[k] for k in todo]),
+            ).fetchall()
+            bodies: dict[tuple[str, str], list[dict]] = {}
+            for si, ln, body in rows:
+                bodies.setdefault((si, ln), []).append(body)
+            for k in todo:
+                lane_bodies = bodies.get(k, [])
+                record, touched, problems = fold_events(records[k], lane_bodies)
+                records[k] = record
+                if problems:
+                    result.fold_problems.extend(f"{k[0]}/{k[1]}: {p}" for p in problems)
+                for pid, r in touched.items():
+                    touched_all[pid] = (k[0], r)
+                lifted += [b for b in lane_bodies if b.get("type") == "barrier.lifted"]
+                pos[k] = upto[k]
+        if touched_all:
+            conn.cursor().executemany(
+                "INSERT INTO passages (passage_id, site_id, lane_id, opened_seq, opened_at, closed_at, card,"
+                " auth_kind, auth_id, outcome, record) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (passage_id) DO UPDATE SET closed_at = excluded.closed_at, card = excluded.card,"
+                " auth_kind = excluded.auth_kind, auth_id = excluded.auth_id, outcome = excluded.outcome,"
+                " record = excluded.record",
+                [(r.passage_id, si, r.lane_id, r.opened_seq, r.opened_at, r.closed_at, r.card, r.auth_kind,
+                  r.auth_id, r.outcome, Jsonb(record_json(r))) for si, r in touched_all.values()],
+            )
+            self._card_alarms(conn, [(si, r) for si, r in touched_all.values() if r.card], result)
+        self._lifts(conn, lifted, result)
+        conn.cursor().executemany("UPDATE lanes SET folded_seq = %s WHERE site_id = %s AND lane_id = %s",
+                                  [(spans[k][1], k[0], k[1]) for k in spans])
+        for k in spans:
+            self._resume[k] = (spans[k][1], records[k])
+
+    def _lifts(self, conn: psycopg.Connection, bodies: list[dict], result: IngestResult) -> None:
+        rows = []
+        for body in bodies:
+            auth = body.get("authorisation")
+            if isinstance(auth, dict) and auth.get("kind") in ZONE_UNIQUE_AUTH and auth.get("id"):
+                rows.append((auth["kind"], str(auth["id"]), body["site_id"], body["lane_id"], body["event_id"],
+                             body["ts"]))
+        if not rows:
+            return
+        conn.cursor().executemany(
             "INSERT INTO lifts (auth_kind, auth_id, site_id, lane_id, event_id, ts) VALUES (%s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT DO NOTHING",
-            (kind, ident, body["site_id"], body["lane_id"], body["event_id"], body["ts"]),
-        )
-        others = conn.execute(
-            "SELECT site_id, lane_id, event_id::text, ts FROM lifts WHERE auth_kind = %s AND auth_id = %s"
-            " ORDER BY ts", (kind, ident),
-        ).fetchall()
-        sites = sorted({r[0] for r in others})
-        if len(sites) < 2:
-            return
-        detail = {"authorisation": {"kind": kind, "id": ident},
-                  "lifts": [{"site_id": s, "lane_id": ln, "event_id": e, "ts": t.isoformat()}
-                            for s, ln, e, t in others]}
-        self._raise(conn, f"instruction_replay:{kind}:{ident}", "instruction_replay", sites, detail, result)
+            " ON CONFLICT DO NOTHING", rows)
+        keys = sorted({(r[0], r[1]) for r in rows})
+        shared = conn.execute(
+            "SELECT l.auth_kind, l.auth_id, array_agg(DISTINCT l.site_id) FROM lifts l"
+            " JOIN unnest(%s::text[], %s::text[]) AS t(k, i) ON l.auth_kind = t.k AND l.auth_id = t.i"
+            " GROUP BY l.auth_kind, l.auth_id HAVING count(DISTINCT l.site_id) > 1",
+            ([k for k, _ in keys], [i for _, i in keys])).fetchall()
+        for kind, ident, _sites in shared:
+            others = conn.execute(
+                "SELECT site_id, lane_id, event_id::text, ts FROM lifts WHERE auth_kind = %s AND auth_id = %s"
+                " ORDER BY ts", (kind, ident)).fetchall()
+            detail = {"authorisation": {"kind": kind, "id": ident},
+                      "lifts": [{"site_id": s, "lane_id": ln, "event_id": e, "ts": t.isoformat()}
+                                for s, ln, e, t in others]}
+            self._raise(conn, f"instruction_replay:{kind}:{ident}", "instruction_replay",
+                        sorted({r[0] for r in others}), detail, result)
 
-    def _card_alarm(self, conn: psycopg.Connection, site_id: str, r: Any, result: IngestResult) -> None:
+    def _card_alarms(self, conn: psycopg.Connection, passages: list[tuple[str, Any]], result: IngestResult) -> None:
+        """``card_on_two_lanes``: a card in passages of two sites whose times overlap."""
+        if not passages:
+            return
         rows = conn.execute(
-            "SELECT passage_id, site_id, lane_id, opened_at, closed_at FROM passages"
-            " WHERE card = %s AND site_id <> %s AND opened_at < coalesce(%s, 'infinity'::timestamptz)"
-            " AND coalesce(closed_at, 'infinity'::timestamptz) > %s",
-            (r.card, site_id, r.closed_at, r.opened_at),
+            "SELECT t.pid, t.site_id, t.lane_id, t.card, p.passage_id, p.site_id, p.lane_id"
+            " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[])"
+            " AS t(pid, site_id, lane_id, card, opened_at, closed_at)"
+            " JOIN passages p ON p.card = t.card AND p.site_id <> t.site_id"
+            " AND p.opened_at < coalesce(t.closed_at, 'infinity'::timestamptz)"
+            " AND coalesce(p.closed_at, 'infinity'::timestamptz) > t.opened_at",
+            ([r.passage_id for _, r in passages], [si for si, _ in passages], [r.lane_id for _, r in passages],
+             [r.card for _, r in passages], [r.opened_at for _, r in passages], [r.closed_at for _, r in passages]),
         ).fetchall()
-        for pid, other_site, other_lane, opened_at, closed_at in rows:
-            pair = sorted([(site_id, r.lane_id, r.passage_id), (other_site, other_lane, pid)])
-            detail = {"card": r.card, "passages": [
-                {"site_id": s, "lane_id": ln, "passage_id": p} for s, ln, p in pair]}
-            self._raise(conn, f"card_on_two_lanes:{r.card}:{pair[0][2]}:{pair[1][2]}", "card_on_two_lanes",
+        for pid, site_id, lane_id, card, other_pid, other_site, other_lane in rows:
+            pair = sorted([(site_id, lane_id, pid), (other_site, other_lane, other_pid)])
+            detail = {"card": card, "passages": [{"site_id": s, "lane_id": ln, "passage_id": p} for s, ln, p in pair]}
+            self._raise(conn, f"card_on_two_lanes:{card}:{pair[0][2]}:{pair[1][2]}", "card_on_two_lanes",
                         sorted({site_id, other_site}), detail, result)
 
     def _raise(self, conn: psycopg.Connection, key: str, alarm: str, sites: list[str], detail: dict,
