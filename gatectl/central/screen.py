@@ -27,6 +27,7 @@ from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
 from gatectl import labels
+from gatectl.central.queries import alarm_rows, completeness_rows
 
 log = structlog.get_logger("gatectl.central.screen")
 
@@ -106,8 +107,6 @@ class Screen:
             if self._completeness:
                 self._completeness = False
                 with contextlib.suppress(Exception):
-                    from gatectl.central.api import completeness_rows
-
                     update["completeness"] = await completeness_rows(self.pool)
             if update:
                 self._broadcast("update", update)
@@ -116,8 +115,6 @@ class Screen:
         return {"prefix": prefix, "site_id": self.central.site_of(prefix), "online": self.central.online.get(prefix)}
 
     async def state(self) -> dict:
-        from gatectl.central.api import alarm_rows, completeness_rows
-
         c = self.central
         return {
             "zone": {"id": c.config.zone.id, "name": c.config.zone.name},
