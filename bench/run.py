@@ -38,6 +38,7 @@ BENCHES = [
     ("ledger", 300, 900),
     ("idle", 300, 600),
     ("outbox", 300, 900),
+    ("central_ingest", 900, 3600),
 ]
 
 

@@ -249,6 +249,10 @@ def cmd_emergency_account(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    if getattr(args, "zone", False):
+        from gatectl.central.demo import main as zone_demo
+
+        return zone_demo(args)
     from gatectl.demo import main as demo_main
 
     return demo_main(args)
@@ -299,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=3.0, help="how long to listen to each device")
     p.set_defaults(func=cmd_devices)
 
+    from gatectl.central.service import add_subcommands as add_central_commands
+
+    add_central_commands(sub)
+
     p = sub.add_parser("demo", help="a whole simulated site with live traffic in the terminal")
     p.add_argument("--lanes", type=int, default=5, help="number of simulated lanes (1-6; 5 shows every lane kind)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
@@ -307,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plain", action="store_true", help="print events as lines instead of the live view")
     p.add_argument("--faults", action="store_true",
                    help="break a device now and then (reader unplugged, silent scale, stuck limit, IO module down)")
+    p.add_argument("--zone", action="store_true",
+                   help="a whole zone instead: a broker, several lane PCs, PostgreSQL and the zone central")
     p.set_defaults(func=cmd_demo)
     return parser
 

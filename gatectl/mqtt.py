@@ -20,6 +20,9 @@ Topics, under ``topic_prefix`` (default ``gatectl/<site id>``), QoS 1:
   is; events of the site-wide pseudo lane ``_site`` go to ``site/events``.
 - ``alarms``: every ``alarm.*`` event of any lane (``alarm.raised``, ``alarm.acknowledged``),
   in the same ordered pass as the lane topic.
+- inbound ``cmd/replay``: journaled events published again, unchanged, on the lane's
+  events topic, by ``gatectl.replay.Replayer`` (bounded, one request per lane at a time,
+  served beside the live events).
 - inbound ``cmd/approvals`` (to ``gatectl.orders``, which journals the outcome as
   ``approval.accepted``/``approval.refused``, hence published) and ``cmd/spot-checks``
   (validated by ``gatectl.orders.spot_check_order``, routed by ``lane_id``). An inbound
@@ -88,6 +91,7 @@ import structlog
 
 from gatectl.events import CommandRefused, Stamped
 from gatectl.journal import Entry, JournalError, WriteTx
+from gatectl.replay import Replayer
 
 if TYPE_CHECKING:
     from gatectl.service import Site
@@ -218,6 +222,8 @@ class MqttLink:
         self.alarms_topic = f"{self.prefix}/alarms"
         self.approvals_topic = f"{self.prefix}/cmd/approvals"
         self.spot_checks_topic = f"{self.prefix}/cmd/spot-checks"
+        self.replay_topic = f"{self.prefix}/cmd/replay"
+        self.replayer = Replayer(str(site.config.journal.path), site.lanes, self.events_topic)
 
         self._cursor: dict[str, int] = {}  # acknowledged by the broker (in memory)
         self._saved: dict[str, int] = {}  # as written in mqtt_cursor
@@ -442,6 +448,7 @@ class MqttLink:
             self._up()
             await client.subscribe(self.approvals_topic, qos=1)
             await client.subscribe(self.spot_checks_topic, qos=1)
+            await client.subscribe(self.replay_topic, qos=1)
             await client.publish(self.status_topic, b"online", qos=1, retain=True)
             await self._serve(client)
         except asyncio.CancelledError:
@@ -479,13 +486,15 @@ class MqttLink:
         time out); whichever of reader and writer ends first ends the session."""
         reader = asyncio.create_task(self._read(client), name="mqtt:read")
         writer = asyncio.create_task(self._write(client), name="mqtt:write")
+        replays = asyncio.create_task(self.replayer.run(lambda topic, body: client.publish(topic, body, qos=1)),
+                                      name="mqtt:replay")
         try:
-            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({reader, writer, replays}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (reader, writer):
+            for task in (reader, writer, replays):
                 task.cancel()
             with contextlib.suppress(BaseException):
-                await _finish(asyncio.ensure_future(asyncio.wait({reader, writer})), 2.0)
+                await _finish(asyncio.ensure_future(asyncio.wait({reader, writer, replays})), 2.0)
         for task in done:
             if not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
@@ -563,6 +572,9 @@ class MqttLink:
                 continue
             try:
                 snap = lane.snapshot()
+                # A consumer knows from these how far each lane goes (CONTRACT 8) and whose it is.
+                snap.setdefault("last_seq", self.journal.last_seq(lane_id))
+                snap.setdefault("site_id", self.site.config.site.id)
                 key = _state_key(snap)
             except Exception as exc:  # noqa: BLE001 - a state we cannot show must not stop events
                 if lane_id not in self._state_failing:
@@ -629,6 +641,9 @@ class MqttLink:
 
     async def handle_command(self, topic: str, data: bytes) -> None:
         """Apply one inbound message (``cmd/approvals`` or ``cmd/spot-checks``)."""
+        if topic == self.replay_topic:
+            self.replayer.submit(data)  # checked, counted and queued there (CONTRACT 8)
+            return
         if topic == self.approvals_topic:
             self.commands["approvals"] += 1
             result = await self.site.orders.approval(data, source="mqtt")
