@@ -456,6 +456,12 @@ class VerifiedApproval:
         """The base64 public keys whose ``role`` signature verified."""
         return tuple(s.key for s in self.signers if s.role == role)
 
+    @property
+    def countersigned(self) -> bool:
+        """Park management countersigned it (named and signed): what a manual lift of a
+        non-bonded passage needs (R10)."""
+        return bool(self.signed_by("park")) and self.approval.countersigned_by is not None
+
     def window_contains(self, now: datetime) -> bool:
         """``valid_from <= now < valid_until``; ``now`` must carry a UTC offset."""
         _require_aware(now)
@@ -475,6 +481,14 @@ class VerifiedApproval:
         ``exhausted`` exactly as :func:`verify` would at that ``now``.
         """
         _check_window_and_lifts(self.approval, now, lifts_used)
+
+
+def stored_countersigned(document: Mapping[str, Any]) -> bool:
+    """``VerifiedApproval.countersigned`` of an approval accepted before (its signatures
+    verified then): it names park management and carries a park signature."""
+    signatures = document.get("signatures") or []
+    return document.get("countersigned_by") is not None and any(
+        isinstance(sig, Mapping) and sig.get("role") == "park" for sig in signatures)
 
 
 def lane_kinds(config: Any) -> dict[str, str]:

@@ -106,12 +106,14 @@ class Event:
         return _fields_json(self)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LaneEvent(Event):
     """An event of a lane's rules. ``passage_id`` names the passage open when it
-    happened (left out when none was)."""
+    happened (left out when none was); ``drill`` is true for what happened during an
+    emergency drill on the lane (left out otherwise)."""
 
-    __slots__ = ()
-    passage_id: str | None
+    passage_id: str | None = field(default=None, metadata={"omit": True})
+    drill: bool | None = field(default=None, metadata={"omit": True})
 
 
 _TYPES: dict[str, list[type[Event]]] = {}
@@ -155,14 +157,22 @@ class PassageOpened(LaneEvent):
     card: str | None = None
     approval_id: str | None = opt()  # opened by a manual or remote lift
     emergency: bool | None = opt()  # opened by the emergency button
-    passage_id: str | None = opt()
+
+
+@event
+class PlateRead(LaneEvent):
+    """The plate camera's read of the vehicle of the passage (CONTRACT 8)."""
+
+    TYPE = "plate.read"
+    plate: str
+    confidence: float | None = opt()
+    captured_at: str | None = opt()
 
 
 @event
 class CardRead(LaneEvent):
     TYPE = "card.read"
     card: str
-    passage_id: str | None = opt()
 
 
 @event
@@ -171,14 +181,12 @@ class CardRefused(LaneEvent):
     card: str
     reason: str  # lane_busy | open_elsewhere
     lane: str | None = opt()  # the lane whose open passage holds the card
-    passage_id: str | None = opt()
 
 
 @event
 class WeightStable(LaneEvent):
     TYPE = "weight.stable"
     gross_weight_kg: float
-    passage_id: str | None = opt()
 
 
 @event
@@ -187,7 +195,8 @@ class ReleaseRequested(LaneEvent):
     request_id: str
     card: str
     gross_weight_kg: float | None = None
-    passage_id: str | None = opt()
+    plate: str | None = opt()
+    lane_kind: str | None = opt()  # on a shared lane: the kind asked of this authority
 
 
 @event
@@ -202,7 +211,21 @@ class AuthorityDecision(LaneEvent):
     form_id: str | None = None
     hint: str | None = None
     declared_weight_kg: float | None = None
-    passage_id: str | None = opt()
+    lane_kind: str | None = opt()  # on a shared lane: the kind the passage goes under
+
+
+@event
+class ReleaseAnswered(LaneEvent):
+    """One authority's answer on a shared lane, before the lane decides whose it is."""
+
+    TYPE = "release.answered"
+    request_id: str
+    lane_kind: str
+    decision: str | None = None  # None: no usable answer (see reason)
+    instruction_id: str | None = None
+    form_id: str | None = None
+    hint: str | None = None
+    reason: str | None = opt()  # the failure, when it gave no answer
 
 
 @event
@@ -212,10 +235,11 @@ class LocalDecision(LaneEvent):
     TYPE = "release.decided"
     FIXED = {"source": "local"}
     decision: str  # release | hold
-    basis: str  # whitelist | staff_card | not_registered | admin_overweight | not_staff
+    basis: str  # whitelist | staff_card | not_registered | admin_overweight | not_staff | plate_*
     curb_weight_kg: float | None = opt()
     name: str | None = opt()
-    passage_id: str | None = opt()
+    plate: str | None = opt()  # the plate read, on an administrative lane with a camera
+    registered_plate: str | None = opt()
 
 
 @event
@@ -224,7 +248,6 @@ class ReleaseFailed(LaneEvent):
     request_id: str | None
     reason: str
     detail: str = ""
-    passage_id: str | None = opt()
 
 
 @event
@@ -241,7 +264,6 @@ class BarrierLifted(LaneEvent):
     TYPE = "barrier.lifted"
     authorisation: Authorisation | None = auth()
     reason: str = "lift"  # lift | safety_reverse
-    passage_id: str | None = opt()
 
 
 @event
@@ -249,14 +271,12 @@ class BarrierLowered(LaneEvent):
     TYPE = "barrier.lowered"
     authorisation: Authorisation | None = auth()
     retry: bool | None = opt()  # a lowering pulse sent again after the IO module was away
-    passage_id: str | None = opt()
 
 
 @event
 class BarrierLiftFailed(LaneEvent):
     TYPE = "barrier.lift_failed"
     authorisation: Authorisation | None = auth()
-    passage_id: str | None = opt()
 
 
 @event
@@ -264,7 +284,6 @@ class BarrierPosition(LaneEvent):
     TYPE = "barrier.position"
     limit: str  # barrier_up | barrier_down
     on: bool
-    passage_id: str | None = opt()
 
 
 @event
@@ -272,7 +291,6 @@ class LoopChanged(LaneEvent):
     TYPE = "loop.changed"
     loop: str  # arrival_loop | safety_loop | exit_loop
     occupied: bool
-    passage_id: str | None = opt()
 
 
 @event
@@ -280,7 +298,6 @@ class PassageHeld(LaneEvent):
     TYPE = "passage.held"
     reason: str
     display: str
-    passage_id: str | None = opt()
 
 
 @event
@@ -292,7 +309,8 @@ class PassageClosed(LaneEvent):
     decision: str | None = None
     authorisation: Authorisation | None = auth()
     reason: str | None = opt()
-    passage_id: str | None = opt()
+    plate: str | None = opt()
+    lane_kind: str | None = opt()  # on a shared lane: the kind it went under
 
 
 @event
@@ -300,7 +318,38 @@ class LaneRecovered(LaneEvent):
     TYPE = "lane.recovered"
     card: str | None = None
     authorisation: Authorisation | None = auth()
-    passage_id: str | None = opt()
+
+
+# ============================================================ hours and drills (R2)
+
+
+@event
+class HoursOrderedEvent(LaneEvent):
+    """Customs opened or closed the lane now, over its open hours, or cleared that."""
+
+    TYPE = "hours.ordered"
+    open: bool | None = None
+    until: str | None = None
+    reason: str = ""
+    clear: bool = False
+    source: str = ""
+    by: str = ""
+
+
+@event
+class DrillStarted(LaneEvent):
+    """Park management started an emergency drill on the lane: what follows is marked."""
+
+    TYPE = "drill.started"
+    by: str = ""
+    note: str = ""
+
+
+@event
+class DrillEnded(LaneEvent):
+    TYPE = "drill.ended"
+    by: str = ""
+    note: str = ""
 
 
 # ============================================================ spot checks (R7)
@@ -313,7 +362,6 @@ class SpotCheckOrdered(LaneEvent):
     source: str
     remaining: int
     fraction: float
-    passage_id: str | None = opt()
 
 
 @event
@@ -322,7 +370,6 @@ class SpotCheckApplied(LaneEvent):
     remaining: int
     fraction: float
     draw: float | None = opt()
-    passage_id: str | None = opt()
 
 
 # ============================================================ alarms (R8, R9, R11, S4, S5)
@@ -353,14 +400,12 @@ def alarm(name: str) -> Callable[[type], type]:
 class ForcedPassageAlarm(AlarmRaised):
     loop: str
     state: str
-    passage_id: str | None = opt()
 
 
 @alarm("tailgating")
 class TailgatingAlarm(AlarmRaised):
     authorisation: Authorisation | None = auth()
     vehicles: int = 2
-    passage_id: str | None = opt()
 
 
 @alarm("emergency_release")
@@ -368,39 +413,33 @@ class EmergencyReleaseAlarm(AlarmRaised):
     authorisation: Authorisation | None = auth()
     account_pending: bool | None = opt()  # a lift: the guard owes an account of the vehicle
     note: str | None = opt()  # barrier_already_up
-    passage_id: str | None = opt()
 
 
 @alarm("device_fault")
 class DeviceFaultAlarm(AlarmRaised):
     device: str
     reason: str = ""
-    passage_id: str | None = opt()
 
 
 @alarm("barrier_fault")
 class BarrierFaultAlarm(AlarmRaised):
     reason: str
-    passage_id: str | None = opt()
 
 
 @alarm("authority_unreachable")
 class AuthorityUnreachableAlarm(AlarmRaised):
     reason: str
     detail: str = ""
-    passage_id: str | None = opt()
 
 
 @alarm("instruction_replay")
 class InstructionReplayAlarm(AlarmRaised):
     authorisation: Authorisation | None = auth()
-    passage_id: str | None = opt()
 
 
 @alarm("journal_fault")
 class JournalFaultAlarm(AlarmRaised):
     detail: str = ""
-    passage_id: str | None = opt()
 
 
 # ============================================================ faults and incidents (R9, R15)
@@ -411,14 +450,12 @@ class FaultOpened(LaneEvent):
     TYPE = "fault.opened"
     device: str
     reason: str = ""
-    passage_id: str | None = opt()
 
 
 @event
 class FaultClosed(LaneEvent):
     TYPE = "fault.closed"
     device: str
-    passage_id: str | None = opt()
 
 
 @event
@@ -429,7 +466,6 @@ class BarrierIncidentOpened(LaneEvent):
     incident_id: str
     kind: str
     reason: str
-    passage_id: str | None = opt()
 
 
 @event
@@ -476,7 +512,6 @@ class TicketOpened(Event):
     reason: str
     source: str  # fault | report
     by: str | None = opt()
-    passage_id: str | None = opt()
 
 
 @event
@@ -501,7 +536,6 @@ class TicketAdvanced(Event):
 class ManualLiftRefused(LaneEvent):
     TYPE = "manual_lift.refused"
     reason: str
-    passage_id: str | None = opt()
 
 
 @event
@@ -514,7 +548,7 @@ class ApprovalAccepted(LaneEvent):
     valid_from: str
     valid_until: str
     plate: str | None = None
-    passage_id: str | None = opt()
+    countersigned: bool | None = opt()  # park management signed it too
 
 
 @event
@@ -525,7 +559,6 @@ class ApprovalRefused(LaneEvent):
     message: str = ""
     source: str = ""
     lane: str | None = opt()  # refused for a lane that is not configured (journaled on _site)
-    passage_id: str | None = opt()
 
 
 @event
@@ -535,14 +568,12 @@ class ApprovalUsed(LaneEvent):
     use: int
     max_lifts: int
     trigger: str
-    passage_id: str | None = opt()
 
 
 @event
 class ApprovalExpired(LaneEvent):
     TYPE = "approval.expired"
     approval_id: str
-    passage_id: str | None = opt()
 
 
 @event

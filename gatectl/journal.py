@@ -58,8 +58,9 @@ T = TypeVar("T")
 
 #: ``PRAGMA application_id`` of a gatectl journal ("GTCL").
 APPLICATION_ID = 0x4754434C
-#: ``PRAGMA user_version``: 2 adds the projection's recovery columns and the lanes table.
-SCHEMA_VERSION = 2
+#: ``PRAGMA user_version``: 2 adds the projection's recovery columns and the lanes table;
+#: 3 the passage's plate kind and drill mark, and customs' hours and drills per lane.
+SCHEMA_VERSION = 3
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 SCHEMA = """
@@ -104,7 +105,11 @@ CREATE TABLE IF NOT EXISTS lanes (
     last_lift_kind  TEXT,
     last_lift_id    TEXT,
     spot_hold_next  INTEGER NOT NULL DEFAULT 0,
-    spot_fraction   REAL NOT NULL DEFAULT 0
+    spot_fraction   REAL NOT NULL DEFAULT 0,
+    hours_open      INTEGER,
+    hours_until     TEXT,
+    hours_reason    TEXT NOT NULL DEFAULT '',
+    drill           INTEGER NOT NULL DEFAULT 0
 );
 
 -- Everything sent outward that must arrive: written with the events of the same step,
@@ -154,21 +159,39 @@ CREATE TABLE IF NOT EXISTS authorisations (
 );
 """
 
-#: Columns version 2 added to ``passages`` (the rest of ``PassageRecord``).
-_V2_COLUMNS = {
-    "plate": "TEXT", "decided_at": "TEXT", "lifted_at": "TEXT", "entered": "INTEGER NOT NULL DEFAULT 0",
-    "last_seen_at": "TEXT", "hold_reason": "TEXT",
+#: Columns later versions added, by table (the rest of ``PassageRecord`` and ``LaneRecord``).
+_ADDED_COLUMNS = {
+    "passages": {
+        "plate": "TEXT", "decided_at": "TEXT", "lifted_at": "TEXT", "entered": "INTEGER NOT NULL DEFAULT 0",
+        "last_seen_at": "TEXT", "hold_reason": "TEXT", "lane_kind": "TEXT", "drill": "INTEGER NOT NULL DEFAULT 0",
+    },
+    "lanes": {
+        "hours_open": "INTEGER", "hours_until": "TEXT", "hours_reason": "TEXT NOT NULL DEFAULT ''",
+        "drill": "INTEGER NOT NULL DEFAULT 0",
+    },
 }
 _PASSAGE_UPSERT = (
     f"INSERT INTO passages ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
     f" ON CONFLICT (passage_id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in COLUMNS[1:])}"
 )
+_LANE_COLUMNS = ("lane_id", "last_lift_kind", "last_lift_id", "spot_hold_next", "spot_fraction", "hours_open",
+                 "hours_until", "hours_reason", "drill")
 _LANE_UPSERT = (
-    "INSERT INTO lanes (lane_id, last_lift_kind, last_lift_id, spot_hold_next, spot_fraction) VALUES (?, ?, ?, ?, ?)"
-    " ON CONFLICT (lane_id) DO UPDATE SET last_lift_kind = excluded.last_lift_kind,"
-    " last_lift_id = excluded.last_lift_id, spot_hold_next = excluded.spot_hold_next,"
-    " spot_fraction = excluded.spot_fraction"
+    f"INSERT INTO lanes ({', '.join(_LANE_COLUMNS)}) VALUES ({', '.join('?' * len(_LANE_COLUMNS))})"
+    f" ON CONFLICT (lane_id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _LANE_COLUMNS[1:])}"
 )
+
+
+def lane_row(rec: LaneRecord) -> tuple:
+    last = rec.last_lift
+    return (rec.lane_id, last.kind if last else None, last.id if last else None, rec.spot_hold_next,
+            rec.spot_fraction, rec.hours_open, rec.hours_until, rec.hours_reason, int(rec.drill))
+
+
+def lane_record(row: Sequence[Any]) -> LaneRecord:
+    lane_id, kind, ident, hold_next, fraction, hours_open, hours_until, hours_reason, drill = row
+    return LaneRecord(lane_id, ev.Authorisation(kind, ident) if kind and ident else None, hold_next, fraction,
+                      None if hours_open is None else bool(hours_open), hours_until, hours_reason or "", bool(drill))
 
 
 class JournalError(Exception):
@@ -233,12 +256,13 @@ def _settle(future: concurrent.futures.Future, result: Any = None, *, error: Bas
 
 
 def passage_row(rec: PassageRecord) -> tuple:
-    return tuple(getattr(rec, c) for c in COLUMNS)
+    return tuple(int(v) if isinstance(v, bool) else v for v in (getattr(rec, c) for c in COLUMNS))
 
 
 def passage_record(row: Sequence[Any]) -> PassageRecord:
     values = dict(zip(COLUMNS, row))
     values["entered"] = bool(values["entered"])
+    values["drill"] = bool(values["drill"])
     return PassageRecord(**values)
 
 
@@ -347,9 +371,7 @@ class WriteTx:
         after = fold_lane(before, stamped)
         st.record = after
         if after is not before:
-            last = after.last_lift
-            self.db.execute(_LANE_UPSERT, (after.lane_id, last.kind if last else None, last.id if last else None,
-                                           after.spot_hold_next, after.spot_fraction))
+            self.db.execute(_LANE_UPSERT, lane_row(after))
 
     def outbox(self, lane_id: str, items: Iterable[OutboxItem]) -> None:
         for item in items:
@@ -412,14 +434,16 @@ class Journal:
                 )
         version = db.execute("PRAGMA user_version").fetchone()[0]
         db.executescript(SCHEMA)
-        if version < 2:
-            have = {r[1] for r in db.execute("PRAGMA table_info(passages)")}
+        if version < SCHEMA_VERSION:
             with self._tx(db):
-                for column, decl in _V2_COLUMNS.items():
-                    if column not in have:
-                        db.execute(f"ALTER TABLE passages ADD COLUMN {column} {decl}")
+                for table, columns in _ADDED_COLUMNS.items():
+                    have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+                    for column, decl in columns.items():
+                        if column not in have:
+                            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
                 db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                self._backfill_v2(db)
+                if version < 2:
+                    self._backfill_v2(db)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _backfill_v2(self, db: sqlite3.Connection) -> None:
@@ -445,9 +469,7 @@ class Journal:
                 if record is not None:
                     db.execute(_PASSAGE_UPSERT, passage_row(record))
                 lane = fold_lane(lane, st)
-            last = lane.last_lift
-            db.execute(_LANE_UPSERT, (lane_id, last.kind if last else None, last.id if last else None,
-                                      lane.spot_hold_next, lane.spot_fraction))
+            db.execute(_LANE_UPSERT, lane_row(lane))
 
     def _decode_row(self, lane_id: str, seq: int | None, body: str) -> Stamped:
         try:
@@ -470,14 +492,9 @@ class Journal:
             if row is not None:
                 rec = passage_record(row)
                 st.open = rec if rec.closed_at is None else None
-            lane_row = db.execute(
-                "SELECT last_lift_kind, last_lift_id, spot_hold_next, spot_fraction FROM lanes WHERE lane_id = ?",
-                (lane_id,),
-            ).fetchone()
-            if lane_row is not None:
-                kind, ident, hold_next, fraction = lane_row
-                st.record = LaneRecord(lane_id, ev.Authorisation(kind, ident) if kind and ident else None,
-                                       hold_next, fraction)
+            row = db.execute(f"SELECT {', '.join(_LANE_COLUMNS)} FROM lanes WHERE lane_id = ?", (lane_id,)).fetchone()
+            if row is not None:
+                st.record = lane_record(row)
 
     @staticmethod
     @contextlib.contextmanager
@@ -715,7 +732,8 @@ class Journal:
             db.execute("RELEASE authorisation")
             return AuthorisationReplay(f"{auth.kind} {auth.auth_id} was already used")
         tx.append(item.lane_id, ev.AuthorisationCommitted(
-            passage_id=auth.passage_id, authorisation=ev.Authorisation(auth.kind, auth.auth_id)), auth.ts)
+            passage_id=auth.passage_id, authorisation=ev.Authorisation(auth.kind, auth.auth_id),
+            drill=True if getattr(auth, "drill", False) else None), auth.ts)
         db.execute("RELEASE authorisation")
         return None
 

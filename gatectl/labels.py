@@ -23,6 +23,7 @@ KINDS = {
     "non_bonded": "非保税",
     "administrative": "行政",
     "personnel": "人员",
+    "shared": "保税/非保税共用",
 }
 DIRECTIONS = {"in": "进", "out": "出"}
 STATES = {
@@ -81,6 +82,9 @@ REASONS = {
     "left_after_lift": "抬杆后车辆离开",
     "whitelist": "行政车辆白名单",
     "staff_card": "人员卡",
+    "plate_mismatch": "车牌与登记不符",
+    "plate_unread": "未识别到车牌",
+    "kind_conflict": "两个系统均有申报，无法判定",
 }
 ALARMS = {
     "forced_passage": "闯卡",
@@ -125,6 +129,8 @@ REFUSALS = {
     "approval_expired": "审批已过期",
     "approval_not_yet_valid": "审批尚未生效",
     "lift_in_progress": "正在抬杆",
+    "plate_mismatch": "车牌与审批不符",
+    "countersignature_required": "需园区管理方会签",
 }
 APPROVAL_EVENTS = {
     "approval.accepted": "审批通过",
@@ -158,6 +164,8 @@ FIELDS = {
     "at": "通报时间", "cause": "故障原因", "solution": "解决方案", "category": "故障类别", "passage_id": "通行编号",
 }
 SITE_WIDE = "全场"
+DRILL = "演练"
+HOURS = {True: "海关指令开放", False: "海关指令关闭"}
 
 
 def zh(table: Mapping[str, str], code: Any) -> str | None:
@@ -212,6 +220,8 @@ def describe(st: Stamped) -> str:
             return "紧急车辆到达" if e.emergency else ("审批抬杆" if e.approval_id else "车辆到达")
         case ev.CardRead():
             return f"刷卡 {e.card}"
+        case ev.PlateRead():
+            return f"车牌 {e.plate}"
         case ev.CardRefused():
             why = f"该卡在{e.lane}通道尚有未完成通行" if e.reason == "open_elsewhere" else "通道忙"
             return f"拒绝卡 {e.card} ({why})"
@@ -223,6 +233,9 @@ def describe(st: Stamped) -> str:
             return " ".join(str(x) for x in ("海关指令", zh(DECISIONS, e.decision), e.instruction_id, e.hint) if x)
         case ev.LocalDecision():
             return f"本通道名单核验: {zh(DECISIONS, e.decision)} ({reason(e.basis)})"
+        case ev.ReleaseAnswered():
+            answer = zh(DECISIONS, e.decision) if e.decision else f"无应答 ({e.reason})"
+            return f"{zh(KINDS, e.lane_kind)}系统: {answer}"
         case ev.ReleaseFailed():
             return f"海关系统无应答 ({reason('authority_' + e.reason)})"
         case ev.AuthorisationCommitted():
@@ -237,7 +250,8 @@ def describe(st: Stamped) -> str:
         case ev.PassageHeld():
             return f"不予放行: {reason(e.reason)}"
         case ev.PassageClosed():
-            return f"通行结束: {zh(OUTCOMES, e.outcome)}" + (f" ({reason(e.reason)})" if e.reason else "")
+            text = f"通行结束: {zh(OUTCOMES, e.outcome)}" + (f" ({reason(e.reason)})" if e.reason else "")
+            return f"[{DRILL}] {text}" if e.drill else text
         case ev.LaneRecovered():
             return "重启后恢复通行状态"
         case ev.SpotCheckApplied():
@@ -267,6 +281,15 @@ def describe(st: Stamped) -> str:
             return f"紧急放行登记: {e.vehicle_type} {e.plate or ''} ({e.by})"
         case ev.AlarmAcknowledged():
             return f"报警已确认 ({e.by})"
+        case ev.HoursOrderedEvent():
+            if e.clear:
+                return "海关指令取消，恢复开放时间"
+            return f"{HOURS[bool(e.open)]}" + (f" 至 {e.until[:16]}" if e.until else "") + (
+                f" ({e.reason})" if e.reason else "")
+        case ev.DrillStarted():
+            return f"应急演练开始 {e.note}".strip()
+        case ev.DrillEnded():
+            return "应急演练结束"
     return st.type
 
 

@@ -105,7 +105,8 @@ class Orders:
         await asyncio.wrap_future(site.journal.store_approval(
             a.approval_id, a.lane_id, a.trigger, a.max_lifts, a.valid_from, a.valid_until, verified.document_json, now))
         await site.submit(a.lane_id, ApprovalAccepted(a.approval_id, a.trigger, a.max_lifts, a.valid_from,
-                                                      a.valid_until, used, a.plate))
+                                                      a.valid_until, used, a.plate,
+                                                      countersigned=verified.countersigned))
         log.info("approval accepted", approval_id=a.approval_id, lane=a.lane_id, trigger=a.trigger, source=source)
         return {"status": "accepted", "approval_id": a.approval_id, "lane_id": a.lane_id, "trigger": a.trigger,
                 "max_lifts": a.max_lifts, "lifts_used": used}

@@ -37,15 +37,18 @@ from drivers.health import Health
 from drivers.modbus_io import BusRegistry
 from drivers.serial_device import CardReader, Weighbridge
 from gatectl import events as ev
+from gatectl.approvals import stored_countersigned
 from gatectl.authorities.base import AuthorityError, PassRequest
 from gatectl.authorities.gather_xml import GatherXmlAuthority
 from gatectl.authorities.http_json import HttpJsonAuthority
 from gatectl.config import LaneConfig, SiteConfig
+from gatectl.config.models import SHARED_KINDS, WeeklyHours
 from gatectl.events import Stamped
 from gatectl.io_routing import IoRouting
 from gatectl.journal import Entry, Journal, JournalError
 from gatectl.lane.commands import RequestRelease
 from gatectl.lane.core import LaneCore, LaneRules
+from gatectl.lane.hours import Schedule
 from gatectl.lane.inputs import (
     ApprovalAccepted,
     CardRead,
@@ -98,25 +101,50 @@ def make_authority(cfg):
     raise ValueError(f"unknown authority protocol {cfg.protocol!r}")
 
 
+def lane_authorities(lane: LaneConfig) -> dict[str | None, str]:
+    """The authority a lane asks, by the kind asked (None: the lane's own)."""
+    if lane.shared:
+        return dict(lane.authorities or {})
+    return {None: lane.authority} if lane.authority is not None else {}
+
+
+def lane_schedule(lane: LaneConfig, site: SiteConfig) -> Schedule | None:
+    """R2: the lane's open hours (None: always), with the site's holidays."""
+    hours = lane.open_hours
+    if hours == "always":
+        return None
+    holidays = frozenset(site.calendar.holidays)
+    if isinstance(hours, WeeklyHours):
+        return Schedule(tuple(tuple((w.start, w.end) for w in day) for day in hours.days), site.site.tz,
+                        None if hours.holiday is None else tuple((w.start, w.end) for w in hours.holiday), holidays)
+    return Schedule.daily(((w.start, w.end) for w in hours), site.site.tz, holidays)
+
+
 def lane_rules(lane: LaneConfig, site: SiteConfig) -> LaneRules:
-    timeout_ms = 3000
-    if lane.authority is not None:
-        timeout_ms = site.authorities[lane.authority].timeout_ms
+    timeout_ms = max((site.authorities[name].timeout_ms for name in lane_authorities(lane).values()), default=3000)
+    barrier = lane.barrier
+    weighs = lane.weighbridge is not None
     return LaneRules(
         lane_id=lane.id,
         kind=lane.kind,
-        has_authority=lane.authority is not None,
-        has_weighbridge=lane.weighbridge is not None,
+        has_authority=bool(lane_authorities(lane)),
+        has_weighbridge=weighs,
         has_exit_loop=lane.points.exit_loop is not None,
         min_vehicle_kg=lane.weighbridge.min_vehicle_kg if lane.weighbridge else 0.0,
-        card_wait=timedelta(milliseconds=lane.barrier.card_wait_ms),
+        card_wait=timedelta(milliseconds=barrier.card_wait_ms),
         decision_wait=timedelta(milliseconds=timeout_ms) + DECISION_MARGIN,
-        travel_timeout=timedelta(milliseconds=lane.barrier.travel_timeout_ms),
-        open_hours=None if lane.open_hours == "always" else tuple((w.start, w.end) for w in lane.open_hours),
-        tz=site.site.tz,
-        whitelist={v.card: v.curb_weight_kg for v in site.administrative_vehicles},
+        travel_timeout=timedelta(milliseconds=barrier.travel_timeout_ms),
+        backout_wait=timedelta(milliseconds=barrier.backout_wait_ms),
+        weigh_wait=timedelta(milliseconds=barrier.weigh_wait_ms),
+        card_grace=timedelta(milliseconds=barrier.card_grace_ms),
+        hours=lane_schedule(lane, site),
+        whitelist={v.card: v.curb_weight_kg if weighs else None for v in site.administrative_vehicles},
+        registered_plates={v.card: v.plate for v in site.administrative_vehicles},
         curb_tolerance_kg=lane.curb_weight_tolerance_kg,
+        has_camera=lane.plate_camera is not None,
+        plate_max_age=timedelta(milliseconds=lane.plate_camera.max_age_ms if lane.plate_camera else 30000),
         staff={m.card: m.name for m in site.staff},
+        shared_kinds=SHARED_KINDS if lane.shared else (),
         barrier_devices=frozenset(
             getattr(lane.points, role).module for role in ("barrier_up", "barrier_down", "barrier_open", "barrier_close")
         ),
@@ -124,25 +152,31 @@ def lane_rules(lane: LaneConfig, site: SiteConfig) -> LaneRules:
 
 
 class LaneAuthority:
-    """A lane's release authority (``AuthorityPort``): the core's request on the wire,
-    the answer back as the core's input."""
+    """A lane's release authorities (``AuthorityPort``): the core's request on the wire
+    to the authority of the kind asked (one, on most lanes), the answer back as the core's
+    input."""
 
-    def __init__(self, client: Any, site_id: str, lane: LaneConfig) -> None:
-        self.client = client
+    def __init__(self, clients: dict[str | None, Any], site_id: str, lane: LaneConfig) -> None:
+        self.clients = clients
         self.site_id = site_id
         self.lane = lane
 
     async def ask(self, cmd: RequestRelease) -> ReleaseDecided | ReleaseFailed:
         lane = self.lane
         try:
-            d = await self.client.request(PassRequest(
+            d = await self.clients[cmd.lane_kind].request(PassRequest(
                 request_id=cmd.request_id, site_id=self.site_id, lane_id=lane.id, channel_no=lane.channel_no,
-                direction=lane.direction, lane_kind=lane.kind, card_no=cmd.card, plate=cmd.plate,
+                direction=lane.direction, lane_kind=cmd.lane_kind or lane.kind, card_no=cmd.card, plate=cmd.plate,
                 gross_weight_kg=cmd.gross_weight_kg, captured_at=cmd.captured_at,
             ))
         except AuthorityError as exc:
             return ReleaseFailed(cmd.request_id, exc.reason, exc.detail)
         return ReleaseDecided(d.request_id, d.decision, d.instruction_id, d.form_id, d.hint, d.declared_weight_kg)
+
+    async def close(self) -> None:
+        for client in self.clients.values():
+            with contextlib.suppress(Exception):
+                await client.close()
 
 
 class LaneService:
@@ -195,14 +229,15 @@ class LaneService:
             authority=authority,  # made on the control loop (its connections live there)
             cards=site.cards,
             now=site.now,
-            confirm_target=f"authority:{lane.authority}" if lane.authority else None,
+            confirm_targets={kind: f"authority:{name}" for kind, name in lane_authorities(lane).items()},
             on_step=self._stepped,
             on_decision=lambda source, seconds: site.decided(lane.id, source, seconds),
         )
         for a in site.journal.approvals_for(lane.id, site.now()):
             self.runtime.feed(
                 ApprovalAccepted(a["approval_id"], a["trigger"], a["max_lifts"], a["valid_from"], a["valid_until"],
-                                 a["lifts_used"], a["document"].get("plate"), restored=True)
+                                 a["lifts_used"], a["document"].get("plate"), restored=True,
+                                 countersigned=stored_countersigned(a["document"]))
             )
         self.view = self.core.snapshot()
 
@@ -233,10 +268,11 @@ class LaneService:
         """The lane's drivers and runtime, on the control loop, until cancelled. A lane
         whose runtime fails (a gatectl bug) is started again from the journal and its last
         inputs, as after a crash (S7), without stopping the other lanes."""
-        if self.config.authority is not None:
+        names = lane_authorities(self.config)
+        if names:
             self.runtime.authority = LaneAuthority(
-                make_authority(self.site.config.authorities[self.config.authority]), self.site.config.site.id,
-                self.config)
+                {kind: make_authority(self.site.config.authorities[name]) for kind, name in names.items()},
+                self.site.config.site.id, self.config)
         tasks = [asyncio.create_task(self.card_reader.run(), name=f"{self.id}:card_reader")]
         if self.weighbridge is not None:
             tasks.append(asyncio.create_task(self.weighbridge.run(), name=f"{self.id}:weighbridge"))
@@ -254,8 +290,7 @@ class LaneService:
             await cancel_all(tasks)
             authority = self.runtime.authority
             if authority is not None:
-                with contextlib.suppress(Exception):
-                    await authority.client.close()
+                await authority.close()
 
     async def _restart(self, exc: BaseException, pause: float) -> None:
         self.restarts += 1
@@ -362,7 +397,7 @@ class Site:
         self.orders = Orders(self)
         self.outbox: dict[str, OutboxSender] = {}
         for name, auth in config.authorities.items():
-            if any(lane.authority == name for lane in config.lanes):
+            if any(name in lane_authorities(lane).values() for lane in config.lanes):
                 self.outbox[f"authority:{name}"] = OutboxSender(
                     self.journal, f"authority:{name}", self._confirmer(auth), self.now
                 )

@@ -49,11 +49,15 @@ from gatectl.limits import MAX_DURATION_MS, MAX_WEIGHT_KG, DurationMs, PersonNam
 
 __all__ = [
     "GOODS_KINDS",
+    "SHARED_KINDS",
     "INPUT_ROLES",
     "OUTPUT_ROLES",
     "AdministrativeVehicle",
     "Authority",
     "BarrierConfig",
+    "CalendarConfig",
+    "PlateCameraConfig",
+    "WeeklyHours",
     "CardReaderConfig",
     "GatherXmlAuthority",
     "HttpJsonAuthority",
@@ -81,8 +85,11 @@ __all__ = [
     "cross_check",
 ]
 
-LaneKind = Literal["bonded", "ecommerce_9610", "non_bonded", "administrative", "personnel"]
-GOODS_KINDS: frozenset[str] = frozenset({"bonded", "ecommerce_9610", "non_bonded"})
+LaneKind = Literal["bonded", "ecommerce_9610", "non_bonded", "administrative", "personnel", "shared"]
+GOODS_KINDS: frozenset[str] = frozenset({"bonded", "ecommerce_9610", "non_bonded", "shared"})
+#: What a shared lane (one physical lane, one set of devices) serves, each passage under
+#: the rules of the kind whose authority claims it.
+SHARED_KINDS: tuple[str, ...] = ("bonded", "non_bonded")
 """Lane kinds that lift only on their release authority's instruction (R3)."""
 
 CONTEXT_BASE_DIR = "base_dir"
@@ -339,11 +346,70 @@ def _some_windows(windows: tuple[TimeWindow, ...]) -> tuple[TimeWindow, ...]:
     return windows
 
 
+DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True, slots=True)
+class WeeklyHours:
+    """Open hours by day of the week, Monday first, and on holidays (None: a holiday keeps
+    its weekday's hours). An empty day is a closed day."""
+
+    days: tuple[tuple[TimeWindow, ...], ...]
+    holiday: tuple[TimeWindow, ...] | None = None
+
+    @staticmethod
+    def _day_range(key: str) -> list[int]:
+        parts = key.split("-")
+        if len(parts) > 2 or any(p not in DAY_NAMES for p in parts):
+            raise ValueError(f'{key!r} is not a day: one of {", ".join(DAY_NAMES)}, a range like "mon-fri", or "holiday"')
+        first, last = DAY_NAMES.index(parts[0]), DAY_NAMES.index(parts[-1])
+        if last < first:
+            raise ValueError(f"{key!r} runs backwards: write the earlier day first")
+        return list(range(first, last + 1))
+
+    @classmethod
+    def _coerce(cls, value: Any) -> WeeklyHours:
+        if isinstance(value, WeeklyHours):
+            return value
+        if not isinstance(value, Mapping):
+            raise ValueError("expected days mapped to windows")
+        days: list[tuple[TimeWindow, ...] | None] = [None] * 7
+        holiday = None
+        for key, raw in value.items():
+            if not isinstance(raw, (list, tuple)):
+                raise ValueError(f'{key}: expected a list of windows like ["08:30-12:00"] ([] for closed)')
+            if len(raw) > MAX_WINDOWS:
+                raise ValueError(f"{key}: at most {MAX_WINDOWS} opening windows a day")
+            windows = tuple(TimeWindow._coerce(w) for w in raw)
+            if key == "holiday":
+                holiday = windows
+                continue
+            for day in cls._day_range(str(key)):
+                if days[day] is not None:
+                    raise ValueError(f"{DAY_NAMES[day]} is given twice (in {key!r} and before)")
+                days[day] = windows
+        missing = [DAY_NAMES[i] for i, d in enumerate(days) if d is None]
+        if missing:
+            raise ValueError(f"no hours for {', '.join(missing)}: give them [] to keep the lane closed then")
+        return cls(tuple(d for d in days if d is not None), holiday)
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_plain_validator_function(
+            cls._coerce,
+            serialization=core_schema.plain_serializer_function_ser_schema(
+                lambda v: {**{DAY_NAMES[i]: [str(w) for w in d] for i, d in enumerate(v.days)},
+                           **({"holiday": [str(w) for w in v.holiday]} if v.holiday is not None else {})}),
+        )
+
+
 def _open_hours_tag(value: Any) -> str | None:
     if value == "always":
         return "always"
     if isinstance(value, (list, tuple)):
         return "windows"
+    if isinstance(value, (Mapping, WeeklyHours)):
+        return "weekly"
     return None
 
 
@@ -351,11 +417,15 @@ OpenHours = Annotated[
     Union[
         Annotated[Literal["always"], Tag("always")],
         Annotated[tuple[TimeWindow, ...], AfterValidator(_some_windows), Tag("windows")],
+        Annotated[WeeklyHours, Tag("weekly")],
     ],
     Discriminator(
         _open_hours_tag,
         custom_error_type="open_hours",
-        custom_error_message='expected "always" or a list like ["08:30-12:00", "13:30-17:30"]',
+        custom_error_message=(
+            'expected "always", a list like ["08:30-12:00", "13:30-17:30"], or days like '
+            '{mon-fri: ["08:30-12:00"], sat: [], sun: [], holiday: []}'
+        ),
     ),
 ]
 
@@ -587,7 +657,10 @@ IoModule = Annotated[Union[ModbusTcpModule, ModbusRtuModule], Field(discriminato
 class AdministrativeVehicle(GatectlModel):
     card: Card = Field(title="Card", description="IC card number; uppercase hex.")
     plate: Plate = Field(title="Plate", description="Number plate, e.g. 云A12345 (at most 16 characters).")
-    curb_weight_kg: Number = Field(gt=0, le=MAX_WEIGHT_KG, title="Curb weight (kg)")
+    curb_weight_kg: Number | None = Field(
+        None, gt=0, le=MAX_WEIGHT_KG, title="Curb weight (kg)",
+        description="With a weighbridge, heavier than this plus the tolerance is held (R7).",
+    )
 
 
 class StaffMember(GatectlModel):
@@ -683,6 +756,21 @@ class BarrierConfig(GatectlModel):
         title="Card wait",
         description="A vehicle on the arrival loop without a card read is held after this (1 s to a day).",
     )
+    backout_wait_ms: Annotated[DurationMs, Field(ge=500, le=600_000)] = Field(
+        5000,
+        title="Back-out wait",
+        description="Every loop empty this long after a lift (or a hold): the vehicle has gone (0.5 s to 10 min).",
+    )
+    weigh_wait_ms: WaitMs = Field(
+        60000,
+        title="Weigh wait",
+        description="No stable weight this long after the card: the vehicle is held (1 s to a day).",
+    )
+    card_grace_ms: Annotated[DurationMs, Field(ge=0, le=600_000)] = Field(
+        5000,
+        title="Card grace",
+        description="A card read this long before the vehicle reaches the arrival loop still counts (0 to 10 min).",
+    )
 
     @model_validator(mode="after")
     def _pulse_shorter_than_travel(self) -> BarrierConfig:
@@ -692,6 +780,21 @@ class BarrierConfig(GatectlModel):
                 f"({self.travel_timeout_ms})"
             )
         return self
+
+
+class PlateCameraConfig(GatectlModel):
+    max_age_ms: Annotated[DurationMs, Field(ge=1000, le=600_000)] = Field(
+        30000,
+        title="Plate age",
+        description="The latest plate read this recently is the vehicle's on the arrival loop (1 s to 10 min).",
+    )
+
+
+class CalendarConfig(GatectlModel):
+    holidays: list[date] = Field(
+        default_factory=list, max_length=366 * 5, title="Holidays",
+        description='Dates whose open hours are a lane\'s "holiday" hours, e.g. ["2027-01-01"].',
+    )
 
 
 class LaneConfig(GatectlModel):
@@ -709,10 +812,34 @@ class LaneConfig(GatectlModel):
         title="Release authority",
         description="Name in `authorities`; required on bonded, ecommerce_9610 and non_bonded lanes.",
     )
+    authorities: dict[Literal["bonded", "non_bonded"], AuthorityName] | None = Field(
+        None,
+        title="Authorities of a shared lane",
+        description=(
+            "kind: shared only: the release authority of each kind the lane serves, "
+            "e.g. {bonded: jg2, non_bonded: ygt}. Each vehicle is asked of both; the one "
+            "whose authority claims it decides the passage's kind."
+        ),
+    )
     open_hours: OpenHours = Field(
         "always",
         title="Open hours",
-        description='"always" or daily windows ["08:30-12:00", …] in site.timezone (R2).',
+        description=(
+            '"always", daily windows ["08:30-12:00", …], or by day {mon-fri: [...], sat: [...], '
+            "sun: [], holiday: []} in site.timezone (R2). On a shared lane they are the bonded "
+            "traffic's; non-bonded traffic is open 24 h."
+        ),
+    )
+    plate_camera: PlateCameraConfig | None = Field(
+        None, title="Plate camera", description="Plates are posted by the camera role of the local API."
+    )
+    weighs: bool = Field(
+        True,
+        title="Weighs vehicles",
+        description=(
+            "Administrative lanes without a weighbridge must say false here: registered vehicles "
+            "then pass without their curb weight being checked (R7 rests on spot checks)."
+        ),
     )
     card_reader: CardReaderConfig = Field(title="Card reader")
     weighbridge: WeighbridgeConfig | None = Field(
@@ -733,11 +860,9 @@ class LaneConfig(GatectlModel):
     def is_goods(self) -> bool:
         return self.kind in GOODS_KINDS
 
-    def is_open(self, local: dt_time) -> bool:
-        """Whether the lane releases automatically at this wall-clock time (site zone)."""
-        if self.open_hours == "always":
-            return True
-        return any(w.contains(local) for w in self.open_hours)
+    @property
+    def shared(self) -> bool:
+        return self.kind == "shared"
 
 
 class LedgerConfig(GatectlModel):
@@ -797,6 +922,7 @@ class SiteConfig(GatectlModel):
         default_factory=list, max_length=MAX_WHITELIST, title="Staff", description="Cards that open personnel lanes."
     )
     lanes: list[LaneConfig] = Field(min_length=1, max_length=MAX_LANES, title="Lanes")
+    calendar: CalendarConfig = Field(default_factory=CalendarConfig, title="Calendar", description="Holidays.")
     ledger: LedgerConfig = Field(
         default_factory=LedgerConfig, title="Checkpoint ledger", description="R14: the ledger written every period."
     )
@@ -1106,16 +1232,46 @@ def verify_authorities_exist(parts: SiteParts) -> Iterator[Issue]:
                 ("lanes", i, "authority"),
                 f"authority {lane.authority!r} is not defined in authorities (defined: {names})",
             )
+        for kind, name in (lane.authorities or {}).items():
+            if name not in parts.authorities:
+                yield Issue(("lanes", i, "authorities", kind),
+                            f"authority {name!r} is not defined in authorities (defined: {names})")
 
 
 def verify_goods_lanes_have_authority(parts: SiteParts) -> Iterator[Issue]:
-    """R3: a goods lane lifts only on its authority's release, so it must have one."""
+    """R3: a goods lane lifts only on its authority's release, so it must have one; a
+    shared lane one for each kind it serves, and only those."""
     for i, lane in parts.lanes.items():
-        if lane.is_goods and lane.authority is None:
+        if lane.shared:
+            if lane.authority is not None:
+                yield Issue(("lanes", i, "authority"),
+                            "a shared lane names an authority per kind in `authorities`, not one `authority`")
+            missing = [k for k in SHARED_KINDS if k not in (lane.authorities or {})]
+            if missing:
+                yield Issue(("lanes", i, "authorities"),
+                            f"a shared lane needs the authority of each kind it serves: add {', '.join(missing)}")
+        elif lane.authorities is not None:
+            yield Issue(("lanes", i, "authorities"), "only a shared lane names authorities per kind")
+        elif lane.is_goods and lane.authority is None:
             yield Issue(
                 ("lanes", i, "authority"),
                 f"{lane.kind} lanes release only on their authority's instruction: name one of authorities",
             )
+
+
+def verify_administrative_lanes_weigh(parts: SiteParts) -> Iterator[Issue]:
+    """R7: "no goods in administrative vehicles" is checked by weight: a lane without a
+    weighbridge must say that it does not weigh."""
+    curb = any(v.curb_weight_kg is not None for v in parts.administrative_vehicles.values())
+    for i, lane in parts.lanes.items():
+        if lane.kind == "administrative" and lane.weighbridge is None and lane.weighs and curb:
+            yield Issue(
+                ("lanes", i, "weighbridge"),
+                "registered vehicles have curb weights but this administrative lane has no weighbridge: add one, "
+                "or set weighs: false to pass them unweighed (R7 then rests on customs spot checks)",
+            )
+        if lane.weighbridge is not None and not lane.weighs:
+            yield Issue(("lanes", i, "weighs"), "weighs: false on a lane with a weighbridge: remove one or the other")
 
 
 def verify_goods_lanes_weigh(parts: SiteParts) -> Iterator[Issue]:
@@ -1138,8 +1294,9 @@ def verify_non_bonded_always_open(parts: SiteParts) -> Iterator[Issue]:
 def verify_gather_channel_numbers(parts: SiteParts) -> Iterator[Issue]:
     """gather-xml frames carry CHNL_NO in 10 ASCII bytes."""
     for i, lane in parts.lanes.items():
-        authority = (parts.authorities or {}).get(lane.authority or "")
-        if isinstance(authority, GatherXmlAuthority) and not re.fullmatch(
+        names = [lane.authority or "", *(lane.authorities or {}).values()]
+        gather = any(isinstance((parts.authorities or {}).get(n), GatherXmlAuthority) for n in names)
+        if gather and not re.fullmatch(
             r"[\x21-\x7e]{1,10}", lane.channel_no
         ):
             yield Issue(
@@ -1194,6 +1351,7 @@ CROSS_CHECKS = (
     verify_authorities_exist,
     verify_goods_lanes_have_authority,
     verify_goods_lanes_weigh,
+    verify_administrative_lanes_weigh,
     verify_non_bonded_always_open,
     verify_gather_channel_numbers,
     verify_whitelists_present,

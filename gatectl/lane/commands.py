@@ -39,6 +39,8 @@ class RequestRelease(Command):
     gross_weight_kg: float | None
     captured_at: datetime
     plate: str | None = None
+    #: On a shared lane: the kind asked, which names the authority asked.
+    lane_kind: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,8 @@ class CommitAuthorisation(Command):
     auth_id: str
     passage_id: str
     ts: datetime
+    #: Consumed during an emergency drill: its journal record is marked too.
+    drill: bool = False
 
     @property
     def authorisation(self) -> Authorisation:
@@ -94,3 +98,5 @@ class ConfirmPassage(Command):
     result: Literal["passed", "not_passed"]
     passed_at: datetime
     gross_weight_kg: float | None
+    #: On a shared lane: the kind of the authority that released it.
+    lane_kind: str | None = None

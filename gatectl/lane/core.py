@@ -32,7 +32,7 @@ import enum
 import random
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, time, timedelta, tzinfo
+from datetime import datetime, timedelta
 from typing import Any, Callable, Mapping
 
 from gatectl import events as ev
@@ -61,6 +61,7 @@ from gatectl.lane.display import (
     hold_text,
 )
 from gatectl.lane.errors import LaneProtocolError
+from gatectl.lane.hours import Schedule
 from gatectl.lane.inputs import (
     INPUT_POINTS,
     ApprovalAccepted,
@@ -71,10 +72,13 @@ from gatectl.lane.inputs import (
     CoilWriteFailed,
     DeviceFault,
     DeviceRecovered,
+    DrillOrdered,
     EmergencyAccount,
+    HoursOrdered,
     Input,
     InputChanged,
     InputsSnapshot,
+    PlateRead,
     ReleaseDecided,
     ReleaseFailed,
     SpotCheckOrdered,
@@ -145,14 +149,21 @@ class LaneRules:
     weigh_wait: timedelta = timedelta(seconds=60)
     #: A card read just before the vehicle reaches the arrival loop still counts.
     card_grace: timedelta = timedelta(seconds=5)
-    #: R2: daily windows (minutes from midnight, site time, end excluded, may run past
-    #: midnight) when the lane releases automatically; None means always.
-    open_hours: tuple[tuple[int, int], ...] | None = None
-    #: Site time zone for open hours; ``now`` is converted to it.
-    tz: tzinfo | None = None
-    #: R7: administrative lanes release registered cards: card -> curb weight (kg).
-    whitelist: Mapping[str, float] = field(default_factory=dict)
+    #: R2: when the lane releases automatically (weekdays, holidays); None means always.
+    hours: Schedule | None = None
+    #: R7: administrative lanes release registered cards: card -> curb weight (kg), or
+    #: None for a lane that does not weigh.
+    whitelist: Mapping[str, float | None] = field(default_factory=dict)
+    #: The plate each registered card belongs to: with a plate camera, card and plate must match.
+    registered_plates: Mapping[str, str] = field(default_factory=dict)
     curb_tolerance_kg: float = 300.0
+    #: A plate camera reports the vehicles' plates (CONTRACT 8); a read older than
+    #: ``plate_max_age`` is not the vehicle's.
+    has_camera: bool = False
+    plate_max_age: timedelta = timedelta(seconds=30)
+    #: A shared lane (kind "shared") serves these kinds with one set of devices, asking
+    #: each kind's authority; each passage goes under the kind whose authority claims it.
+    shared_kinds: tuple[str, ...] = ()
     #: Personnel lanes release staff cards: card -> name.
     staff: Mapping[str, str] = field(default_factory=dict)
     #: IO modules carrying the barrier's coils and limit switches: while one is faulty
@@ -179,6 +190,12 @@ class Passage:
     left_scale: bool = False  # off the arrival loop (and the weighbridge) since weighed
     instruction_id: str | None = None
     refused_cards: set[str] = field(default_factory=set)
+    plate: str | None = None
+    #: The kind it goes under: the lane's, or on a shared lane the one decided for it.
+    kind: str | None = None
+    #: On a shared lane: the requests out (request id -> kind) and the answers in.
+    requests: dict[str, str] = field(default_factory=dict)
+    answers: dict[str, ReleaseDecided | ReleaseFailed] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -192,6 +209,7 @@ class Approval:
     valid_until: datetime
     used: int = 0
     plate: str | None = None
+    countersigned: bool = False
 
 
 @dataclass(slots=True)
@@ -242,6 +260,15 @@ class LaneCore:
         self._up_reached = False
         self.spot_hold_next = lane.spot_hold_next if lane is not None else 0
         self.spot_fraction = lane.spot_fraction if lane is not None else 0.0
+        #: Customs' order over the open hours: (open, until or None, reason), or None.
+        self.hours_order: tuple[bool, datetime | None, str] | None = None
+        if lane is not None and lane.hours_open is not None:
+            until = datetime.fromisoformat(lane.hours_until) if lane.hours_until else None
+            self.hours_order = (lane.hours_open, until, lane.hours_reason)
+        #: An emergency drill is under way: everything journaled meanwhile is marked.
+        self.drill = bool(lane.drill) if lane is not None else False
+        # The latest plate read: (plate, when, confidence); taken by the passage it names.
+        self._plate: tuple[str, datetime, float | None] | None = None
         self.approvals: dict[str, Approval] = {}
         self._rand = rand
         self._hours_deadline: datetime | None = None
@@ -307,6 +334,8 @@ class LaneCore:
                 "hint": p.hint,
                 "authorisation": _auth_json(p.authorisation),
                 "hold_reason": p.hold_reason,
+                "plate": p.plate,
+                "lane_kind": p.kind,
             },
             "lift": None
             if self.lift is None
@@ -315,26 +344,37 @@ class LaneCore:
                 "outcome": self.lift.outcome,
                 "vehicles": self.lift.vehicles,
             },
+            "hours_order": None
+            if self.hours_order is None
+            else {
+                "open": self.hours_order[0],
+                "until": self.hours_order[1].isoformat() if self.hours_order[1] else None,
+                "reason": self.hours_order[2],
+            },
+            "drill": self.drill,
         }
 
-    def is_open_at(self, now: datetime) -> bool:
-        """R2: whether the lane releases automatically at ``now``."""
-        hours = self.rules.open_hours
-        if hours is None:
+    def is_open_at(self, now: datetime, kind: str | None = None) -> bool:
+        """R2: whether the lane releases automatically at ``now`` (a passage of ``kind``,
+        on a shared lane): customs' order over the hours first, then the hours; non-bonded
+        traffic is open 24 h."""
+        order = self.hours_order
+        if order is not None and (order[1] is None or now < order[1]):
+            return order[0]
+        if kind == "non_bonded" or self.rules.hours is None:
             return True
-        local = now.astimezone(self.rules.tz) if self.rules.tz is not None else now
-        minute = local.hour * 60 + local.minute
-        return any(
-            (start <= minute < end) if start < end else (minute >= start or minute < end) for start, end in hours
-        )
+        return self.rules.hours.is_open(now)
 
     # ------------------------------------------------------------- plumbing
 
     def _emit(self, cls: type[ev.Event], **fields: Any) -> None:
         """Journal an event; a lane event names the open passage unless it names one."""
         assert self._now is not None
-        if issubclass(cls, ev.LaneEvent) and "passage_id" not in fields and self.passage is not None:
-            fields["passage_id"] = self.passage.passage_id
+        if issubclass(cls, ev.LaneEvent):
+            if "passage_id" not in fields and self.passage is not None:
+                fields["passage_id"] = self.passage.passage_id
+            if self.drill:
+                fields["drill"] = True
         self._out.append(Emit(cls(**fields), self._now))
 
     def _show(self, text: str) -> None:
@@ -361,12 +401,27 @@ class LaneCore:
     def _new_passage(self, **opened: Any) -> Passage:
         """The one way a passage begins: journaled ``passage.opened`` with what opened it."""
         assert self._now is not None and self.passage is None
-        self.passage = Passage(passage_id=self._new_id(), opened_at=self._now)
+        self.passage = Passage(passage_id=self._new_id(), opened_at=self._now,
+                               kind=None if self.rules.shared_kinds else self.rules.kind)
         self._leaving_card = None
         if self.state is S.LOWERING:
             self.lift = None  # a lift for this passage replaces the lowering one
         self._emit(ev.PassageOpened, card=None, **opened)
+        self._attach_plate()
         return self.passage
+
+    def _attach_plate(self) -> None:
+        """The camera's latest read names the vehicle of the open passage, until it is
+        asked about (a read older than ``plate_max_age`` is another vehicle's)."""
+        p, read = self.passage, self._plate
+        assert self._now is not None
+        if p is None or read is None or p.request_id is not None or p.requests:
+            return
+        plate, at, confidence = read
+        if self._now - at > self.rules.plate_max_age or plate == p.plate:
+            return
+        p.plate = plate
+        self._emit(ev.PlateRead, plate=plate, confidence=confidence, captured_at=at.isoformat())
 
     def _open_passage(self) -> None:
         """A vehicle on the arrival loop of an idle lane."""
@@ -386,7 +441,8 @@ class LaneCore:
         p = self.passage
         assert p is not None and self._now is not None
         if p.decision == "release" and p.request_id is not None:
-            self._out.append(ConfirmPassage(p.request_id, p.instruction_id, result, self._now, p.weight_kg))
+            self._out.append(ConfirmPassage(p.request_id, p.instruction_id, result, self._now, p.weight_kg,
+                                            p.kind if self.rules.shared_kinds else None))
 
     def _close_passage(self, outcome: str, reason: str | None = None) -> None:
         p = self.passage
@@ -402,7 +458,11 @@ class LaneCore:
             decision=p.decision,
             authorisation=p.authorisation,
             reason=reason,
+            plate=p.plate,
+            lane_kind=p.kind if self.rules.shared_kinds else None,
         )
+        if self._plate is not None and self._plate[0] == p.plate:
+            self._plate = None  # spent with its passage
         if p.card is not None:
             # Its card may still be read as it drives or backs away: it is nobody's next card.
             self._leaving_card = p.card
@@ -415,16 +475,13 @@ class LaneCore:
             self._open_passage()
 
     def _next_hours_change(self, now: datetime) -> datetime | None:
-        hours = self.rules.open_hours
-        if hours is None:
-            return None
-        local = now.astimezone(self.rules.tz) if self.rules.tz is not None else now
-        minute = local.hour * 60 + local.minute
-        bounds = sorted({b % 1440 for w in hours for b in w})
-        later = [b for b in bounds if b > minute]
-        day = local.date() if later else local.date() + timedelta(days=1)
-        b = later[0] if later else bounds[0]
-        return datetime.combine(day, time(b // 60, b % 60), tzinfo=local.tzinfo)
+        times = []
+        if self.rules.hours is not None:
+            times.append(self.rules.hours.next_change(now))
+        if self.hours_order is not None and self.hours_order[1] is not None and self.hours_order[1] > now:
+            times.append(self.hours_order[1])
+        times = [t for t in times if t is not None]
+        return min(times) if times else None
 
     def _accept_card(self, card: str) -> None:
         p = self.passage
@@ -456,23 +513,22 @@ class LaneCore:
         self._emit(ev.WeightStable, gross_weight_kg=kg)
         self._decide()
 
+    def _lane_open(self, now: datetime) -> bool:
+        """Open for some vehicle: on a shared lane, for any of its kinds."""
+        if self.rules.shared_kinds:
+            return any(self.is_open_at(now, k) for k in self.rules.shared_kinds)
+        return self.is_open_at(now)
+
     def _decide(self) -> None:
         """Card (and weight) known: who says whether this vehicle may pass (R1)?"""
         p = self.passage
         assert p is not None and p.card is not None and self._now is not None
-        if not self.is_open_at(self._now):
+        if not self._lane_open(self._now):
             self._hold("closed_hours")  # R2: nothing is released automatically
             return
         kind = self.rules.kind
         if kind == "administrative":
-            curb = self.rules.whitelist.get(p.card)
-            if curb is None:
-                self._local_decision("hold", "not_registered")
-            elif p.weight_kg is not None and p.weight_kg > curb + self.rules.curb_tolerance_kg:
-                # R7: an administrative vehicle heavier than registered carries goods.
-                self._local_decision("hold", "admin_overweight", curb_weight_kg=curb)
-            else:
-                self._local_decision("release", "whitelist")
+            self._decide_registered(p)
         elif kind == "personnel":
             if p.card in self.rules.staff:
                 self._local_decision("release", "staff_card", name=self.rules.staff[p.card])
@@ -480,6 +536,24 @@ class LaneCore:
                 self._local_decision("hold", "not_staff")
         else:
             self._request_release()
+
+    def _decide_registered(self, p: Passage) -> None:
+        """R7: a registered vehicle passes: its card, its plate (with a camera), and no
+        more weight than its curb weight allows (no goods in administrative vehicles)."""
+        assert p.card is not None
+        if p.card not in self.rules.whitelist:
+            self._local_decision("hold", "not_registered")
+            return
+        curb = self.rules.whitelist[p.card]
+        registered = self.rules.registered_plates.get(p.card)
+        plates = {"plate": p.plate, "registered_plate": registered} if self.rules.has_camera else {}
+        if self.rules.has_camera and registered is not None and p.plate != registered:
+            self._local_decision("hold", "plate_unread" if p.plate is None else "plate_mismatch", **plates)
+        elif curb is not None and p.weight_kg is not None and p.weight_kg > curb + self.rules.curb_tolerance_kg:
+            # R7: an administrative vehicle heavier than registered carries goods.
+            self._local_decision("hold", "admin_overweight", curb_weight_kg=curb, **plates)
+        else:
+            self._local_decision("release", "whitelist", **plates)
 
     def _local_decision(self, decision: str, basis: str, **data: Any) -> None:
         """A decision the lane takes from its own lists (administrative, personnel)."""
@@ -506,7 +580,7 @@ class LaneCore:
         assert p is not None and self._now is not None
         if p.forced:
             self._hold("forced_passage")
-        elif not self.is_open_at(self._now):
+        elif not self.is_open_at(self._now, p.kind):
             self._hold("closed_hours")  # R2: the answer came after closing time
         elif self._fails_closed():
             pass
@@ -529,22 +603,29 @@ class LaneCore:
         return False
 
     def _request_release(self) -> None:
+        """Ask the lane's authority, or on a shared lane each kind's (R1)."""
         p = self.passage
         assert p is not None and p.card is not None and p.request_id is None
         assert self._now is not None
         if not self.rules.has_authority:
             self._hold("no_authority")
             return
-        p.request_id = self._new_id()
         self._goto(S.DECIDING)
         self._deadline = self._now + self.rules.decision_wait
         self._show(TEXT_DECIDING)
-        self._emit(ev.ReleaseRequested, request_id=p.request_id, card=p.card, gross_weight_kg=p.weight_kg)
-        self._out.append(RequestRelease(p.request_id, p.passage_id, p.card, p.weight_kg, self._now))
+        for kind in self.rules.shared_kinds or (None,):
+            request_id = self._new_id()
+            if kind is None:
+                p.request_id = request_id
+            else:
+                p.requests[request_id] = kind
+            self._emit(ev.ReleaseRequested, request_id=request_id, card=p.card, gross_weight_kg=p.weight_kg,
+                       plate=p.plate, lane_kind=kind)
+            self._out.append(RequestRelease(request_id, p.passage_id, p.card, p.weight_kg, self._now, p.plate, kind))
 
     def _hold_text(self, reason: str) -> str:
         p = self.passage
-        return hold_text(reason, p.hint if p is not None else None, self.rules.kind == "personnel")
+        return hold_text(reason, p.hint if p is not None else None, self.rules.kind)
 
     def _hold(self, reason: str) -> None:
         """Not released: show why, send the vehicle to the inspection area, wait for it to back out."""
@@ -560,11 +641,10 @@ class LaneCore:
 
     def _show_idle(self) -> None:
         assert self._now is not None
-        if self.rules.open_hours is not None:
-            self._hours_deadline = self._next_hours_change(self._now)
+        self._hours_deadline = self._next_hours_change(self._now)
         if self.faults:
             self._show(TEXT_FAULT)
-        elif not self.is_open_at(self._now):
+        elif not self._lane_open(self._now):
             self._show(TEXT_CLOSED)
         else:
             self._show(TEXT_WELCOME)
@@ -578,7 +658,7 @@ class LaneCore:
         p.authorisation = Authorisation(kind, auth_id)
         self._goto(S.AUTHORISING)
         self._pending_outcome = outcome
-        self._out.append(CommitAuthorisation(kind, auth_id, p.passage_id, self._now))
+        self._out.append(CommitAuthorisation(kind, auth_id, p.passage_id, self._now, self.drill))
 
     def _pulse_open(self, lift: Lift, reason: str) -> None:
         """The one open pulse: the lift of an authorisation, or a safety reverse under it."""
@@ -685,6 +765,8 @@ class LaneCore:
             lifted=rec.lifted,
             hold_reason=rec.hold_reason,
             instruction_id=rec.instruction_id,
+            plate=rec.plate,
+            kind=rec.lane_kind if self.rules.shared_kinds else self.rules.kind,
         )
         self._emit(ev.LaneRecovered, card=p.card, authorisation=p.authorisation)
         if p.authorisation is not None:
@@ -739,6 +821,10 @@ class LaneCore:
         # release was never used, and the authority hears so (CONTRACT 3.1).
         self._confirm("not_passed")
         p.request_id = p.decision = p.hint = None
+        p.requests.clear()
+        p.answers.clear()
+        if self.rules.shared_kinds:
+            p.kind = None
         self._goto(S.PRESENT)
         if p.card is None:
             self._deadline = self._now + self.rules.card_wait
@@ -893,7 +979,7 @@ class LaneCore:
         known = event.approval_id in self.approvals
         self.approvals[event.approval_id] = Approval(
             event.approval_id, event.trigger, event.max_lifts, event.valid_from, event.valid_until,
-            event.lifts_used, event.plate,
+            event.lifts_used, event.plate, event.countersigned,
         )
         if not known and not event.restored:
             self._emit(
@@ -905,6 +991,7 @@ class LaneCore:
                 valid_from=event.valid_from.isoformat(),
                 valid_until=event.valid_until.isoformat(),
                 plate=event.plate,
+                countersigned=event.countersigned or None,
             )
 
     def _on_approval_refused(self, event: ApprovalRefused) -> None:
@@ -914,6 +1001,35 @@ class LaneCore:
     def _on_emergency_account(self, event: EmergencyAccount) -> None:
         self._emit(ev.EmergencyAccountGiven, passage_id=event.passage_id, vehicle_type=event.vehicle_type,
                    plate=event.plate, note=event.note, by=event.by)
+
+    def _vehicle_plate(self) -> str | None:
+        """The plate of the vehicle at the lane: its passage's, or a fresh read."""
+        if self.passage is not None and self.passage.plate is not None:
+            return self.passage.plate
+        read = self._plate
+        assert self._now is not None
+        if read is not None and self._now - read[1] <= self.rules.plate_max_age:
+            return read[0]
+        return None
+
+    def _approval_bars(self, a: Approval) -> str | None:
+        """Why ``a`` may not lift the vehicle at the lane now, if it may not (R10): an
+        approval for one plate lifts only that plate; a manual lift of a non-bonded
+        passage (on a shared lane: of one not known to be bonded) needs park management's
+        countersignature."""
+        if a.plate is not None:
+            # A remote lift is for the vehicle the lane holds; a panel lift for the one the
+            # guard sees at the lane (its plate just read).
+            seen = self.passage.plate if self.passage is not None else None
+            if a.trigger == "panel" and seen is None:
+                seen = self._vehicle_plate()
+            if a.plate != seen:
+                return "plate_mismatch"
+        if not a.countersigned and self.rules.shared_kinds:
+            kind = self.passage.kind if self.passage is not None else None
+            if kind != "bonded":
+                return "countersignature_required"
+        return None
 
     def _on_manual_lift(self) -> None:
         """R10: the guard's button lifts once per use of a valid approval, and only then."""
@@ -934,10 +1050,16 @@ class LaneCore:
         if self.state is S.OPEN:
             self._emit(ev.ManualLiftRefused, reason="lift_in_progress")
             return
-        self._lift_under_approval(usable[0], "panel")
+        bars = [self._approval_bars(a) for a in usable]
+        fit = [a for a, bar in zip(usable, bars) if bar is None]
+        if not fit:
+            self._emit(ev.ManualLiftRefused, reason=bars[0])
+            return
+        self._lift_under_approval(fit[0], "panel")
 
     def _remote_lift(self) -> None:
-        """R17: a remote approval lifts once, when the lane is idle or holding a vehicle."""
+        """R17: a remote approval lifts once, when the lane is idle or holding a vehicle
+        (for a plate: when that vehicle is the one at the lane)."""
         assert self._now is not None
         for a in list(self.approvals.values()):
             if a.trigger != "remote":
@@ -947,7 +1069,7 @@ class LaneCore:
                 if a.used == 0:
                     self._emit(ev.ApprovalExpired, approval_id=a.approval_id)
                 continue
-            if self._usable(a) and self.state in (S.IDLE, S.HELD):
+            if self._usable(a) and self.state in (S.IDLE, S.HELD) and self._approval_bars(a) is None:
                 self._lift_under_approval(a, "remote")
                 return
 
@@ -1014,10 +1136,23 @@ class LaneCore:
 
     def _on_decided(self, event: ReleaseDecided) -> None:
         p = self.passage
-        if self.state is not S.DECIDING or p is None or p.request_id != event.request_id:
-            return  # an answer to a request this lane no longer waits for
+        if self.state is not S.DECIDING or p is None:
+            return
+        if p.requests:
+            self._shared_answer(event)
+        elif p.request_id == event.request_id:
+            self._apply_decision(event)
+        # else: an answer to a request this lane no longer waits for
+
+    def _apply_decision(self, event: ReleaseDecided, kind: str | None = None) -> None:
+        """The authority's decision for this passage (R3): only a release may lift."""
+        p = self.passage
+        assert p is not None
+        p.request_id = event.request_id
         p.decision = event.decision
         p.hint = event.hint
+        if kind is not None:
+            p.kind = kind
         self._emit(
             ev.AuthorityDecision,
             request_id=event.request_id,
@@ -1026,6 +1161,7 @@ class LaneCore:
             form_id=event.form_id,
             hint=event.hint,
             declared_weight_kg=event.declared_weight_kg,
+            lane_kind=kind,
         )
         if event.decision != "release":
             self._hold(event.decision)
@@ -1036,9 +1172,54 @@ class LaneCore:
 
     def _on_failed(self, event: ReleaseFailed) -> None:
         p = self.passage
-        if self.state is not S.DECIDING or p is None or p.request_id != event.request_id:
+        if self.state is not S.DECIDING or p is None:
             return
-        self._authority_failed(event.reason, event.detail)
+        if p.requests:
+            self._shared_answer(event)
+        elif p.request_id == event.request_id:
+            self._authority_failed(event.reason, event.detail)
+
+    def _shared_answer(self, event: ReleaseDecided | ReleaseFailed) -> None:
+        """A shared lane: one kind's authority answered; once every one has, decide whose
+        vehicle it is."""
+        p = self.passage
+        assert p is not None
+        kind = p.requests.get(event.request_id)
+        if kind is None or kind in p.answers:
+            return
+        p.answers[kind] = event
+        if isinstance(event, ReleaseDecided):
+            self._emit(ev.ReleaseAnswered, request_id=event.request_id, lane_kind=kind, decision=event.decision,
+                       instruction_id=event.instruction_id, form_id=event.form_id, hint=event.hint)
+        else:
+            self._emit(ev.ReleaseAnswered, request_id=event.request_id, lane_kind=kind, reason=event.reason)
+        if len(p.answers) == len(p.requests):
+            self._settle_shared()
+
+    def _settle_shared(self) -> None:
+        """Whose vehicle is it? Each enterprise declares its vehicle, card and weight in the
+        system of its business, so the authority whose answer is not a denial claims the
+        passage, and the passage goes under that kind's rules. Any authority without an
+        answer: fail closed (S5), whatever the other said. Two claims: held, the lane cannot
+        tell (not a device fault: R16). Denials all round: denied."""
+        p = self.passage
+        assert p is not None
+        failed = [(k, a) for k, a in p.answers.items() if isinstance(a, ReleaseFailed)]
+        if failed:
+            kind, failure = failed[0]
+            p.request_id = failure.request_id  # type: ignore[union-attr]
+            self._authority_failed(failure.reason, f"{kind}: {failure.detail}")  # type: ignore[union-attr]
+            return
+        decided = {k: a for k, a in p.answers.items() if isinstance(a, ReleaseDecided)}
+        claims = {k: a for k, a in decided.items() if a.decision != "deny"}
+        if len(claims) == 1:
+            ((kind, answer),) = claims.items()
+            self._apply_decision(answer, kind)
+        elif claims:
+            self._hold("kind_conflict")
+        else:
+            kind = self.rules.shared_kinds[0]
+            self._apply_decision(decided[kind], kind)
 
     def _authority_failed(self, reason: str, detail: str) -> None:
         p = self.passage
@@ -1158,6 +1339,39 @@ class LaneCore:
             fraction=self.spot_fraction,
         )
 
+    def _on_plate(self, event: PlateRead) -> None:
+        """The plate camera read a plate: the vehicle's at the lane (CONTRACT 8)."""
+        assert self._now is not None
+        at = event.captured_at if event.captured_at is not None else self._now
+        self._plate = (event.plate, min(at, self._now), event.confidence)
+        if self.state in (S.PRESENT, S.WEIGHING):
+            self._attach_plate()
+
+    def _on_hours(self, event: HoursOrdered) -> None:
+        """R2: customs opens or closes the lane now over its hours (or clears that). What
+        it may lift is unchanged: a closed lane lifts only under approval or emergency."""
+        assert self._now is not None
+        if event.clear:
+            self.hours_order = None
+        else:
+            assert event.open is not None
+            self.hours_order = (event.open, event.until, event.reason)
+        self._emit(ev.HoursOrderedEvent, open=event.open, until=event.until.isoformat() if event.until else None,
+                   reason=event.reason, clear=event.clear, source=event.source, by=event.by)
+        self._hours_deadline = self._next_hours_change(self._now)
+        if self.state is S.IDLE:
+            self._show_idle()
+
+    def _on_drill(self, event: DrillOrdered) -> None:
+        """Park management's emergency drill (应急处置演练): the lane works as ever, and
+        what it journals meanwhile is marked, kept out of the real figures."""
+        if event.start and not self.drill:
+            self.drill = True
+            self._emit(ev.DrillStarted, by=event.by, note=event.note)
+        elif not event.start and self.drill:
+            self._emit(ev.DrillEnded, by=event.by, note=event.note)
+            self.drill = False
+
     def _on_tick(self, event: Tick) -> None:
         now = self._now
         assert now is not None
@@ -1182,7 +1396,13 @@ class LaneCore:
         elif self.state is S.WEIGHING:
             self._hold("no_stable_weight")
         elif self.state is S.DECIDING:
-            self._authority_failed("timeout", "no answer in time")
+            p = self.passage
+            if p is not None and p.requests:
+                for request_id in p.requests:
+                    if p.requests[request_id] not in p.answers:
+                        self._shared_answer(ReleaseFailed(request_id, "timeout", "no answer in time"))
+            else:
+                self._authority_failed("timeout", "no answer in time")
         elif self.state is S.OPEN and self._nobody_about():
             # Lifted, but nobody drove through: the vehicle reversed away (or never came).
             if self.passage is not None:
@@ -1206,6 +1426,9 @@ class LaneCore:
         CoilWriteFailed: _on_coil_failed,
         Tick: _on_tick,
         SpotCheckOrdered: _on_spot_check,
+        PlateRead: _on_plate,
+        HoursOrdered: _on_hours,
+        DrillOrdered: _on_drill,
     }
 
 

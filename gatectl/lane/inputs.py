@@ -174,6 +174,9 @@ class ApprovalAccepted(Input):
     plate: str | None = None
     #: Reloaded from the journal at start: already journaled as accepted.
     restored: bool = False
+    #: Signed by park management too (a countersigned approval): needed for a manual lift
+    #: of a non-bonded passage (R10).
+    countersigned: bool = False
 
     def __post_init__(self) -> None:
         if self.trigger not in ("panel", "remote"):
@@ -223,6 +226,49 @@ class SpotCheckOrdered(Input):
             raise LaneProtocolError(f"hold_next must be a count >= 0, got {self.hold_next!r}")
         if self.fraction is not None and not 0.0 <= self.fraction <= 1.0:
             raise LaneProtocolError(f"fraction must be within 0..1, got {self.fraction!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class PlateRead(Input):
+    """The lane's plate camera read a plate (the vehicle on the arrival loop)."""
+
+    plate: str
+    confidence: float | None = None
+    captured_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if not self.plate or len(self.plate) > 16:
+            raise LaneProtocolError(f"a plate is 1-16 characters: {self.plate!r}")
+        if self.captured_at is not None and self.captured_at.tzinfo is None:
+            raise LaneProtocolError("captured_at is timezone-aware")
+
+
+@dataclass(frozen=True, slots=True)
+class HoursOrdered(Input):
+    """Customs opens (``open``) or closes the lane now, overriding its open hours until
+    ``until`` (None: until cleared), or clears its order (``clear``) (R2)."""
+
+    open: bool | None = None
+    until: datetime | None = None
+    reason: str = ""
+    clear: bool = False
+    source: str = ""
+    by: str = ""
+
+    def __post_init__(self) -> None:
+        if self.clear == (self.open is not None):
+            raise LaneProtocolError("an hours order is either open/closed or clear")
+        if self.until is not None and self.until.tzinfo is None:
+            raise LaneProtocolError("until is timezone-aware")
+
+
+@dataclass(frozen=True, slots=True)
+class DrillOrdered(Input):
+    """Park management starts (``start``) or ends an emergency drill on the lane."""
+
+    start: bool
+    by: str = ""
+    note: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,10 @@ class PassageRecord:
     hold_reason: str | None = None
     outcome: str | None = None
     reason: str | None = None
+    #: On a shared lane: the kind the passage went under (bonded, non_bonded).
+    lane_kind: str | None = None
+    #: Opened during an emergency drill: kept out of the real statistics.
+    drill: bool = False
 
     @property
     def open(self) -> bool:
@@ -82,12 +86,14 @@ def fold(record: PassageRecord | None, st: Stamped) -> PassageRecord | None:
     other event. A closed record is returned once, closed; the caller drops it after."""
     e = st.event
     if isinstance(e, ev.PassageOpened):
-        return PassageRecord(e.passage_id or st.event_id, st.lane_id, st.seq, st.ts)
+        return PassageRecord(e.passage_id or st.event_id, st.lane_id, st.seq, st.ts, drill=bool(e.drill))
     if record is None or record.closed_at is not None or st.passage_id != record.passage_id:
         return record
     match e:
         case ev.CardRead():
             return replace(record, card=e.card)
+        case ev.PlateRead():
+            return replace(record, plate=e.plate)
         case ev.WeightStable():
             return replace(record, gross_weight_kg=e.gross_weight_kg)
         case ev.ReleaseRequested():
@@ -96,7 +102,7 @@ def fold(record: PassageRecord | None, st: Stamped) -> PassageRecord | None:
                            form_id=None, hint=None, hold_reason=None)
         case ev.AuthorityDecision():
             return replace(record, decision=e.decision, decided_at=st.ts, instruction_id=e.instruction_id,
-                           form_id=e.form_id, hint=e.hint)
+                           form_id=e.form_id, hint=e.hint, lane_kind=e.lane_kind or record.lane_kind)
         case ev.LocalDecision():
             return replace(record, decision=e.decision, decided_at=st.ts)
         case ev.AuthorisationCommitted() if e.authorisation is not None:
@@ -109,7 +115,8 @@ def fold(record: PassageRecord | None, st: Stamped) -> PassageRecord | None:
         case ev.PassageHeld():
             return replace(record, hold_reason=e.reason)
         case ev.PassageClosed():
-            return replace(record, closed_at=st.ts, outcome=e.outcome, reason=e.reason)
+            return replace(record, closed_at=st.ts, outcome=e.outcome, reason=e.reason,
+                           plate=e.plate or record.plate, lane_kind=e.lane_kind or record.lane_kind)
     return record
 
 
@@ -124,6 +131,13 @@ class LaneRecord:
     #: Customs spot checks in force (R7): hold the next N released vehicles, or a share.
     spot_hold_next: int = 0
     spot_fraction: float = 0.0
+    #: Customs' order over the open hours (R2): open (True) or closed (False), until when
+    #: (ISO time; None: until cleared), and why. None: the hours apply.
+    hours_open: bool | None = None
+    hours_until: str | None = None
+    hours_reason: str = ""
+    #: An emergency drill is under way on the lane.
+    drill: bool = False
 
 
 def fold_lane(record: LaneRecord, st: Stamped) -> LaneRecord:
@@ -136,6 +150,14 @@ def fold_lane(record: LaneRecord, st: Stamped) -> LaneRecord:
             return replace(record, last_lift=e.authorisation)
         case ev.SpotCheckOrdered() | ev.SpotCheckApplied():
             return replace(record, spot_hold_next=int(e.remaining), spot_fraction=float(e.fraction))
+        case ev.HoursOrderedEvent():
+            if e.clear:
+                return replace(record, hours_open=None, hours_until=None, hours_reason="")
+            return replace(record, hours_open=e.open, hours_until=e.until, hours_reason=e.reason)
+        case ev.DrillStarted():
+            return replace(record, drill=True)
+        case ev.DrillEnded():
+            return replace(record, drill=False)
     return record
 
 

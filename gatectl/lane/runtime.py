@@ -127,7 +127,7 @@ class LaneRuntime:
         authority: AuthorityPort | None,
         cards: CardRegistry,
         now: Callable[[], datetime],
-        confirm_target: str | None = None,
+        confirm_targets: Mapping[str | None, str] | None = None,
         on_step: Callable[[LaneRuntime], None] | None = None,
         on_decision: Callable[[str, float], None] | None = None,
     ) -> None:
@@ -138,7 +138,8 @@ class LaneRuntime:
         self.authority = authority
         self.cards = cards
         self.now = now
-        self.confirm_target = confirm_target
+        #: Where pass confirmations go: the authority of the kind that released (None: the lane's).
+        self.confirm_targets = dict(confirm_targets or {})
         self.on_step = on_step
         self.on_decision = on_decision
         self.queue: asyncio.Queue[tuple[Input, asyncio.Future | None]] = asyncio.Queue()
@@ -285,8 +286,9 @@ class LaneRuntime:
                 entries.append(cmd)
                 self.cards.observe(self.lane_id, cmd.event)
             elif isinstance(cmd, ConfirmPassage):
-                if self.confirm_target is not None:
-                    outbox.append(self._confirmation(cmd))
+                target = self.confirm_targets.get(cmd.lane_kind)
+                if target is not None:
+                    outbox.append(self._confirmation(cmd, target))
             elif isinstance(cmd, CommitAuthorisation):
                 answer = await self._commit(cmd, entries, outbox)
                 entries, outbox = [], []
@@ -318,10 +320,9 @@ class LaneRuntime:
             return AuthorisationRefused(cmd.kind, cmd.auth_id, "journal_error", str(exc))
         return AuthorisationCommitted(cmd.kind, cmd.auth_id)
 
-    def _confirmation(self, cmd: ConfirmPassage) -> OutboxItem:
-        assert self.confirm_target is not None
+    def _confirmation(self, cmd: ConfirmPassage, target: str) -> OutboxItem:
         return OutboxItem(
-            self.confirm_target,
+            target,
             "pass_confirmation",
             {
                 "request_id": cmd.request_id,

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import base64
 import re
-from datetime import date, time
+from datetime import date, datetime
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from gatectl.service import lane_schedule
 from gatectl.config import (
     ConfigError,
     GatherXmlAuthority,
@@ -91,6 +92,7 @@ lanes:
     kind: administrative
     direction: in
     channel_no: "K002"
+    weighs: false
     card_reader:
       port: /dev/ttyUSB2
       format: ascii-line
@@ -221,15 +223,82 @@ def test_relative_paths_resolve_against_the_config_file(
     assert path.exists() and not (etc / "data").exists()  # validating creates nothing
 
 
+def _open_at(config, lane, h: int, m: int = 0, day: int = 27, month: int = 11, year: int = 2026) -> bool:
+    schedule = lane_schedule(lane, config)
+    return schedule is None or schedule.is_open(datetime(year, month, day, h, m, tzinfo=config.site.tz))
+
+
 def test_open_hours_windows(tmp_path: Path) -> None:
     """R2: outside its windows a lane releases nothing automatically."""
     text = edit(BASE, '    channel_no: "K001"\n', '    channel_no: "K001"\n    open_hours: ["08:30-12:00", "22:00-02:00"]\n')
-    lane = load_config(write(tmp_path, text)).lanes[0]
+    config = load_config(write(tmp_path, text))
+    lane = config.lanes[0]
     assert lane.open_hours == (TimeWindow(510, 720), TimeWindow(1320, 120))
-    assert lane.is_open(time(8, 30)) and lane.is_open(time(11, 59))
-    assert not lane.is_open(time(12, 0)) and not lane.is_open(time(13, 0))
-    assert lane.is_open(time(23, 0)) and lane.is_open(time(1, 59)) and not lane.is_open(time(2, 0))
+    assert _open_at(config, lane, 8, 30) and _open_at(config, lane, 11, 59)
+    assert not _open_at(config, lane, 12, 0) and not _open_at(config, lane, 13, 0)
+    assert _open_at(config, lane, 23, 0) and _open_at(config, lane, 1, 59) and not _open_at(config, lane, 2, 0)
     assert str(TimeWindow.parse("13:30-24:00")) == "13:30-24:00"
+
+
+def test_r2_open_hours_by_day_and_holiday(tmp_path: Path) -> None:
+    """R2, CONTRACT 8: hours by weekday, a range of days, and holidays from the calendar."""
+    hours = ('    open_hours:\n      mon-fri: ["08:30-12:00", "13:30-17:30"]\n      sat: ["09:00-12:00"]\n'
+             "      sun: []\n      holiday: []\n")
+    text = edit(BASE, '    channel_no: "K001"\n', '    channel_no: "K001"\n' + hours)
+    text = text.replace("journal:\n", 'calendar:\n  holidays: ["2027-01-01"]\njournal:\n', 1)
+    config = load_config(write(tmp_path, text))
+    lane = config.lanes[0]
+    assert _open_at(config, lane, 9) and not _open_at(config, lane, 12, 30)  # Friday
+    assert _open_at(config, lane, 10, day=28) and not _open_at(config, lane, 14, day=28)  # Saturday
+    assert not _open_at(config, lane, 10, day=29)  # Sunday
+    assert not _open_at(config, lane, 10, day=1, month=1, year=2027)  # a holiday Friday
+
+
+@pytest.mark.parametrize("hours, message", [
+    ('{mon-fri: ["08:30-12:00"]}', "no hours for sat, sun"),
+    ('{mon-fri: ["08:30-12:00"], fri-sun: []}', "fri is given twice"),
+    ('{weekdays: ["08:30-12:00"]}', "'weekdays' is not a day"),
+    ('{fri-mon: []}', "runs backwards"),
+    ('{mon-sun: "08:30-12:00"}', "expected a list of windows"),
+])
+def test_r2_open_hours_by_day_say_what_is_wrong(tmp_path: Path, hours: str, message: str) -> None:
+    text = edit(BASE, '    channel_no: "K001"\n', f'    channel_no: "K001"\n    open_hours: {hours}\n')
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, text))
+    assert any(p.path == "lanes[0].open_hours" and message in p.message for p in exc.value.problems), exc.value.problems
+
+
+def test_r1_a_shared_lane_names_each_kinds_authority(tmp_path: Path) -> None:
+    """R1: one physical lane for bonded and non-bonded traffic: an authority per kind, and
+    no single `authority`."""
+    text = edit(BASE, "    kind: bonded\n", "    kind: shared\n", count=1)
+    text = text.replace("    authority: jg2\n", "    authorities: {bonded: jg2, non_bonded: logistics}\n", 1)
+    config = load_config(write(tmp_path, text))
+    assert config.lanes[0].shared and config.lanes[0].authorities == {"bonded": "jg2", "non_bonded": "logistics"}
+    broken = text.replace("    authorities: {bonded: jg2, non_bonded: logistics}\n", "    authority: jg2\n", 1)
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, broken))
+    messages = {p.path: p.message for p in exc.value.problems}
+    assert "an authority per kind" in messages["lanes[0].authority"]
+    assert "add bonded, non_bonded" in messages["lanes[0].authorities"]
+
+
+def test_plate_camera_and_barrier_timings_default_and_bound(tmp_path: Path) -> None:
+    """CONTRACT 8: the three barrier timings and the plate camera's age, with defaults."""
+    config = load_config(write(tmp_path, BASE))
+    barrier = config.lanes[0].barrier
+    assert (barrier.backout_wait_ms, barrier.weigh_wait_ms, barrier.card_grace_ms) == (5000, 60000, 5000)
+    assert config.lanes[0].plate_camera is None
+    text = edit(BASE, "    card_reader:\n", "    plate_camera: {max_age_ms: 20000}\n    barrier: {backout_wait_ms: 8000, "
+                "weigh_wait_ms: 30000, card_grace_ms: 0}\n    card_reader:\n", count=1)
+    config = load_config(write(tmp_path, text))
+    lane = config.lanes[0]
+    assert lane.plate_camera.max_age_ms == 20000 and lane.barrier.backout_wait_ms == 8000
+    assert lane.barrier.card_grace_ms == 0
+    text = edit(BASE, "    card_reader:\n", "    barrier: {backout_wait_ms: 10000000000}\n    card_reader:\n", count=1)
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, text))
+    assert any(p.path == "lanes[0].barrier.backout_wait_ms" for p in exc.value.problems)
 
 
 def test_device_silence_keys_default_and_validate(tmp_path: Path) -> None:
@@ -316,7 +385,7 @@ def test_json_schema_has_titles() -> None:
         ("barrier_open: io1:coil:0", "barrier_open: io1:di:9", "lanes[0].points.barrier_open", "io1:di:9", "must be a coil point"),
         ("safety_loop: io1:di:1", "safety_loop: io1-di-1", "lanes[0].points.safety_loop", "io1-di-1", "MODULE:di:N"),
         ('    channel_no: "K001"', '    channel_no: "K001"\n    open_hours: ["8:30-12:00"]', "lanes[0].open_hours[0]", "8:30-12:00", "HH:MM-HH:MM"),
-        ('    channel_no: "K001"', '    channel_no: "K001"\n    open_hours: sometimes', "lanes[0].open_hours", "sometimes", '"always" or a list'),
+        ('    channel_no: "K001"', '    channel_no: "K001"\n    open_hours: sometimes', "lanes[0].open_hours", "sometimes", 'expected "always", a list'),
     ],
 )
 def test_field_error_names_path_and_line(
@@ -459,6 +528,11 @@ def test_section_validators(tmp_path: Path) -> None:
             "    weighbridge:\n      port: /dev/ttyUSB1\n      format: xk3190-tf0\n", "",
             "lanes[0].weighbridge", "- id: B1-IN", "add a weighbridge",
             id="goods-lane-weighs",
+        ),
+        pytest.param(
+            "    weighs: false\n", "",
+            "lanes[1].weighbridge", "- id: A1-IN", "no weighbridge: add one, or set weighs: false",
+            id="administrative-lane-weighs-its-registered-vehicles",
         ),
         pytest.param(
             "authority: jg2", "authority: logistics\n    open_hours: always",

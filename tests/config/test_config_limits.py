@@ -103,6 +103,7 @@ lanes:
     kind: administrative
     direction: in
     channel_no: "K002"
+    weighs: false
     open_hours: ["08:30-12:00"]
     curb_weight_tolerance_kg: 300
     card_reader:

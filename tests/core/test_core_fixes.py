@@ -6,10 +6,12 @@ from dataclasses import replace
 
 from gatectl.lane.commands import ConfirmPassage, Pulse
 from gatectl.lane.core import LaneState as S
+from gatectl.lane.hours import Schedule
 from gatectl.lane.inputs import CoilWriteFailed, DeviceFault, DeviceRecovered, InputsSnapshot
 
 from test_core_scenarios import (
     BONDED,
+    TZ,
     FAULT,
     Lane,
     at,
@@ -73,7 +75,7 @@ def test_r9_a_barrier_fault_while_idle_shows_on_the_display() -> None:
 def test_r2_a_release_answered_after_closing_time_lifts_nothing() -> None:
     """R2: the request went out at 08:59:57, the window closed at 09:00, the release came
     at 09:00:01: nothing lifts automatically outside open hours."""
-    rules = replace(BONDED, open_hours=((8 * 60, 9 * 60),), has_weighbridge=False)
+    rules = replace(BONDED, hours=Schedule.daily(((8 * 60, 9 * 60),), TZ), has_weighbridge=False)
     lane = Lane(rules)
     morning = at(0).replace(hour=8, minute=59, second=50)
     from datetime import timedelta

@@ -40,8 +40,8 @@ class LaneLog:
         if key in self.consumed:
             return AuthorisationRefused(cmd.kind, cmd.auth_id, "replay", "consumed before")
         self.consumed.add(key)
-        self._append(ev.AuthorisationCommitted(passage_id=cmd.passage_id, authorisation=cmd.authorisation),
-                     cmd.ts.isoformat())
+        self._append(ev.AuthorisationCommitted(passage_id=cmd.passage_id, authorisation=cmd.authorisation,
+                                               drill=True if cmd.drill else None), cmd.ts.isoformat())
         return AuthorisationCommitted(cmd.kind, cmd.auth_id)
 
     def events(self, type_: str | None = None) -> list[dict]:

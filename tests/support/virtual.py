@@ -116,8 +116,8 @@ class MemoryJournal:
                 return
             self.consumed.add(key)
             written.append(self._write(lane_id, ev.AuthorisationCommitted(
-                passage_id=authorisation.passage_id, authorisation=authorisation.authorisation),
-                authorisation.ts.isoformat(), now))
+                passage_id=authorisation.passage_id, authorisation=authorisation.authorisation,
+                drill=True if authorisation.drill else None), authorisation.ts.isoformat(), now))
         future.set_result(written)
 
     def _write(self, lane_id: str, event: ev.Event, ts: str, now: float) -> ev.Stamped:
