@@ -512,6 +512,7 @@ class TicketOpened(Event):
     reason: str
     source: str  # fault | report
     by: str | None = opt()
+    passage_id: str | None = opt()
 
 
 @event

@@ -887,6 +887,9 @@ class SimulatedSite:
                     "      stable_samples: 5",
                     "      min_vehicle_kg: 500" if spec.kind != "personnel" else "      min_vehicle_kg: 30",
                 ]
+            elif spec.kind == "administrative":
+                # No weighbridge on this lane: say so, or the whitelist's curb weights are refused.
+                out.append("    weighs: false")
             out.append("    points:")
             out += [f"      {role}: {point}" for role, point in lane.points().items()]
             out += [

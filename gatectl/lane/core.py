@@ -1013,11 +1013,12 @@ class LaneCore:
         return None
 
     def _approval_bars(self, a: Approval) -> str | None:
-        """Why ``a`` may not lift the vehicle at the lane now, if it may not (R10): an
-        approval for one plate lifts only that plate; a manual lift of a non-bonded
+        """Why ``a`` may not lift the vehicle at the lane now, if it may not (R10): on a
+        lane with a plate camera an approval for one plate lifts only that plate read; a manual lift of a non-bonded
         passage (on a shared lane: of one not known to be bonded) needs park management's
         countersignature."""
-        if a.plate is not None:
+        if a.plate is not None and self.rules.has_camera:
+            # Without a camera the guard checks the plate by eye, as the approval shows it.
             # A remote lift is for the vehicle the lane holds; a panel lift for the one the
             # guard sees at the lane (its plate just read).
             seen = self.passage.plate if self.passage is not None else None

@@ -146,7 +146,7 @@ def test_example_site_validates() -> None:
     """R1: the shipped example has one lane of each kind and passes every check."""
     config = load_config(EXAMPLE)
     assert sorted(lane.kind for lane in config.lanes) == sorted(
-        ["bonded", "ecommerce_9610", "non_bonded", "administrative", "personnel"]
+        ["bonded", "ecommerce_9610", "non_bonded", "administrative", "personnel", "shared"]
     )
     protocols = {a.protocol for a in config.authorities.values()}
     assert protocols == {"http-json", "gather-xml"}
@@ -196,7 +196,7 @@ def test_points_parse_and_serialise_back() -> None:
     dumped = config.model_dump(mode="json")
     assert dumped["lanes"][0]["points"]["arrival_loop"] == "io1:di:0"
     assert dumped["lanes"][0]["points"]["barrier_open"] == "io1:coil:0"
-    assert dumped["lanes"][0]["open_hours"] == ["08:30-12:00", "13:30-17:30"]
+    assert dumped["lanes"][0]["open_hours"]["mon"] == ["08:30-12:00", "13:30-17:30"]
     assert SiteConfig.model_validate(dumped) == config  # the whole config round-trips
     for bad in ("io1:do:3", "io1:di", "io 1:di:0", "io1:di:-1", "io1:coil:70000"):
         with pytest.raises(ValueError):

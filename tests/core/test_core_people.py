@@ -117,6 +117,16 @@ def test_r10_a_plate_bound_approval_lifts_only_that_plate() -> None:
     assert [c.reason for c in open_pulses(out)] == ["lift"]
 
 
+def test_r10_without_a_camera_the_guard_checks_the_approvals_plate_by_eye() -> None:
+    """R10: on a lane with no plate camera nothing can read the plate, so a plate-bound
+    approval lifts as any other (the guard sees the plate on the approval and the vehicle)."""
+    lane = started(BONDED)
+    approval(lane, "AP-1", plate="云A12345")
+    lane.set("arrival_loop", True, at(1))
+    out = lane.set("manual_lift_button", True, at(2))
+    assert [c.reason for c in open_pulses(out)] == ["lift"]
+
+
 def test_r17_a_plate_bound_remote_approval_waits_for_that_vehicle() -> None:
     """R17: a remote approval for one plate lifts when that vehicle is at the lane, not before."""
     lane = started(CAMERA)
