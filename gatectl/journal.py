@@ -38,6 +38,7 @@ the lanes fail closed; an authorisation in a failed group is refused (no lift). 
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import json
@@ -596,10 +597,25 @@ class Journal:
             self._appends.append(item)
             self._commit_group()
             return item.future
+        loop = None
+        if authorisation is None:
+            with contextlib.suppress(RuntimeError):
+                loop = asyncio.get_running_loop()
         with self._cond:
             self._appends.append(item)
-            self._cond.notify()
+            if loop is None:
+                self._cond.notify()
+        if loop is not None:
+            # Plain events appended from an event loop: the writer is woken when the loop
+            # next turns, after what the same step started (a coil write goes on the wire
+            # before the writer wakes to take the interpreter from it). Nobody waits on
+            # them; an authorisation wakes it at once.
+            loop.call_soon(self._wake)
         return item.future
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify()
 
     def write(self, lane_id: str, entries: Iterable[Pending], **kw: Any) -> list[Stamped]:
         """``append`` and wait for it (the CLI, tests, jobs outside the lanes)."""
@@ -909,8 +925,6 @@ class Journal:
         journal as fast as they can, reading takes at most half a core, and the lanes'
         threads find a processor free when they wake (``docs/performance.md``, bench 8).
         The answer is not held back: only the next read waits."""
-        import asyncio
-
         if self._read_pool is None:
             self._read_pool = concurrent.futures.ThreadPoolExecutor(READ_THREADS, thread_name_prefix="journal-read")
         return await asyncio.get_running_loop().run_in_executor(self._read_pool, self._paced, fn)

@@ -295,14 +295,16 @@ class LaneRuntime:
                 shown.append(cmd.text)
             else:
                 actions.append(cmd)
-        if entries or outbox:
-            # Handed over before the pulse starts (``barrier.lifted`` before its coil edge);
-            # the lift waits for nothing but its authorisation (S6).
-            self._recorded = self.journal.append(self.lane_id, entries, outbox=outbox)
         pulses = [cmd for cmd in actions if isinstance(cmd, Pulse)]
         for cmd in pulses:
             timing = lifting if cmd.coil == "open" and cmd.reason == "lift" else None
             self._spawn(self._pulse(cmd, timing), "pulse")
+        if entries or outbox:
+            # Handed over before the pulse task runs (``barrier.lifted`` before its coil
+            # edge); the journal wakes its writer when the loop next turns, after the pulse
+            # task has put its frame on the wire. The lift waits for nothing but its
+            # authorisation (S6).
+            self._recorded = self.journal.append(self.lane_id, entries, outbox=outbox)
         if pulses:
             # The coil write goes on the wire before the rest of the step (the display, the
             # lane's view): one turn of the loop lets the pulse task run to its first real

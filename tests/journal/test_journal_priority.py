@@ -42,6 +42,7 @@ def test_s6_commits_go_before_projections_which_follow_in_commit_order(tmp_path:
                  authorisation=CommitAuthorisation("release_instruction", "CMD-1", "P1", NOW)).result(timeout=10)
         assert projected == [] and heard == []  # committed, durable, not projected yet
         j.run(lambda tx: tx.append("A", ev.LoopChanged(loop="arrival_loop", occupied=False), NOW)).result(timeout=10)
+        j.run(lambda tx: None).result(timeout=10)  # the writer told subscribers of the first job first
         assert projected[0] == [("A", 1), ("B", 1), ("B", 2)]
         assert heard == [("A", 1), ("B", 1), ("B", 2), ("A", 2)]
     finally:
