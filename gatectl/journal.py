@@ -17,7 +17,8 @@ Who owns what:
   waits for a timer while an authorisation waits). What was committed is projected
   (records) and told to subscribers afterwards, once no append waits and the writer has
   been idle for ``PROJECT_AFTER_S`` (a lane resuming after its authorisation has the
-  interpreter to itself meanwhile), or at the latest after ``PROJECT_WITHIN_S``. Other
+  interpreter to itself meanwhile), or at the latest after ``PROJECT_WITHIN_S``. The
+  write-ahead log is checkpointed by a thread of its own, never inside a commit. Other
   writes (records, MQTT cursors, the inbox, approvals) are jobs (``run``), each its own
   transaction, taken one at a time after the projection, so they can delay an
   authorisation by one short job at most.
@@ -71,6 +72,8 @@ PROJECT_AFTER_S = 0.002
 #: writer projects before it commits more (subscribers never fall far behind a busy journal).
 PROJECT_BACKLOG = 512
 PROJECT_WITHIN_S = 0.05
+#: How often the checkpoint thread copies the write-ahead log into the database file.
+CHECKPOINT_EVERY_S = 1.0
 #: Threads reading the journal for the service side, and how long the reader rests
 #: after a read, as a multiple of the time the read took (see ``Journal.read``).
 READ_THREADS = 1
@@ -423,6 +426,8 @@ class Journal:
         self._appends: deque[_Append] = deque()
         self._jobs: deque[_Job] = deque()
         self._thread: threading.Thread | None = None
+        self._checkpointer: threading.Thread | None = None
+        self._checkpoint_stop = threading.Event()
         self._stopping = False
         self._subscribers: list[Callable[[list[Stamped]], None]] = []
         # Committed, not yet projected nor told to subscribers (the writer's thread only).
@@ -536,8 +541,29 @@ class Journal:
         """Start the writer thread (the daemon); until then writes run in the caller."""
         if self._thread is not None:
             return
+        # Checkpoints move to a thread of their own: SQLite would run one inside whichever
+        # commit crosses its threshold (every ten passages or so), and an authorisation's
+        # commit would wait for it.
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
+        self._checkpoint_stop.clear()
+        self._checkpointer = threading.Thread(target=self._checkpoints, name="journal-checkpoint", daemon=True)
+        self._checkpointer.start()
         self._thread = threading.Thread(target=self._writer, name="journal-writer", daemon=True)
         self._thread.start()
+
+    def _checkpoints(self) -> None:
+        """The checkpoint thread: a passive checkpoint every ``CHECKPOINT_EVERY_S`` on a
+        connection of its own. It runs beside the writer's commits (WAL lets it), copies
+        what no reader still needs, and never blocks anybody."""
+        db = _open(self.path)
+        try:
+            while not self._checkpoint_stop.wait(CHECKPOINT_EVERY_S):
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:  # busy, or the disk: the next one tries again
+                    log.debug("journal checkpoint failed", error=str(exc))
+        finally:
+            db.close()
 
     def close(self) -> None:
         """Commit what is queued, stop the writer, close every connection."""
@@ -547,6 +573,10 @@ class Journal:
                 self._stopping = True
                 self._cond.notify_all()
             thread.join(timeout=30)
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            self._checkpoint_stop.set()
+            checkpointer.join(timeout=30)
         if self._read_pool is not None:
             self._read_pool.shutdown(wait=True, cancel_futures=True)
             self._read_pool = None
