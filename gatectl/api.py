@@ -22,7 +22,8 @@ The edge (every figure in :class:`HttpLimits`, written down in ``docs/reliabilit
 - **headers**: request line and each header line at most 8 190 bytes, 64 headers
   (aiohttp answers 400 beyond).
 - **bodies**: a cap per route (16 KB; approvals 64 KB), checked against
-  ``Content-Length`` and while reading, read within ``body_timeout_s``; parsed by
+  ``Content-Length`` and while reading, read within ``body_timeout_s`` (after a refusal
+  the rest of a body is drained for at most ``lingering_s``, then the connection goes); parsed by
   :func:`gatectl.limits.load_json` (depth, duplicate keys, numbers) and validated by the
   route's pydantic model (every field bounded, unknown fields refused).
 - **queries**: every parameter validated by the route's model (unknown or repeated
@@ -80,6 +81,7 @@ class HttpLimits:
     header_timeout_s: float = 10.0
     idle_timeout_s: float = 30.0
     body_timeout_s: float = 10.0
+    lingering_s: float = 2.0
     max_line_size: int = 8190
     max_field_size: int = 8190
     max_headers: int = 64
@@ -733,6 +735,7 @@ async def start_api(site: Site, *setups, limits: HttpLimits | None = None) -> we
         app,
         access_log=None,
         keepalive_timeout=limits.idle_timeout_s,
+        lingering_time=limits.lingering_s,
         max_line_size=limits.max_line_size,
         max_field_size=limits.max_field_size,
         max_headers=limits.max_headers,
