@@ -264,6 +264,7 @@ class MqttLink:
         self.connects = 0
         self.outages = 0
         self.acknowledged = 0  # events acknowledged by the broker (both topics of an alarm: one)
+        self.received = 0  # inbound messages, whatever became of them
         self.commands = {"approvals": 0, "spot_checks": 0, "lane_hours": 0, "refused": 0}
         self._schema_ok = False
         # Refused inbound messages by (topic, reason), journaled as one record per
@@ -630,6 +631,7 @@ class MqttLink:
 
     async def _read(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
+            self.received += 1
             topic = message.topic.value
             payload = message.payload
             if isinstance(payload, str):
