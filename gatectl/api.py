@@ -11,10 +11,13 @@ route's roles are declared with :func:`allow` beside its handler.
 
 The edge (every figure in :class:`HttpLimits`, written down in ``docs/reliability.md``):
 
-- **connections**: at most ``max_connections`` open (well below the unit's
-  ``LimitNOFILE=4096``). Over the cap the oldest connection with no request in progress
-  is closed to make room (a held-open idle or half-sent connection costs an attacker a
-  new connection, not a slot); only when every connection is busy is the newcomer
+- **connections**: at most ``max_connections_per_client`` (64) from one client address
+  and ``max_connections`` (512) in all, well below the unit's ``LimitNOFILE=4096``. A
+  newcomer over its address's cap is answered 503 and closed. Over the total cap, the
+  oldest connection with no request in progress, open at least ``evict_min_age_s`` (1 s,
+  the time a real client takes to send its request), of the address holding the most
+  connections is closed to make room: held-open idle or half-sent connections cost a
+  flood its own slots, not other clients'; only when none qualifies is the newcomer
   answered 503 and closed. A connection must send a complete request header within
   ``header_timeout_s`` of opening or of its first byte after a response, and one that
   idles between requests is closed after ``idle_timeout_s`` (aiohttp's keep-alive timer,
@@ -78,6 +81,8 @@ class HttpLimits:
     """The local API's edge. See the module docstring."""
 
     max_connections: int = 512
+    max_connections_per_client: int = 64
+    evict_min_age_s: float = 1.0
     header_timeout_s: float = 10.0
     idle_timeout_s: float = 30.0
     body_timeout_s: float = 10.0
@@ -227,11 +232,13 @@ RATE_KEY = web.AppKey("rate", RateLimiter)
 
 
 class _Conn:
-    __slots__ = ("transport", "busy", "timer", "proto")
+    __slots__ = ("transport", "busy", "timer", "proto", "client", "opened_at")
 
-    def __init__(self, transport: asyncio.Transport, proto: Any) -> None:
+    def __init__(self, transport: asyncio.Transport, proto: Any, client: str, opened_at: float) -> None:
         self.transport = transport
         self.proto = proto
+        self.client = client
+        self.opened_at = opened_at
         self.busy = 0
         self.timer: asyncio.TimerHandle | None = None
 
@@ -241,14 +248,20 @@ _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\
          b"Retry-After: 1\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY))
 
 
+def _client_of(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+
+
 class ConnectionGuard:
-    """Counts and caps the API's connections and closes those that never finish a
-    request header. See the module docstring."""
+    """Counts and caps the API's connections, per client address and in all, and closes
+    those that never finish a request header. See the module docstring."""
 
     def __init__(self, limits: HttpLimits, refusals: Refusals) -> None:
         self.limits = limits
         self.refusals = refusals
         self.conns: dict[asyncio.BaseTransport, _Conn] = {}  # oldest first
+        self.by_client: dict[str, dict[asyncio.BaseTransport, _Conn]] = {}
         self.peak = 0
         self.evicted = 0
         self.turned_away = 0
@@ -258,32 +271,57 @@ class ConnectionGuard:
         return lambda: _Guarded(self, server)
 
     def opened(self, transport: asyncio.Transport, proto: Any) -> _Conn | None:
+        client = _client_of(transport)
+        mine = self.by_client.get(client, {})
+        if len(mine) >= self.limits.max_connections_per_client:
+            return self._turn_away(transport, f"{client} holds {len(mine)} connections already")
         if len(self.conns) >= self.limits.max_connections and not self._evict_one():
-            self.turned_away += 1
-            self.refusals.count("api", "too_many_connections",
-                                f"{len(self.conns)} connections open, every one busy: newcomer answered 503")
-            with contextlib.suppress(Exception):
-                transport.write(_BUSY)
-                transport.close()
-            return None
-        conn = _Conn(transport, proto)
+            return self._turn_away(transport, f"{len(self.conns)} connections open, none idle long enough to close")
+        conn = _Conn(transport, proto, client, time.monotonic())
         self.conns[transport] = conn
+        self.by_client.setdefault(client, {})[transport] = conn
         self.peak = max(self.peak, len(self.conns))
         self._arm(conn)
         return conn
 
+    def _turn_away(self, transport: asyncio.Transport, why: str) -> None:
+        self.turned_away += 1
+        self.refusals.count("api", "too_many_connections", f"{why}: the newcomer answered 503 and closed")
+        with contextlib.suppress(Exception):
+            transport.write(_BUSY)
+            transport.close()
+        return None
+
     def _evict_one(self) -> bool:
-        for conn in self.conns.values():
-            if not conn.busy:
-                self.evicted += 1
-                self.refusals.count("api", "too_many_connections",
-                                    f"{len(self.conns)} connections open: the oldest idle one closed to make room")
-                self._close(conn)
-                return True
+        """Close the oldest idle connection, old enough to have had its chance to send a
+        request, of the client holding the most connections (the likely flood)."""
+        if not self.by_client:
+            return False
+        oldest = time.monotonic() - self.limits.evict_min_age_s
+        for client in sorted(self.by_client, key=lambda c: len(self.by_client[c]), reverse=True)[:3]:
+            for conn in self.by_client[client].values():
+                if conn.opened_at > oldest:
+                    break  # the rest of this client's are younger still
+                if not conn.busy:
+                    self.evicted += 1
+                    self.refusals.count("api", "too_many_connections",
+                                        f"{len(self.conns)} connections open: an idle one of {client} closed "
+                                        "to make room")
+                    self._close(conn)
+                    return True
         return False
 
+    def _forget(self, conn: _Conn) -> None:
+        if self.conns.get(conn.transport) is conn:
+            del self.conns[conn.transport]
+        mine = self.by_client.get(conn.client)
+        if mine is not None and mine.get(conn.transport) is conn:
+            del mine[conn.transport]
+            if not mine:
+                del self.by_client[conn.client]
+
     def _close(self, conn: _Conn) -> None:
-        self.conns.pop(conn.transport, None)
+        self._forget(conn)
         if conn.timer is not None:
             conn.timer.cancel()
             conn.timer = None
@@ -308,8 +346,7 @@ class ConnectionGuard:
             self._arm(conn)
 
     def closed(self, conn: _Conn) -> None:
-        if self.conns.get(conn.transport) is conn:
-            del self.conns[conn.transport]
+        self._forget(conn)
         if conn.timer is not None:
             conn.timer.cancel()
             conn.timer = None

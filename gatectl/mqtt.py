@@ -109,6 +109,8 @@ log = structlog.get_logger("gatectl.mqtt")
 
 #: A session that lasted this long resets the reconnect backoff.
 STABLE_S = 10.0
+#: Inbound messages aiomqtt may hold before the link reads them.
+INCOMING_QUEUE = 10_000
 #: On a clean stop, how long the link goes on publishing the backlog before ``offline``.
 STOP_DRAIN_S = 1.5
 
@@ -159,9 +161,10 @@ class _ClientLog(logging.Handler):
     The last error is kept to explain the outage (aiomqtt itself often says only
     "Operation timed out"); warnings are passed on."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_dropped: Any = None) -> None:
         super().__init__(logging.WARNING)
         self.last_error: str | None = None
+        self.on_dropped = on_dropped  # aiomqtt's incoming queue full: counted, not logged each time
         self.logger = logging.Logger("gatectl.mqtt.client", logging.WARNING)  # unregistered: no propagation
         self.logger.addHandler(self)
 
@@ -170,6 +173,9 @@ class _ClientLog(logging.Handler):
             text = record.getMessage()
         except Exception:  # noqa: BLE001 - a log line must not break the link
             text = str(record.msg)
+        if text.startswith("Message queue is full") and self.on_dropped is not None:
+            self.on_dropped()
+            return
         if record.levelno >= logging.ERROR:
             self.last_error = text
             log.debug("mqtt client error", message=text)
@@ -257,7 +263,7 @@ class MqttLink:
         self._cursor_failing = False
         self._backlog_warned = False
         self._state_failing: set[str] = set()
-        self._client_log = _ClientLog()
+        self._client_log = _ClientLog(on_dropped=self._dropped)
 
         # Figures for tests and metrics.
         self.connected = False
@@ -407,6 +413,9 @@ class MqttLink:
             keepalive=self.keepalive,
             timeout=self.timeout,
             max_inflight_messages=self.max_inflight,
+            # Read at once into the bounded inbox; this only bounds a backlog while the
+            # loop is busy (a flood): beyond it paho's messages are dropped and counted.
+            max_queued_incoming_messages=INCOMING_QUEUE,
         )
         # aiomqtt warns on every call beyond 10 pending; a batch is many by design.
         client.pending_calls_threshold = 2 * self.batch_max + 2 * len(self._states) + 16
@@ -714,6 +723,13 @@ class MqttLink:
         self._refused.add(source="mqtt", topic=topic, reason=reason, message=message, lane=lane, payload=data)
         if self._refused.due():
             self.flush_refused()
+
+    def _dropped(self) -> None:
+        self.received += 1
+        self.commands["refused"] += 1
+        message = f"more than {INCOMING_QUEUE} messages waiting to be read: dropped"
+        self.refusals.count("mqtt", "busy", message)
+        self._refused.add(source="mqtt", topic=f"{self.prefix}/cmd/#", reason="busy", message=message)
 
     def flush_refused(self) -> None:
         """Journal what was refused since the last flush: one record per (topic, reason)."""
