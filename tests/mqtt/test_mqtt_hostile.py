@@ -33,7 +33,7 @@ def rows(path: str) -> int:
 async def test_issue13_mqtt_flood_and_oversize_payloads_are_counted_not_journaled_one_by_one(
     brokers, collectors, sites
 ) -> None:
-    """#13 item 3: 3 000 junk spot checks and 300 unsigned approvals, as fast as a client
+    """#13 item 3: 1 500 junk spot checks and 100 unsigned approvals, as fast as a client
     can publish them, plus payloads too large for their topics. Every message is refused
     and counted (the inbox sheds what it cannot hold as ``busy``); the journal gains one
     ``approval.refused`` and a handful of counted ``command.refused`` records; the link
@@ -51,8 +51,8 @@ async def test_issue13_mqtt_flood_and_oversize_payloads_are_counted_not_journale
     junk_approval = dumps(approval("AP-JUNK"))  # unsigned
     assert col.client is not None
     col.client.pending_calls_threshold = 10_000
-    await asyncio.gather(*(col.client.publish(f"{PREFIX}/cmd/spot-checks", spot, qos=1) for _ in range(3000)))
-    await asyncio.gather(*(col.client.publish(f"{PREFIX}/cmd/approvals", junk_approval, qos=1) for _ in range(300)))
+    await asyncio.gather(*(col.client.publish(f"{PREFIX}/cmd/spot-checks", spot, qos=1) for _ in range(1500)))
+    await asyncio.gather(*(col.client.publish(f"{PREFIX}/cmd/approvals", junk_approval, qos=1) for _ in range(100)))
 
     # The broker may shed some of a flood on its way out (its queue per client is
     # bounded); every message that reached the link is refused and counted.
@@ -62,7 +62,7 @@ async def test_issue13_mqtt_flood_and_oversize_payloads_are_counted_not_journale
         last = link.received
         await asyncio.sleep(1.0)
     counts = h.site.orders.refusals.counts
-    assert link.received >= 1000
+    assert link.received >= 800
     assert link.received == link.commands["refused"] + link.commands["approvals"]
     assert counts[("mqtt", "too_large")] == 3
     assert counts[("approval", "unsigned")] == link.commands["approvals"] >= 1
