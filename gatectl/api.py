@@ -478,11 +478,13 @@ async def edge(request: web.Request, handler):
     app = request.app
     conn = app[GUARD_KEY].request_started(request.transport)
     try:
-        if request.method not in ("GET", "HEAD", "OPTIONS"):
+        changes = request.method not in ("GET", "HEAD", "OPTIONS")
+        if changes or request.path == "/api/v1/whoami":  # (whoami: no guessing tokens at speed either)
             wait = app[RATE_KEY].take(request.remote or "?")
             if wait > 0:
                 raise ApiRefused(429, "rate_limited", "too many requests from this address; slow down",
                                  retry_after_s=max(1, round(wait + 0.5)))
+        if changes:
             if request.match_info.http_exception is not None:
                 raise request.match_info.http_exception  # 404/405 before any token is looked at
             route_handler = request.match_info.handler
