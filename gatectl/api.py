@@ -32,7 +32,9 @@ The edge (every figure in :class:`HttpLimits`, written down in ``docs/reliabilit
 - **queries**: every parameter validated by the route's model (unknown or repeated
   parameters refused); ``since_seq`` within 0..2^63-1; ``limit`` clamped to its range.
 - **rate**: POSTs (they reach the lanes and the journal) at most ``post_rate_per_s`` per
-  client address, with bursts of ``post_burst``: 429 with ``Retry-After`` beyond.
+  client address and user (each plate camera has its own), with bursts of
+  ``post_burst``, and requests with a wrong or missing token as many per address: 429
+  with ``Retry-After`` beyond.
 - **errors**: every refusal is 4xx JSON ``{"error", "reason", ...}``, counted in
   ``gatectl_input_refused_total{surface="api", reason}`` and logged at a bounded rate; an
   unexpected handler error is contained: logged (with its traceback once a minute per
@@ -471,6 +473,12 @@ def _refused(request: web.Request, exc: ApiRefused) -> web.Response:
     return resp
 
 
+def _rate(app: web.Application, key: str) -> None:
+    wait = app[RATE_KEY].take(key)
+    if wait > 0:
+        raise ApiRefused(429, "rate_limited", "too many requests; slow down", retry_after_s=max(1, round(wait + 0.5)))
+
+
 @web.middleware
 async def edge(request: web.Request, handler):
     """Every request: the connection marked busy, POSTs rate-limited and authenticated,
@@ -479,21 +487,25 @@ async def edge(request: web.Request, handler):
     conn = app[GUARD_KEY].request_started(request.transport)
     try:
         changes = request.method not in ("GET", "HEAD", "OPTIONS")
-        if changes or request.path == "/api/v1/whoami":  # (whoami: no guessing tokens at speed either)
-            wait = app[RATE_KEY].take(request.remote or "?")
-            if wait > 0:
-                raise ApiRefused(429, "rate_limited", "too many requests from this address; slow down",
-                                 retry_after_s=max(1, round(wait + 0.5)))
+        if changes and request.match_info.http_exception is not None:
+            raise request.match_info.http_exception  # 404/405 before any token is looked at
+        if changes or request.path == "/api/v1/whoami":
+            # Rated per address and user (each plate camera its own), and a failed token per
+            # address: nobody guesses tokens at speed.
+            address = request.remote or "?"
+            try:
+                who = app[AUTH_KEY].identify(request.headers.get("Authorization"))
+            except ApiRefused:
+                _rate(app, address)
+                raise
+            _rate(app, f"{address}/{who.name or who.role}")
+            request[CALLER_KEY] = who
         if changes:
-            if request.match_info.http_exception is not None:
-                raise request.match_info.http_exception  # 404/405 before any token is looked at
-            route_handler = request.match_info.handler
-            allowed = getattr(route_handler, "gatectl_roles", frozenset())
-            who = app[AUTH_KEY].identify(request.headers.get("Authorization"))
+            allowed = getattr(request.match_info.handler, "gatectl_roles", frozenset())
+            who = request[CALLER_KEY]
             if who.role != FULL and who.role not in allowed:
                 raise ApiRefused(403, "forbidden", f"role {who.role} may not do this" + (
                     f" (allowed: {', '.join(sorted(allowed))})" if allowed else " (only the full-access token)"))
-            request[CALLER_KEY] = who
         return await handler(request)
     except ApiRefused as exc:
         return _refused(request, exc)
@@ -667,7 +679,7 @@ async def lanes(request: web.Request) -> web.Response:
 async def whoami(request: web.Request) -> web.Response:
     """Who a bearer token is (the screen's login): ``{"name", "role"}``; 401/403 as a POST."""
     query(request, NoQuery)
-    who = request.app[AUTH_KEY].identify(request.headers.get("Authorization"))
+    who = caller(request)  # identified (or refused) by the edge
     return web.json_response({"name": who.name, "role": who.role})
 
 
