@@ -228,7 +228,7 @@ def verify_command(
     if not isinstance(doc, dict):
         raise CommandRefused("malformed", "a signed command is a JSON object")
     kind = doc.get("command")
-    if kind not in _MODELS:
+    if not isinstance(kind, str) or kind not in _MODELS:
         raise CommandRefused("unknown_command", f"command must be one of {', '.join(COMMANDS)}")
     if expect is not None and kind != expect:
         raise CommandRefused("wrong_topic", f"a {kind} command does not belong here (this takes {expect})")

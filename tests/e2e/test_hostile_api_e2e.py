@@ -171,6 +171,7 @@ CASES: list[tuple[str, str, Any, int, str]] = [
     ("POST", "/api/v1/lanes/B1-IN/spot-checks", {"hold_next": 1, "clear": True}, 422, "invalid"),
     ("POST", "/api/v1/lanes/B1-IN/spot-checks", {}, 422, "invalid"),
     ("POST", "/api/v1/lanes/B1-IN/spot-checks", {"hold_nxt": 1}, 422, "invalid"),
+    ("POST", "/api/v1/lanes/B1-IN/spot-checks", {"command": []}, 422, "unknown_command"),
     ("POST", "/api/v1/lanes/B1-IN/spot-checks", b'{"hold_next": NaN}', 400, "bad_number"),
     ("POST", "/api/v1/lanes/B1-IN/spot-checks", b'{"clear": true, "clear": false}', 400, "duplicate_key"),
     ("POST", "/api/v1/lanes/B1-IN/spot-checks", b'{"x": ' + NEST.encode() + b"}", 400, "too_deep"),
