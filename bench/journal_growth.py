@@ -3,7 +3,7 @@ one that holds a million passages.
 
 What one passage writes is recorded from the real daemon first: a ``Site`` in this
 process drives released lorries through a simulated lane, and every call its lane
-service and outbox sender make on the journal (``write`` with its events, authorisation
+runtime and outbox sender make on the journal (``append`` with its events, authorisation
 and outbox items; ``outbox_next``; ``outbox_delivered``) is noted for one whole passage,
 from the lorry rolling onto the arrival loop to the boom down and the pass confirmation
 delivered. That call sequence, with fresh passage, request and instruction ids and
@@ -30,17 +30,36 @@ import random
 import sqlite3
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from bench.common import Report, bench_args, log_to, median, ratio_row, scratch, until
+from gatectl import events as ev
 from gatectl.ids import time_ordered_id
-from gatectl.journal import SCHEMA, Journal, OutboxItem, PendingEvent
+from gatectl.journal import APPLICATION_ID, SCHEMA, SCHEMA_VERSION, Entry, Journal, OutboxItem, passage_row
+from gatectl.lane.passage import COLUMNS, fold
 
 LANES = ("B1-IN", "B2-IN", "B3-OUT", "B4-OUT")
 
-Op = tuple  # ("write", lane, [PendingEvent], authorisation | None, [OutboxItem], durable) | ("next", target) | ("delivered",)
+#: ("append", lane, [(type, ts, fields)], (kind, auth_id, passage_id, ts) | None, [OutboxItem])
+#: | ("next", target, limit) | ("delivered",)
+Op = tuple
+
+
+def event_type(e: ev.Event) -> str:
+    return e.type if isinstance(e, ev.Unknown) else e.TYPE
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """An authorisation to consume (what the lane core's ``CommitAuthorisation`` carries)."""
+
+    kind: str
+    auth_id: str
+    passage_id: str
+    ts: datetime
 
 
 # ------------------------------------------------------------------ recording a passage
@@ -64,13 +83,16 @@ async def record_passage(workdir: Path) -> tuple[list[Op], dict[str, Any]]:
                                   api_listen=f"127.0.0.1:{free_tcp_port()}")
         site = Site(load_config(config))
         j = site.journal
-        write, nxt, delivered = j.write, j.outbox_next, j.outbox_delivered
+        append, nxt, delivered = j.append, j.outbox_next, j.outbox_delivered
 
-        def rec_write(lane_id, events, authorisation=None, outbox=(), durable=True):
-            events, outbox = list(events), list(outbox)
+        def rec_append(lane_id, entries, *, authorisation=None, outbox=()):
+            entries, outbox = list(entries), list(outbox)
             if recording:
-                ops.append(("write", lane_id, events, authorisation, outbox, durable))
-            return write(lane_id, events, authorisation, outbox, durable=durable)
+                auth = None if authorisation is None else (
+                    authorisation.kind, authorisation.auth_id, authorisation.passage_id, authorisation.ts)
+                ops.append(("append", lane_id, [(event_type(e.event), e.ts, e.event.data) for e in entries], auth,
+                            outbox))
+            return append(lane_id, entries, authorisation=authorisation, outbox=outbox)
 
         def rec_next(target, limit=50):
             items = nxt(target, limit)
@@ -83,7 +105,7 @@ async def record_passage(workdir: Path) -> tuple[list[Op], dict[str, Any]]:
                 ops.append(("delivered",))
             return delivered(item_id, at)
 
-        j.write, j.outbox_next, j.outbox_delivered = rec_write, rec_next, rec_delivered  # type: ignore[method-assign]
+        j.append, j.outbox_next, j.outbox_delivered = rec_append, rec_next, rec_delivered  # type: ignore[method-assign]
         stop = asyncio.Event()
         task = asyncio.create_task(site.run(stop))
         lane = sim.lanes[0]
@@ -102,12 +124,12 @@ async def record_passage(workdir: Path) -> tuple[list[Op], dict[str, Any]]:
             await asyncio.gather(task, return_exceptions=True)
     finally:
         await sim.stop()
-    writes = [op for op in ops if op[0] == "write"]
+    appends = [op for op in ops if op[0] == "append" and (op[2] or op[3] or op[4])]
     shape = {
-        "transactions": len(writes),
-        "events": sum(len(op[2]) + (op[3] is not None) for op in writes),
-        "event_types": [ev.type for op in writes for ev in op[2]],
-        "outbox_items": sum(len(op[4]) for op in writes),
+        "appends": len(appends),
+        "events": sum(len(op[2]) + (op[3] is not None) for op in appends),
+        "event_types": [t for op in appends for t, _, _ in op[2]],
+        "outbox_items": sum(len(op[4]) for op in appends),
         "outbox_reads": sum(op[0] == "next" for op in ops),
         "outbox_deliveries": sum(op[0] == "delivered" for op in ops),
     }
@@ -124,7 +146,7 @@ def _ids(ops: list[Op]) -> set[str]:
     def walk(x: Any) -> None:
         if isinstance(x, dict):
             for k, v in x.items():
-                if k in ("passage_id", "request_id", "instruction_id") and isinstance(v, str):
+                if k in ("passage_id", "request_id", "instruction_id", "id") and isinstance(v, str):
                     found.add(v)
                 walk(v)
         elif isinstance(x, (list, tuple)):
@@ -132,11 +154,11 @@ def _ids(ops: list[Op]) -> set[str]:
                 walk(v)
 
     for op in ops:
-        if op[0] == "write":
-            for ev in op[2]:
-                walk(ev.data)
+        if op[0] == "append":
+            for _, _, data in op[2]:
+                walk(data)
             if op[3] is not None:
-                found.update(s for s in op[3][1:3] if isinstance(s, str))
+                found.update(op[3][1:3])
             for item in op[4]:
                 walk(item.payload)
     return found
@@ -148,8 +170,8 @@ class Replayer:
     def __init__(self, ops: list[Op]) -> None:
         self.ops = ops
         self.ids = _ids(ops)
-        first = next(op[2][0].ts for op in ops if op[0] == "write" and op[2])
-        self.t0 = first
+        self.t0 = next(op[2][0][1] for op in ops if op[0] == "append" and op[2])
+        self.shift = timedelta(0)
 
     def _sub(self, x: Any, m: dict[str, str]) -> Any:
         if isinstance(x, str):
@@ -164,57 +186,70 @@ class Replayer:
             return x + self.shift
         return x
 
-    def passage(self, j: Journal, lane: str) -> None:
+    def fresh(self) -> dict[str, str]:
         # Ids as the daemon makes them (gatectl.ids: time-ordered); instruction ids are the
         # authority's own.
-        m = {old: (f"CMD-{uuid.uuid4()}" if old.startswith("CMD-") else time_ordered_id()) for old in self.ids}
+        return {old: (f"CMD-{uuid.uuid4()}" if old.startswith("CMD-") else time_ordered_id()) for old in self.ids}
+
+    def passage(self, j: Journal, lane: str) -> None:
+        m = self.fresh()
         self.shift = datetime.now(self.t0.tzinfo) - self.t0
+        pending: list[dict] = []
         for op in self.ops:
-            if op[0] == "write":
-                _, _lane, events, auth, outbox, durable = op
-                j.write(
+            if op[0] == "append":
+                _, _lane, entries, auth, outbox = op
+                j.append(
                     lane,
-                    [PendingEvent(ev.type, ev.ts + self.shift, self._sub(ev.data, m)) for ev in events],
-                    authorisation=self._sub(auth, m) if auth is not None else None,
+                    [Entry.of(t, ts + self.shift, self._sub(data, m)) for t, ts, data in entries],
+                    authorisation=Auth(*self._sub(auth, m)) if auth is not None else None,
                     outbox=[OutboxItem(i.target, i.kind, self._sub(i.payload, m), i.created_at + self.shift)
                             for i in outbox],
-                    durable=durable,
-                )
+                ).result()
             elif op[0] == "next":
-                self._pending = j.outbox_next(op[1], op[2])
-            elif op[0] == "delivered":
-                item = self._pending.pop(0)
-                j.outbox_delivered(item["id"], datetime.now(self.t0.tzinfo))
+                pending = j.outbox_next(op[1], op[2])
+            elif op[0] == "delivered" and pending:
+                item = pending.pop(0)
+                j.outbox_delivered(item["id"], datetime.now(self.t0.tzinfo)).result()
 
 
 # ------------------------------------------------------------------ the big journal
 
 
 def build_big(path: Path, ops: list[Op], passages: int, site_id: str = "demo-site") -> dict[str, Any]:
-    """``passages`` passages shaped like the recorded one, by direct SQL, on four lanes."""
+    """``passages`` passages shaped like the recorded one, by direct SQL, on four lanes:
+    its events with their own ids, seqs and times, its ``passages`` row as the journal's
+    fold makes it, its authorisation and its delivered outbox row."""
     started = time.monotonic()
     db = sqlite3.connect(str(path), isolation_level=None)
     db.execute("PRAGMA journal_mode=OFF")
     db.execute("PRAGMA synchronous=OFF")
-    db.execute("PRAGMA cache_size=-2000000")  # 2 GB: the random event_id index stays in memory
+    db.execute("PRAGMA cache_size=-2000000")  # 2 GB: the indexes stay in memory
     db.executescript(SCHEMA)
+    Journal(path, site_id).close()  # the journal's own migrations: every column it keeps
+    db.execute("PRAGMA journal_mode=OFF")
     rep = Replayer(ops)
-    templates = []  # (type, offset from the passage's first event, data with ids as placeholders)
+    templates: list[tuple[str, timedelta, dict]] = []  # (type, offset from the passage's first event, fields)
+    auth_tpl = None
     for op in ops:
-        if op[0] == "write":
-            for ev in op[2]:
-                templates.append((ev.type, ev.ts - rep.t0, ev.data))
+        if op[0] == "append":
+            for t, ts, data in op[2]:
+                templates.append((t, ts - rep.t0, data))
             if op[3] is not None:
                 kind, auth_id, pid, ts = op[3]
+                auth_tpl = op[3]
                 templates.append(("authorisation.committed", ts - rep.t0,
                                   {"passage_id": pid, "authorisation": {"kind": kind, "id": auth_id}}))
-    outbox_payloads = [(i.target, i.kind, i.payload) for op in ops if op[0] == "write" for i in op[4]]
-    passage_tpl = next(t[2] for t in templates if t[0] == "passage.opened")
-    pid_old = passage_tpl["passage_id"]
-    auth_tpl = next(op[3] for op in ops if op[0] == "write" and op[3] is not None)
-    decided = next((t[2] for t in templates if t[0] == "release.decided"), {})
-    weight = next((t[2].get("gross_weight_kg") for t in templates if t[0] == "weight.stable"), None)
-    card = next((t[2].get("card") for t in templates if t[0] == "card.read"), None)
+    assert auth_tpl is not None, "the recorded passage committed no authorisation"
+    outbox_payloads = [(i.target, i.kind, i.payload) for op in ops if op[0] == "append" for i in op[4]]
+    # The passage row of the template, as the journal's fold makes it: its ids and times are
+    # then substituted like the events'.
+    record = None
+    for n, (t, dt, data) in enumerate(templates):
+        st = ev.Stamped(f"e{n}", n + 1, site_id, LANES[0], (rep.t0 + dt).isoformat(), ev.decode_event(t, data))
+        record = fold(record, st) if record is None or record.open else record
+    assert record is not None
+    row_tpl = passage_row(record)
+    times = {(rep.t0 + dt).isoformat(): dt for _, dt, _ in templates}
 
     rng = random.Random(1)
     seq = dict.fromkeys(LANES, 0)
@@ -225,6 +260,7 @@ def build_big(path: Path, ops: list[Op], passages: int, site_id: str = "demo-sit
     auths: list[tuple] = []
     outbox: list[tuple] = []
     n_events = 0
+    last_lift: dict[str, tuple[str, str]] = {}
 
     def uid(at: datetime) -> str:
         # As gatectl.ids.time_ordered_id at the moment ``at``: what the daemon journals.
@@ -234,7 +270,7 @@ def build_big(path: Path, ops: list[Op], passages: int, site_id: str = "demo-sit
 
     def flush() -> None:
         db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", events)
-        db.executemany("INSERT INTO passages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        db.executemany(f"INSERT INTO passages ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", rows)
         db.executemany("INSERT INTO authorisations VALUES (?, ?, ?, ?, ?)", auths)
         db.executemany(
             "INSERT INTO outbox (target, lane_id, kind, payload, created_at, attempts, delivered_at)"
@@ -249,32 +285,42 @@ def build_big(path: Path, ops: list[Op], passages: int, site_id: str = "demo-sit
         for old in rep.ids:
             if old.startswith("CMD-"):
                 m[old] = "CMD-" + m[old]
-        opened_seq = None
-        closed_at = None
-        outcome = None
+        first_seq = seq[lane] + 1
         for type_, dt, data in templates:
             seq[lane] += 1
             ts = (t0 + dt).isoformat()
             body = {"event_id": uid(t0 + dt), "seq": seq[lane], "site_id": site_id, "lane_id": lane, "type": type_,
                     "ts": ts, **rep._sub(data, m)}
             events.append((lane, seq[lane], body["event_id"], type_, ts, json.dumps(body, ensure_ascii=False)))
-            if type_ == "passage.opened":
-                opened_seq = seq[lane]
-            elif type_ == "passage.closed":
-                closed_at, outcome = ts, data.get("outcome")
         n_events += len(templates)
-        rows.append((m[pid_old], lane, opened_seq, t0.isoformat(), closed_at, card, weight,
-                     m.get(decided.get("request_id"), None), decided.get("decision"),
-                     m.get(decided.get("instruction_id"), None), decided.get("form_id"), decided.get("hint"),
-                     auth_tpl[0], m.get(auth_tpl[1], auth_tpl[1]), outcome, None))
-        auths.append((auth_tpl[0], m.get(auth_tpl[1], auth_tpl[1]), lane, m[pid_old], t0.isoformat()))
-        for target, kind, payload in outbox_payloads:
-            outbox.append((target, lane, kind, json.dumps(rep._sub(payload, m), ensure_ascii=False),
+        opened_seq = first_seq + next(i for i, (t, _, _) in enumerate(templates) if t == "passage.opened")
+        row = []
+        for column, value in zip(COLUMNS, row_tpl):
+            if column == "lane_id":
+                value = lane
+            elif column == "opened_seq":
+                value = opened_seq
+            elif isinstance(value, str) and value in times:
+                value = (t0 + times[value]).isoformat()
+            elif isinstance(value, str):
+                value = m.get(value, value)
+            row.append(value)
+        rows.append(tuple(row))
+        kind, auth_id, pid, ts = auth_tpl
+        auths.append((kind, m.get(auth_id, auth_id), lane, m[pid], (t0 + (ts - rep.t0)).isoformat()))
+        last_lift[lane] = (kind, m.get(auth_id, auth_id))
+        for target, kind_, payload in outbox_payloads:
+            outbox.append((target, lane, kind_, json.dumps(rep._sub(payload, m), ensure_ascii=False),
                            t0.isoformat(), (t0 + timedelta(seconds=20)).isoformat()))
         if len(events) >= 50_000:
             flush()
     flush()
+    for lane, (kind, auth_id) in last_lift.items():
+        db.execute("INSERT OR REPLACE INTO lanes (lane_id, last_lift_kind, last_lift_id) VALUES (?, ?, ?)",
+                   (lane, kind, auth_id))
     db.execute("COMMIT")
+    db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     db.execute("PRAGMA journal_mode=WAL")
     db.close()
     return {"passages": passages, "events": n_events, "build_s": time.monotonic() - started,
@@ -313,7 +359,6 @@ def restart_cost(path: Path, cold: bool = False) -> float:
     j = Journal(path, "demo-site")
     for lane in LANES:
         j.recover(lane)
-        j.spot_checks(lane)
     j.close()
     return time.perf_counter() - t
 
@@ -371,7 +416,7 @@ async def run(quick: bool, workdir: Path) -> Report:
         "restart_s": {**restart, **{f"{k}_after": v for k, v in restart_after.items()}},
     }
     report.notes.append(
-        f"one passage = {shape['transactions']} transactions, {shape['events']} events, "
+        f"one passage = {shape['appends']} appends, {shape['events']} events, "
         f"{shape['outbox_items']} outbox item; big journal {built['passages']:,} passages / {built['events']:,} "
         f"events, {size[big_path.name] / 1e9:.2f} GB on disk, built in {built['build_s']:.0f} s"
     )

@@ -3,8 +3,8 @@
 gatectl: a ``Site`` in this process with an ``MqttLink`` wired in as the daemon wires it
 (``site.subscribe(link.on_events)``, ``site.add_task(link.run)``, default backoff),
 against a one-lane ``SimulatedSite``, and no broker. 10,000 lane events are journaled
-through ``Journal.write`` and published to the site's subscribers as the lane service
-does (batches of 100). After an outage (5 s; and 75 s in the full run, long enough for
+through ``Journal.append`` in batches of 100, as lanes append them; the journal tells the
+site's subscribers after each commit. After an outage (5 s; and 75 s in the full run, long enough for
 the link's backoff to reach its cap) a Mosquitto (``/usr/sbin/mosquitto``,
 no persistence) starts on the configured port; the clock runs from its first accepted
 connection until ``link.depth()`` is 0 (every event acknowledged by the broker). The
@@ -49,7 +49,8 @@ SHAPES = [
     ("weight.stable", {"gross_weight_kg": 31250.0}),
     ("release.requested", {"request_id": "0b8e6d1e-1b1c-4f4e-9a53-6c5f2f0a9b11", "card": "3A00F1229B",
                            "gross_weight_kg": 31250.0}),
-    ("release.decided", {"source": "authority", "decision": "release", "instruction_id": "CMD-000001",
+    ("release.decided", {"source": "authority", "request_id": "0b8e6d1e-1b1c-4f4e-9a53-6c5f2f0a9b11",
+                         "decision": "release", "instruction_id": "CMD-000001",
                          "form_id": "HF530120261127000101", "hint": "核放单已核放，请通行",
                          "declared_weight_kg": 31250.0}),
     ("barrier.lifted", {"authorisation": {"kind": "release_instruction", "id": "CMD-000001"}, "reason": "lift"}),
@@ -97,17 +98,18 @@ class Broker:
             self.child.stop(5)
 
 
-def backlog(site, lane_id: str) -> None:
-    """Journal ``EVENTS`` lane events the way the lane service does, and tell the subscribers."""
-    from gatectl.journal import PendingEvent
+async def backlog(site, lane_id: str) -> None:
+    """Journal ``EVENTS`` lane events in batches, as lanes append them; the journal tells
+    the site's subscribers (the link) after each commit."""
+    from gatectl.journal import Entry
 
     tz = site.tz
     for start in range(0, EVENTS, BATCH):
-        evs = []
+        entries = []
         for i in range(start, min(start + BATCH, EVENTS)):
             type_, data = SHAPES[i % len(SHAPES)]
-            evs.append(PendingEvent(type_, datetime.now(tz), {"passage_id": f"bench-{i // len(SHAPES)}", **data}))
-        site.published(site.journal.write(lane_id, evs))
+            entries.append(Entry.of(type_, datetime.now(tz), {"passage_id": f"bench-{i // len(SHAPES)}", **data}))
+        await asyncio.wrap_future(site.journal.append(lane_id, entries))
 
 
 async def daemon_drain(workdir: Path, outage_s: float) -> dict:
@@ -133,7 +135,7 @@ async def daemon_drain(workdir: Path, outage_s: float) -> dict:
             await until(lambda: site.running or task.done(), 30, what="site running")
             if task.done():
                 task.result()
-            backlog(site, LANE.id)
+            await backlog(site, LANE.id)
             depth = link.depth()
             await asyncio.sleep(max(0.0, outage_s - (time.monotonic() - began)))
             t0 = await broker.start()

@@ -33,6 +33,8 @@ from bench.common import ROOT, describe_machine, fmt_num, machine  # noqa: E402
 #: (module, seconds allowed quick, seconds allowed full)
 BENCHES = [
     ("decision", 600, 1800),
+    ("decision_reads", 600, 1800),
+    ("flood", 600, 1800),
     ("lanes", 600, 1800),
     ("journal_growth", 600, 2400),
     ("ledger", 300, 900),

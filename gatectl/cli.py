@@ -53,6 +53,7 @@ async def run_daemon(config, stop: asyncio.Event | None = None) -> int:
 
 def cmd_run(args) -> int:
     from gatectl import logs
+    from gatectl.journal import JournalRefused
 
     config = _load(args.config)
     if config is None:
@@ -60,6 +61,13 @@ def cmd_run(args) -> int:
     logs.configure(json=True)
     try:
         return asyncio.run(run_daemon(config))
+    except JournalRefused as exc:
+        # Not a crash: the file where the journal should be is not one to start from.
+        import structlog
+
+        structlog.get_logger("gatectl").error("journal refused; not starting", error=str(exc))
+        print(f"gatectl: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except Exception as exc:  # noqa: BLE001 - the daemon's last word before exit 1
         import structlog
 
@@ -149,6 +157,42 @@ def cmd_events(args) -> int:
     if damaged:
         print(f"{path}: {damaged} damaged event(s) skipped", file=sys.stderr)
         return EXIT_FAILURE
+    return EXIT_OK
+
+
+def cmd_journal_new(args) -> int:
+    """A new, empty journal where none is: the deliberate start after a journal was lost.
+
+    Never overwrites: any file at the journal's path (a 0-byte one included) or a WAL or
+    shared-memory file beside it is refused, and the operator moves it away first (keep
+    it: it may be the only record of the authorisations already spent). The new journal
+    starts every lane at seq 1 and knows no authorisation spent before it.
+    """
+    from gatectl.journal import Journal, JournalError
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_USAGE
+    path = Path(config.journal.path)
+    there = [p for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal"))
+             if p.exists() or p.is_symlink()]
+    if there:
+        print(f"refused: {', '.join(str(p) for p in there)} already there; gatectl journal new never overwrites "
+              "a journal. Move the damaged file(s) away first (keep them: they may be the only record of the "
+              f"authorisations already spent), e.g. mv {path} {path}.damaged, then run this again.",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    if not path.parent.is_dir():
+        print(f"refused: the directory {path.parent} does not exist (is its disk mounted?); create it first",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        Journal(path, config.site.id).close()
+    except (JournalError, OSError) as exc:
+        print(f"cannot create the journal {path}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"new, empty journal at {path}: every lane starts again at seq 1, and no authorisation spent before "
+          "it is known to it (tell the MQTT subscribers: seqs are reused from 1)")
     return EXIT_OK
 
 
@@ -297,6 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--note")
     p.add_argument("--by", help="the guard's name")
     p.set_defaults(func=cmd_emergency_account)
+
+    journal = sub.add_parser("journal", help="the journal file").add_subparsers(dest="journal_cmd", required=True)
+    p = journal.add_parser("new", help="create a new, empty journal where none is (never overwrites)")
+    p.add_argument("--config", required=True)
+    p.set_defaults(func=cmd_journal_new)
 
     p = sub.add_parser("devices", help="probe every configured device once and print what it sees")
     p.add_argument("--config", required=True)

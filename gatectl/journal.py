@@ -14,12 +14,19 @@ Who owns what:
   only then does the lane pulse the coil (S6: this is the one place that proves it).
   Everything the writer finds queued when it wakes is committed as one group, in one
   transaction with one fsync, whatever lane it came from (group commit: the writer never
-  waits for a timer while an authorisation waits). Other writes (records, MQTT cursors,
-  the inbox, approvals) are jobs (``run``), each its own transaction, taken one at a
-  time between groups, so they can delay an authorisation by one short job at most.
+  waits for a timer while an authorisation waits). What was committed is projected
+  (records) and told to subscribers afterwards, once no append waits and the writer has
+  been idle for ``PROJECT_AFTER_S`` (a lane resuming after its authorisation has the
+  interpreter to itself meanwhile), or at the latest after ``PROJECT_WITHIN_S``. The
+  write-ahead log is checkpointed by a thread of its own, never inside a commit. Other
+  writes (records, MQTT cursors, the inbox, approvals) are jobs (``run``), each its own
+  transaction, taken one at a time after the projection, so they can delay an
+  authorisation by one short job at most.
 - **Readers have their own connections**, one per thread (``reader()``), read-only; the
   API, records, the screen, MQTT and ledgers read off the event loop (``read``) in
-  bounded pages. WAL readers never block the writer.
+  bounded pages, on one reader thread that rests between reads (so reading takes at
+  most about half a core), and serve pages as stored bytes (``events_page``). WAL
+  readers never block the writer.
 - **The projection is kept in the transaction of the events**: the ``passages`` table
   (``gatectl.lane.passage.fold``) and the ``lanes`` table (``fold_lane``: last lift, spot
   checks), so a restart reads each lane's open passage and record in two seeks.
@@ -32,12 +39,14 @@ the lanes fail closed; an authorisation in a failed group is refused (no lift). 
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import json
 import os
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -53,6 +62,22 @@ from gatectl.ids import time_ordered_id
 from gatectl.lane.passage import COLUMNS, LaneRecord, PassageRecord, fold, fold_lane
 
 log = structlog.get_logger("gatectl.journal")
+
+#: How long the writer stays idle after a commit before it projects what it committed and
+#: tells subscribers: the lanes' next steps (a coil write after an authorisation, the
+#: authorisation after a release request) run meanwhile without the projection and the
+#: subscribers competing for the interpreter. An append or a job ends the wait.
+PROJECT_AFTER_S = 0.002
+#: Committed events held for projection at most, and for how long at most: beyond, the
+#: writer projects before it commits more (subscribers never fall far behind a busy journal).
+PROJECT_BACKLOG = 512
+PROJECT_WITHIN_S = 0.05
+#: How often the checkpoint thread copies the write-ahead log into the database file.
+CHECKPOINT_EVERY_S = 1.0
+#: Threads reading the journal for the service side, and how long the reader rests
+#: after a read, as a multiple of the time the read took (see ``Journal.read``).
+READ_THREADS = 1
+READ_REST = 1.0
 
 T = TypeVar("T")
 
@@ -339,6 +364,9 @@ class WriteTx:
         self.db = db
         self.written: list[Stamped] = []
         self._lanes: dict[str, _LaneState] = {}
+        # Projection rows changed by this transaction, written by ``flush``.
+        self._passages: dict[str, PassageRecord] = {}
+        self._lane_records: dict[str, LaneRecord] = {}
 
     def lane(self, lane_id: str) -> _LaneState:
         st = self._lanes.get(lane_id)
@@ -365,13 +393,23 @@ class WriteTx:
     def _project(self, st: _LaneState, stamped: Stamped) -> None:
         record = fold(st.open, stamped)
         if record is not st.open and record is not None:
-            self.db.execute(_PASSAGE_UPSERT, passage_row(record))
+            self._passages[record.passage_id] = record
         st.open = None if record is None or record.closed_at is not None else record
         before = st.record or LaneRecord(stamped.lane_id)
         after = fold_lane(before, stamped)
         st.record = after
         if after is not before:
-            self.db.execute(_LANE_UPSERT, lane_row(after))
+            self._lane_records[after.lane_id] = after
+
+    def flush(self) -> None:
+        """Write the projection rows this transaction changed, once each (a passage
+        touched by three events of one group is written once), before COMMIT."""
+        if self._passages:
+            self.db.executemany(_PASSAGE_UPSERT, [passage_row(r) for r in self._passages.values()])
+            self._passages.clear()
+        if self._lane_records:
+            self.db.executemany(_LANE_UPSERT, [lane_row(r) for r in self._lane_records.values()])
+            self._lane_records.clear()
 
     def outbox(self, lane_id: str, items: Iterable[OutboxItem]) -> None:
         for item in items:
@@ -405,12 +443,18 @@ class Journal:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._read_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._read_rest_until = 0.0  # the reader thread's alone
         self._cond = threading.Condition()
         self._appends: deque[_Append] = deque()
         self._jobs: deque[_Job] = deque()
         self._thread: threading.Thread | None = None
+        self._checkpointer: threading.Thread | None = None
+        self._checkpoint_stop = threading.Event()
         self._stopping = False
         self._subscribers: list[Callable[[list[Stamped]], None]] = []
+        # Committed, not yet projected nor told to subscribers (the writer's thread only).
+        self._unprojected: list[Stamped] = []
+        self._unprojected_at = 0.0
         self._projectors: list[Callable[[WriteTx, list[Stamped]], None]] = []
         self._health_callbacks: list[Callable[[bool, str], None]] = []
         self.faulty: str | None = None
@@ -514,8 +558,29 @@ class Journal:
         """Start the writer thread (the daemon); until then writes run in the caller."""
         if self._thread is not None:
             return
+        # Checkpoints move to a thread of their own: SQLite would run one inside whichever
+        # commit crosses its threshold (every ten passages or so), and an authorisation's
+        # commit would wait for it.
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
+        self._checkpoint_stop.clear()
+        self._checkpointer = threading.Thread(target=self._checkpoints, name="journal-checkpoint", daemon=True)
+        self._checkpointer.start()
         self._thread = threading.Thread(target=self._writer, name="journal-writer", daemon=True)
         self._thread.start()
+
+    def _checkpoints(self) -> None:
+        """The checkpoint thread: a passive checkpoint every ``CHECKPOINT_EVERY_S`` on a
+        connection of its own. It runs beside the writer's commits (WAL lets it), copies
+        what no reader still needs, and never blocks anybody."""
+        db = _open(self.path)
+        try:
+            while not self._checkpoint_stop.wait(CHECKPOINT_EVERY_S):
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:  # busy, or the disk: the next one tries again
+                    log.debug("journal checkpoint failed", error=str(exc))
+        finally:
+            db.close()
 
     def close(self) -> None:
         """Commit what is queued, stop the writer, close every connection."""
@@ -525,6 +590,10 @@ class Journal:
                 self._stopping = True
                 self._cond.notify_all()
             thread.join(timeout=30)
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            self._checkpoint_stop.set()
+            checkpointer.join(timeout=30)
         if self._read_pool is not None:
             self._read_pool.shutdown(wait=True, cancel_futures=True)
             self._read_pool = None
@@ -575,10 +644,25 @@ class Journal:
             self._appends.append(item)
             self._commit_group()
             return item.future
+        loop = None
+        if authorisation is None:
+            with contextlib.suppress(RuntimeError):
+                loop = asyncio.get_running_loop()
         with self._cond:
             self._appends.append(item)
-            self._cond.notify()
+            if loop is None:
+                self._cond.notify()
+        if loop is not None:
+            # Plain events appended from an event loop: the writer is woken when the loop
+            # next turns, after what the same step started (a coil write goes on the wire
+            # before the writer wakes to take the interpreter from it). Nobody waits on
+            # them; an authorisation wakes it at once.
+            loop.call_soon(self._wake)
         return item.future
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify()
 
     def write(self, lane_id: str, entries: Iterable[Pending], **kw: Any) -> list[Stamped]:
         """``append`` and wait for it (the CLI, tests, jobs outside the lanes)."""
@@ -606,14 +690,27 @@ class Journal:
                 log.exception("journal writer round failed")
 
     def _write_round(self) -> bool:
-        """One round of the writer: a group, or one job. True once stopped and drained."""
+        """One round of the writer: a group, the projection of what was committed, or
+        one job, in that order of priority. True once stopped and drained."""
         with self._cond:
-            while not (self._appends or self._jobs or self._stopping):
+            while not (self._appends or self._jobs or self._stopping or self._unprojected):
                 self._cond.wait()
-            appends = bool(self._appends)
-            job = None if appends or not self._jobs else self._jobs.popleft()
-            if not appends and job is None:
+            if self._unprojected and not (self._appends or self._jobs or self._stopping):
+                # Something was just committed: a lane waited for it (an authorisation:
+                # its coil write comes next) or will soon append again (a release request
+                # is followed by the answer's authorisation). Leave them the interpreter
+                # for a moment; an append or a job ends the wait.
+                self._cond.wait(timeout=PROJECT_AFTER_S)
+            overdue = self._unprojected and (len(self._unprojected) >= PROJECT_BACKLOG or
+                                             time.monotonic() - self._unprojected_at >= PROJECT_WITHIN_S)
+            appends = bool(self._appends) and not overdue
+            project = not appends and bool(self._unprojected)
+            job = None if appends or project or not self._jobs else self._jobs.popleft()
+            if not appends and not project and job is None:
                 return True  # stopping, and everything queued is done
+        if project:
+            self._flush_projection()
+            return False
         if job is not None:
             self._run_job(job)
             return False
@@ -663,6 +760,7 @@ class Journal:
                         replay = self._consume(tx, item)
                         if replay is not None:
                             outcome[i] = replay
+                tx.flush()
                 db.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
@@ -693,7 +791,19 @@ class Journal:
                 _settle(item.future, error=outcome[i])
             else:
                 _settle(item.future, per_item[i])
-        self._deliver(self._project(tx.written))
+        if self._thread is None:
+            self._deliver(self._project(tx.written))
+            return
+        # Projected and told to subscribers once nothing is waiting to be committed: a
+        # commit never waits behind a projection.
+        if not self._unprojected:
+            self._unprojected_at = time.monotonic()
+        self._unprojected.extend(tx.written)
+
+    def _flush_projection(self) -> None:
+        written, self._unprojected = self._unprojected, []
+        if written:
+            self._deliver(self._project(written))
 
     def _project(self, written: list[Stamped]) -> list[Stamped]:
         """Run the projectors over ``written``; what they journal is projected in turn.
@@ -708,6 +818,7 @@ class Journal:
                 with self._tx(self._db):
                     for fn in self._projectors:
                         fn(tx, todo)
+                    tx.flush()
             except Exception:  # noqa: BLE001 - the projection catches up from the journal later
                 log.exception("projection failed")
                 break
@@ -720,21 +831,18 @@ class Journal:
         """S1, S6: the authorisation's row and its event, or a replay (nothing of it)."""
         auth = item.authorisation
         assert auth is not None
-        db = tx.db
-        db.execute("SAVEPOINT authorisation")
+        # A failed statement is undone alone (SQLite's default ABORT): the entries journaled
+        # before it stay in the transaction, and no savepoint is needed.
         try:
-            db.execute(
+            tx.db.execute(
                 "INSERT INTO authorisations (kind, auth_id, lane_id, passage_id, committed_at) VALUES (?, ?, ?, ?, ?)",
                 (auth.kind, auth.auth_id, item.lane_id, auth.passage_id, auth.ts.isoformat()),
             )
         except sqlite3.IntegrityError:
-            db.execute("ROLLBACK TO authorisation")
-            db.execute("RELEASE authorisation")
             return AuthorisationReplay(f"{auth.kind} {auth.auth_id} was already used")
         tx.append(item.lane_id, ev.AuthorisationCommitted(
             passage_id=auth.passage_id, authorisation=ev.Authorisation(auth.kind, auth.auth_id),
             drill=True if getattr(auth, "drill", False) else None), auth.ts)
-        db.execute("RELEASE authorisation")
         return None
 
     def _group_failed(self, group: list[_Append], exc: BaseException) -> None:
@@ -792,6 +900,7 @@ class Journal:
                 log.exception("journal health callback failed")
 
     def _run_job(self, job: _Job) -> None:
+        self._flush_projection()  # subscribers hear of commits in commit order
         db = self._db
         tx = WriteTx(self, db)
         try:
@@ -800,6 +909,7 @@ class Journal:
             try:
                 with self._tx(db):
                     result = job.fn(tx)
+                    tx.flush()
             finally:
                 if not job.durable:
                     with contextlib.suppress(sqlite3.Error):
@@ -853,12 +963,31 @@ class Journal:
         return self.reader()
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """``fn(connection)`` on a reader thread, off the event loop."""
-        import asyncio
+        """``fn(connection)`` on the reader thread, off the event loop.
 
+        One thread, so reads are taken one at a time: two readers busy at once (API
+        clients paging through the journal) hand the interpreter's lock back and forth
+        at every row, thousands of times a second, and take twice the CPU from the
+        lanes. And after each read the thread rests ``READ_REST`` times as long as the
+        read took before it starts the next: however many clients page through the
+        journal as fast as they can, reading takes at most half a core, and the lanes'
+        threads find a processor free when they wake (``docs/performance.md``, bench 8).
+        The answer is not held back: only the next read waits."""
         if self._read_pool is None:
-            self._read_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="journal-read")
-        return await asyncio.get_running_loop().run_in_executor(self._read_pool, lambda: fn(self.reader()))
+            self._read_pool = concurrent.futures.ThreadPoolExecutor(READ_THREADS, thread_name_prefix="journal-read")
+        return await asyncio.get_running_loop().run_in_executor(self._read_pool, self._paced, fn)
+
+    def _paced(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """One read on the reader thread, after the rest the last one earned."""
+        rest = self._read_rest_until - time.monotonic()
+        if rest > 0:
+            time.sleep(rest)
+        began = time.monotonic()
+        try:
+            return fn(self.reader())
+        finally:
+            ended = time.monotonic()
+            self._read_rest_until = ended + (ended - began) * READ_REST
 
     @property
     def queued(self) -> int:
@@ -898,8 +1027,32 @@ class Journal:
         db: sqlite3.Connection | None = None,
     ) -> Iterator[tuple[str, int, str]]:
         """(lane, seq, body text) in ``seq`` order per lane: the stored JSON, unparsed."""
-        sql = "SELECT lane_id, seq, body FROM events"
-        where, args = [], []
+        sql, args = self._rows_sql("lane_id, seq, body", lane_id, since_seq, limit)
+        yield from (db or self.reader()).execute(sql, args)
+
+    def events_page(
+        self, lane_id: str | None = None, since_seq: int | None = None, limit: int | None = None,
+        db: sqlite3.Connection | None = None,
+    ) -> bytes:
+        """``{"events":[...]}``: the stored bodies of ``event_rows`` joined into one JSON
+        document, as UTF-8, exactly the bytes of ``('{"events":[' + ",".join(bodies) +
+        "]}").encode()``.
+
+        Built so that a page of thousands of events never holds the interpreter's lock for
+        long: the bodies come out of SQLite as bytes (no decoding), and ``bytes.join``
+        copies a megabyte or more with the lock released. Joining and encoding them as
+        text takes the lock for tens of milliseconds per 10 000 events, during which no
+        other thread, the lanes' included, runs (``docs/performance.md``, bench 8)."""
+        sql, args = self._rows_sql("CAST(body AS BLOB)", lane_id, since_seq, limit)
+        bodies = [body for (body,) in (db or self.reader()).execute(sql, args)]
+        return b"".join((b'{"events":[', b",".join(bodies), b"]}"))
+
+    @staticmethod
+    def _rows_sql(columns: str, lane_id: str | None, since_seq: int | None,
+                  limit: int | None) -> tuple[str, list[Any]]:
+        sql = f"SELECT {columns} FROM events"
+        where: list[str] = []
+        args: list[Any] = []
         if lane_id is not None:
             where.append("lane_id = ?")
             args.append(lane_id)
@@ -912,7 +1065,7 @@ class Journal:
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
-        yield from (db or self.reader()).execute(sql, args)
+        return sql, args
 
     def passage(self, passage_id: str, db: sqlite3.Connection | None = None) -> dict | None:
         cur = (db or self.reader()).execute("SELECT * FROM passages WHERE passage_id = ?", (passage_id,))

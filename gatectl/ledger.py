@@ -82,6 +82,7 @@ from gatectl.labels import CATEGORIES, INCIDENT_KINDS, PARTIES
 from gatectl.labels import HEALTH as HEALTH_ZH
 from gatectl.labels import KINDS as KINDS_ZH
 from gatectl.labels import TICKET_STATES as TICKET_STATE_ZH
+from gatectl.worker import STOP, worker
 
 if TYPE_CHECKING:
     from gatectl.config import SiteConfig
@@ -1141,7 +1142,8 @@ class LedgerScheduler:
     ended; every due period not yet written is written, oldest first, so a daemon that was
     down catches up. What was written is the ``ledger.exported`` events of lane ``_site``
     (one per period and format, journaled once the file is in place): a period with one is
-    never written again. Exports run in a worker thread on their own connection.
+    never written again. Exports run in the worker process (``gatectl.worker``), on their
+    own connection, at a lower CPU priority than the lanes.
     """
 
     site: Site
@@ -1219,12 +1221,15 @@ class LedgerScheduler:
             path = Path(directory) / period.filename(self.site.config.site.id, fmt)
             try:
                 await asyncio.to_thread(Path(directory).mkdir, parents=True, exist_ok=True)
+                # In the worker process, not a thread: an export holds the interpreter for
+                # tens of milliseconds at a time, and the lanes share it (gatectl.worker).
                 result = await asyncio.to_thread(
-                    export, self.site.journal.path, self.site.config, period.start, period.end, fmt, path,
-                    stop=self._stop, generated_at=self.site.now(),
+                    worker().call, export,
+                    (self.site.journal.path, self.site.config, period.start, period.end, fmt, path),
+                    {"stop": STOP, "generated_at": self.site.now()}, stop=self._stop,
                 )
             except asyncio.CancelledError:
-                self._stop.set()  # the worker thread gives up at its next check
+                self._stop.set()  # the worker gives up at its next check
                 raise
             except (LedgerError, OSError) as exc:
                 log.error("ledger not written", period=str(period), format=fmt, path=str(path), error=str(exc))

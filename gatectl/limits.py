@@ -22,7 +22,9 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import AfterValidator, Field, Strict, StringConstraints
+from datetime import datetime
+
+from pydantic import AfterValidator, BeforeValidator, Field, Strict, StringConstraints
 
 __all__ = [
     "JSON_REFUSALS",
@@ -34,10 +36,15 @@ __all__ = [
     "MAX_NUMBER_CHARS",
     "MAX_ORG_LEN",
     "MAX_PLATE_LEN",
+    "MAX_LANE_ID_LEN",
     "MAX_SEQ",
     "MAX_TEXT_LEN",
     "MAX_WEIGHT_KG",
+    "AwareTime",
     "DurationMs",
+    "LaneId",
+    "Seq",
+    "Sha256Hex",
     "FreeText",
     "Identifier",
     "JsonRefused",
@@ -49,6 +56,7 @@ __all__ = [
     "check_depth",
     "load_json",
     "single_line",
+    "validation_message",
 ]
 
 # --- figures ------------------------------------------------------------------------------
@@ -83,6 +91,10 @@ MAX_HINT_LEN: Final = 256
 """Text for the lane display (the authority's hint): a few lines of Chinese."""
 MAX_TEXT_LEN: Final = 2000
 """Free text people write: an approval's detail, a note."""
+MAX_LANE_ID_LEN: Final = 64
+"""A lane id as the config allows it (``B1-IN``)."""
+MAX_TIME_LEN: Final = 40
+"""An ISO 8601 time stamp with offset and microseconds is 32 characters."""
 
 
 # --- bounded JSON -------------------------------------------------------------------------
@@ -277,3 +289,63 @@ DurationMs = Annotated[int, Strict(), Field(ge=1, le=MAX_DURATION_MS)]
 
 WeightKg = Annotated[float, Field(ge=0, le=MAX_WEIGHT_KG, allow_inf_nan=False)]
 """Kilograms on a weighbridge."""
+
+
+Seq = Annotated[int, Field(ge=0, le=MAX_SEQ)]
+"""A journal seq (or a position before the first: 0) that SQLite can compare."""
+
+LaneId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_LANE_ID_LEN, pattern=r"^[A-Za-z0-9_-]+$"),
+]
+"""A lane id as it may appear in a path, a query or a body (``_site`` included)."""
+
+
+def _sha256_hex(value: str) -> str:
+    value = value.strip().lower()
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise ValueError("expected 64 hex digits: the SHA-256 of the bearer token")
+    return value
+
+
+Sha256Hex = Annotated[str, StringConstraints(max_length=128), AfterValidator(_sha256_hex)]
+"""A SHA-256 digest as lowercase hex (a bearer token's ``token_sha256``)."""
+
+
+def _aware_time(value: Any) -> datetime:
+    # Only ISO 8601 text with an offset: pydantic alone would take numbers as Unix times
+    # and naive times as whatever zone the reader assumes.
+    if not isinstance(value, str):
+        raise ValueError("expected an ISO 8601 time stamp with offset, like 2026-11-27T09:00:00+08:00")
+    if len(value) > MAX_TIME_LEN:
+        raise ValueError(f"a time stamp is at most {MAX_TIME_LEN} characters")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 time stamp: {value!r}") from None
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        raise ValueError(f"time stamp {value!r} has no UTC offset (write it like 2026-11-27T09:00:00+08:00)")
+    return parsed
+
+
+AwareTime = Annotated[datetime, BeforeValidator(_aware_time)]
+"""An ISO 8601 time stamp with a UTC offset, as text (never a number)."""
+
+
+def validation_message(exc: Any, limit: int = 5) -> str:
+    """A pydantic ``ValidationError`` as one line people can act on: ``field: problem; ...``
+    (the offending values are never echoed: they may be huge)."""
+    errors = exc.errors(include_url=False, include_input=False)
+    parts = []
+    for err in errors[:limit]:
+        where = ".".join(str(p) for p in err["loc"])
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown field"
+        elif err.get("type") == "missing":
+            msg = "required"
+        else:
+            msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}" if where else msg)
+    if len(errors) > limit:
+        parts.append(f"and {len(errors) - limit} more")
+    return "; ".join(parts)

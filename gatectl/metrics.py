@@ -41,6 +41,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from gatectl import events as ev
+from gatectl.api import GUARD_KEY, NoQuery, query
 from gatectl.approvals import REASON_CODES as APPROVAL_REFUSALS
 from gatectl.authorities.base import AUTHORITY_ERROR_REASONS
 from gatectl.lane.core import LaneState
@@ -198,7 +199,8 @@ class Metrics:
             self.events.labels(lane)
         for loop in LOOPS:
             self.loop_lag.labels(loop)
-        r.register(SiteCollector(site))
+        self.collector = SiteCollector(site)
+        r.register(self.collector)
         if process:
             _ProcessCollector(registry=r)
             PlatformCollector(registry=r)
@@ -260,9 +262,11 @@ class Metrics:
 
     def setup_routes(self, app: web.Application) -> None:
         """For ``make_app(site, metrics.setup_routes)``: ``GET /metrics``."""
+        self.collector.guard = app.get(GUARD_KEY)
         app.router.add_get("/metrics", self.handle)
 
     async def handle(self, request: web.Request) -> web.Response:
+        query(request, NoQuery)
         # Prometheus text 0.0.4 by default; OpenMetrics when the scraper asks for it. The
         # collectors read the journal (outbox depth): on a reader thread, off the loop.
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
@@ -280,6 +284,7 @@ class SiteCollector(Collector):
 
     def __init__(self, site: Any) -> None:
         self.site = site
+        self.guard: Any = None  # the local API's ConnectionGuard, once its routes are set up
 
     def describe(self) -> list[Metric]:
         # Dynamic families: nothing to check at registration (and no site access then).
@@ -293,6 +298,30 @@ class SiteCollector(Collector):
         yield from self._lanes()
         yield from self._io_modules()
         yield from self._outbox()
+        yield from self._refused()
+
+    # -------------------------------------------------------------- hostile input
+
+    def _refused(self) -> Iterator[Metric]:
+        refusals = getattr(getattr(self.site, "orders", None), "refusals", None)
+        if refusals is not None:
+            refused = CounterMetricFamily(
+                "gatectl_input_refused",
+                "Outside input refused at the edge, by surface (api, mqtt, approval, command, replay, journal) "
+                "and reason: counted, logged at a bounded rate, never journaled one by one.",
+                labels=["surface", "reason"],
+            )
+            for (surface, reason), n in sorted(refusals.snapshot().items()):
+                refused.add_metric([surface, reason], float(n))
+            yield refused
+        guard = self.guard
+        if guard is not None:
+            conns = GaugeMetricFamily("gatectl_api_connections", "Open connections of the local API.")
+            conns.add_metric([], float(len(guard.conns)))
+            yield conns
+            peak = GaugeMetricFamily("gatectl_api_connections_peak", "Most connections of the local API open at once.")
+            peak.add_metric([], float(guard.peak))
+            yield peak
 
     # -------------------------------------------------------------- lanes
 

@@ -24,11 +24,17 @@ Topics, under ``topic_prefix`` (default ``gatectl/<site id>``), QoS 1:
   events topic, by ``gatectl.replay.Replayer`` (bounded, one request per lane at a time,
   served beside the live events).
 - inbound ``cmd/approvals`` (to ``gatectl.orders``, which journals the outcome as
-  ``approval.accepted``/``approval.refused``, hence published) and ``cmd/spot-checks``
-  (validated by ``gatectl.orders.spot_check_order``, routed by ``lane_id``). An inbound
-  message that cannot be applied is counted; each minute, one ``command.refused`` per
-  topic and reason is journaled on ``_site`` with its ``count`` (junk is never journaled
-  one by one), and the first of each is logged; nothing inbound stops the link.
+  ``approval.accepted``/``approval.refused``, hence published), and ``cmd/spot-checks``
+  and ``cmd/lane-hours``: customs' signed commands (CONTRACT 8, ``gatectl.commands``),
+  accepted once per ``command_id`` within 10 minutes of ``issued_at``; an unsigned or
+  badly signed one is refused. Payloads are capped per topic before anything parses
+  them (approvals 64 KB, commands 16 KB, replay requests 4 KB). An inbound message that
+  cannot be applied is counted (``gatectl_input_refused_total``, surface ``mqtt``, or
+  ``command`` for signed commands); each minute, one ``command.refused`` per topic and
+  reason is journaled on ``_site`` with its ``count`` (junk is never journaled one by
+  one), and the first of each is logged; nothing inbound stops the link.
+- a journaled event whose body cannot be read (not UTF-8 or not JSON) is reported once
+  with file, lane and seq and skipped: the cursor passes it, the events after it go out.
 
 Delivery: the journal is the outbox. The link keeps one cursor per lane in the journal
 file (table ``mqtt_cursor``: the highest ``seq`` the broker acknowledged) and publishes
@@ -89,9 +95,12 @@ from typing import TYPE_CHECKING, Any
 import aiomqtt
 import structlog
 
-from gatectl.events import CommandRefused, Stamped
-from gatectl.journal import Entry, JournalError, WriteTx
-from gatectl.replay import Replayer
+from gatectl.approvals import MAX_APPROVAL_BYTES
+from gatectl.commands import MAX_COMMAND_BYTES, CommandRefused
+from gatectl.events import Stamped
+from gatectl.journal import JournalError, WriteTx
+from gatectl.refusals import RefusedRecords, decode_row, report_damaged_row
+from gatectl.replay import MAX_REQUEST_BYTES, Replayer
 
 if TYPE_CHECKING:
     from gatectl.service import Site
@@ -100,6 +109,8 @@ log = structlog.get_logger("gatectl.mqtt")
 
 #: A session that lasted this long resets the reconnect backoff.
 STABLE_S = 10.0
+#: Inbound messages aiomqtt may hold before the link reads them.
+INCOMING_QUEUE = 10_000
 #: On a clean stop, how long the link goes on publishing the backlog before ``offline``.
 STOP_DRAIN_S = 1.5
 
@@ -114,7 +125,8 @@ CREATE TABLE IF NOT EXISTS mqtt_cursor (
 )
 """
 
-_EVENTS_SQL = "SELECT seq, type, body FROM events WHERE lane_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+# The body as bytes: a row that is not UTF-8 is a damaged row to skip, not a failed read.
+_EVENTS_SQL = "SELECT seq, type, CAST(body AS BLOB) FROM events WHERE lane_id = ? AND seq > ? ORDER BY seq LIMIT ?"
 # Distinct lane ids by skip-scan over the (lane_id, seq) primary key: one probe per lane.
 _LANES_SQL = """
 WITH RECURSIVE l(id) AS (
@@ -149,9 +161,10 @@ class _ClientLog(logging.Handler):
     The last error is kept to explain the outage (aiomqtt itself often says only
     "Operation timed out"); warnings are passed on."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_dropped: Any = None) -> None:
         super().__init__(logging.WARNING)
         self.last_error: str | None = None
+        self.on_dropped = on_dropped  # aiomqtt's incoming queue full: counted, not logged each time
         self.logger = logging.Logger("gatectl.mqtt.client", logging.WARNING)  # unregistered: no propagation
         self.logger.addHandler(self)
 
@@ -160,6 +173,9 @@ class _ClientLog(logging.Handler):
             text = record.getMessage()
         except Exception:  # noqa: BLE001 - a log line must not break the link
             text = str(record.msg)
+        if text.startswith("Message queue is full") and self.on_dropped is not None:
+            self.on_dropped()
+            return
         if record.levelno >= logging.ERROR:
             self.last_error = text
             log.debug("mqtt client error", message=text)
@@ -222,8 +238,16 @@ class MqttLink:
         self.alarms_topic = f"{self.prefix}/alarms"
         self.approvals_topic = f"{self.prefix}/cmd/approvals"
         self.spot_checks_topic = f"{self.prefix}/cmd/spot-checks"
+        self.lane_hours_topic = f"{self.prefix}/cmd/lane-hours"
         self.replay_topic = f"{self.prefix}/cmd/replay"
-        self.replayer = Replayer(str(site.config.journal.path), site.lanes, self.events_topic)
+        self.refusals = site.orders.refusals
+        self.replayer = Replayer(str(site.config.journal.path), site.lanes, self.events_topic,
+                                 refusals=self.refusals)
+        #: The signed command each command topic takes.
+        self._signed_topics = {self.spot_checks_topic: "spot-check", self.lane_hours_topic: "lane-hours"}
+        #: The largest payload each inbound topic takes; anything larger is refused unread.
+        self._payload_max = {self.approvals_topic: MAX_APPROVAL_BYTES, self.spot_checks_topic: MAX_COMMAND_BYTES,
+                             self.lane_hours_topic: MAX_COMMAND_BYTES, self.replay_topic: MAX_REQUEST_BYTES}
 
         self._cursor: dict[str, int] = {}  # acknowledged by the broker (in memory)
         self._saved: dict[str, int] = {}  # as written in mqtt_cursor
@@ -239,21 +263,20 @@ class MqttLink:
         self._cursor_failing = False
         self._backlog_warned = False
         self._state_failing: set[str] = set()
-        self._client_log = _ClientLog()
+        self._client_log = _ClientLog(on_dropped=self._dropped)
 
         # Figures for tests and metrics.
         self.connected = False
         self.connects = 0
         self.outages = 0
         self.acknowledged = 0  # events acknowledged by the broker (both topics of an alarm: one)
-        self.commands = {"approvals": 0, "spot_checks": 0, "refused": 0}
+        self.received = 0  # inbound messages, whatever became of them
+        self.commands = {"approvals": 0, "spot_checks": 0, "lane_hours": 0, "refused": 0}
         self._schema_ok = False
         # Refused inbound messages by (topic, reason), journaled as one record per
         # ``refused_interval`` each with its count: junk is counted, not journaled one by one.
         self.refused_interval = refused_interval
-        self._refused: dict[tuple[str, str], dict[str, Any]] = {}
-        self._refused_logged: dict[tuple[str, str], float] = {}
-        self._refused_flushed = time.monotonic()
+        self._refused = RefusedRecords(self.journal, site.now, refused_interval)
         try:
             self.journal.run(self.ensure_schema).result()
         except Exception as exc:  # noqa: BLE001 - e.g. a full disk on the very first start: run() tries again
@@ -298,16 +321,24 @@ class MqttLink:
         self._rr = (self._rr + 1) % len(lanes)
         return lanes[self._rr:] + lanes[: self._rr]
 
-    def _read_batch(self, db: sqlite3.Connection) -> list[tuple[str, int, str, bytes]]:
-        """The next events to publish: per lane the oldest after its cursor, bounded."""
-        out: list[tuple[str, int, str, bytes]] = []
+    def _read_batch(self, db: sqlite3.Connection) -> list[tuple[str, int, str, bytes | None]]:
+        """The next events to publish: per lane the oldest after its cursor, bounded. A
+        damaged row (its body not UTF-8 or not JSON) comes back with body None: reported
+        once, never published, passed over by the cursor."""
+        out: list[tuple[str, int, str, bytes | None]] = []
         budget = self.batch_max
         for lane in self._pending_lanes():
             if budget <= 0:
                 break
             rows = db.execute(_EVENTS_SQL, (lane, self._cursor.get(lane, 0), min(budget, self.batch_per_lane)))
             for seq, type_, body in rows:
-                out.append((lane, seq, type_, body.encode()))
+                data: bytes | None = bytes(body) if body is not None else b""
+                try:
+                    decode_row(data)
+                except ValueError as exc:
+                    report_damaged_row(self.journal.path, lane, seq, str(exc), self.refusals, where="mqtt")
+                    data = None
+                out.append((lane, seq, str(type_), data))
                 budget -= 1
         return out
 
@@ -382,6 +413,9 @@ class MqttLink:
             keepalive=self.keepalive,
             timeout=self.timeout,
             max_inflight_messages=self.max_inflight,
+            # Read at once into the bounded inbox; this only bounds a backlog while the
+            # loop is busy (a flood): beyond it paho's messages are dropped and counted.
+            max_queued_incoming_messages=INCOMING_QUEUE,
         )
         # aiomqtt warns on every call beyond 10 pending; a batch is many by design.
         client.pending_calls_threshold = 2 * self.batch_max + 2 * len(self._states) + 16
@@ -448,6 +482,7 @@ class MqttLink:
             self._up()
             await client.subscribe(self.approvals_topic, qos=1)
             await client.subscribe(self.spot_checks_topic, qos=1)
+            await client.subscribe(self.lane_hours_topic, qos=1)
             await client.subscribe(self.replay_topic, qos=1)
             await client.publish(self.status_topic, b"online", qos=1, retain=True)
             await self._serve(client)
@@ -534,11 +569,14 @@ class MqttLink:
             await self._publish_events(client, batch)
         return len(batch)
 
-    async def _publish_events(self, client: aiomqtt.Client, batch: list[tuple[str, int, str, bytes]]) -> None:
+    async def _publish_events(self, client: aiomqtt.Client, batch: list[tuple[str, int, str, bytes | None]]) -> None:
         """Publish ``batch`` (pipelined: paho sends in call order on one connection) and
         move each lane's cursor over its acknowledged prefix, whatever happens."""
         jobs: list[tuple[str, int, list[asyncio.Task]]] = []
         for lane, seq, type_, body in batch:
+            if body is None:  # damaged: nothing to send, nothing to wait for
+                jobs.append((lane, seq, []))
+                continue
             topics = [self.events_topic(lane)]
             if type_.startswith("alarm."):
                 topics.append(self.alarms_topic)
@@ -602,6 +640,7 @@ class MqttLink:
 
     async def _read(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
+            self.received += 1
             topic = message.topic.value
             payload = message.payload
             if isinstance(payload, str):
@@ -612,6 +651,13 @@ class MqttLink:
                 data = b""
             else:
                 data = str(payload).encode()
+            cap = self._payload_max.get(topic, 0)
+            if len(data) > cap:
+                if cap:
+                    self._refuse(topic, "too_large", f"{len(data)} bytes; this topic takes at most {cap}", b"")
+                else:
+                    self._refuse(topic, "unknown_topic", "not a command topic", b"")
+                continue
             if message.retain:
                 # A stored command would be applied again on every reconnect.
                 self._refuse(topic, "retained", "commands must not be published retained", data)
@@ -624,23 +670,28 @@ class MqttLink:
 
     async def _inbound_worker(self) -> None:
         """Apply commands one at a time, across reconnects; journal the refusals counted."""
-        while True:
-            try:
-                async with asyncio.timeout(self.refused_interval):
-                    topic, data = await self._inbox.get()
-            except TimeoutError:
-                self.flush_refused()
-                continue
-            try:
-                await self.handle_command(topic, data)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a command must never stop the link
-                log.exception("mqtt command failed", topic=topic)
-                self._refuse(topic, "internal_error", repr(exc), data)
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self.refused_interval):
+                        topic, data = await self._inbox.get()
+                except TimeoutError:
+                    self.flush_refused()
+                    continue
+                try:
+                    await self.handle_command(topic, data)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a command must never stop the link
+                    log.exception("mqtt command failed", topic=topic)
+                    self._refuse(topic, "internal_error", repr(exc), data)
+                if self._refused.due():
+                    self.flush_refused()
+        finally:
+            self.flush_refused()
 
     async def handle_command(self, topic: str, data: bytes) -> None:
-        """Apply one inbound message (``cmd/approvals`` or ``cmd/spot-checks``)."""
+        """Apply one inbound message (``cmd/approvals``, a signed command, ``cmd/replay``)."""
         if topic == self.replay_topic:
             self.replayer.submit(data)  # checked, counted and queued there (CONTRACT 8)
             return
@@ -650,68 +701,39 @@ class MqttLink:
             log.info("mqtt approval", status=result.get("status"), approval_id=result.get("approval_id"),
                      reason=result.get("reason"))
             return
-        if topic != self.spot_checks_topic:
+        kind = self._signed_topics.get(topic)
+        if kind is None:
             self._refuse(topic, "unknown_topic", "not a command topic", data)
             return
         try:
-            body = json.loads(data)
-        except ValueError as exc:
-            self._refuse(topic, "malformed", f"not JSON: {exc}", data)
+            result = await self.site.orders.signed_command(data, source="mqtt", expect=kind)
+        except CommandRefused as exc:  # counted by the orders (surface "command")
+            self._refuse(topic, exc.code, exc.message, data, count=False)
             return
-        if not isinstance(body, dict):
-            self._refuse(topic, "malformed", "a spot check is a JSON object", data)
-            return
-        lane_id = body.get("lane_id")
-        if not isinstance(lane_id, str) or lane_id not in self.site.lanes:
-            self._refuse(topic, "unknown_lane", f"no lane {str(lane_id)[:64]!r}", data, lane=lane_id)
-            return
-        try:
-            await self.site.orders.spot_check(lane_id, body, "mqtt")
-        except ValueError as exc:
-            self._refuse(topic, "invalid", str(exc), data, lane=lane_id)
-            return
-        self.commands["spot_checks"] += 1
-        log.info("mqtt spot check", lane=lane_id, order={k: v for k, v in body.items() if k != "lane_id"})
+        self.commands["spot_checks" if kind == "spot-check" else "lane_hours"] += 1
+        log.info("mqtt signed command", command=kind, command_id=result["command_id"], lane=result["lane_id"])
 
-    def _refuse(self, topic: str, reason: str, message: str, data: bytes, lane: Any = None) -> None:
-        """Count a refused message; the first of each (topic, reason) in an interval is
-        logged, and each interval journals one ``command.refused`` per (topic, reason)
-        with its count and the first message's reason (``flush_refused``)."""
+    def _refuse(self, topic: str, reason: str, message: str, data: bytes, lane: Any = None,
+                count: bool = True) -> None:
+        """Count a refused message (surface ``mqtt``; signed commands are counted as
+        ``command`` by the orders) and keep it for the interval's ``command.refused``."""
         self.commands["refused"] += 1
-        key = (topic[:200], reason)
-        entry = self._refused.get(key)
-        if entry is None:
-            entry = self._refused[key] = {
-                "count": 0, "message": message[:500], "lane": lane if isinstance(lane, str) else None,
-                "payload": data[:200].decode("utf-8", errors="replace"),
-            }
-        entry["count"] += 1
-        now = time.monotonic()
-        if now - self._refused_logged.get(key, float("-inf")) >= self.refused_interval:
-            self._refused_logged[key] = now
-            log.warning("mqtt command refused", topic=key[0], reason=reason, message=message[:200])
-        if now - self._refused_flushed >= self.refused_interval:
+        if count:
+            self.refusals.count("mqtt", reason, message, topic=topic[:200])
+        self._refused.add(source="mqtt", topic=topic, reason=reason, message=message, lane=lane, payload=data)
+        if self._refused.due():
             self.flush_refused()
+
+    def _dropped(self) -> None:
+        self.received += 1
+        self.commands["refused"] += 1
+        message = f"more than {INCOMING_QUEUE} messages waiting to be read: dropped"
+        self.refusals.count("mqtt", "busy", message)
+        self._refused.add(source="mqtt", topic=f"{self.prefix}/cmd/#", reason="busy", message=message)
 
     def flush_refused(self) -> None:
         """Journal what was refused since the last flush: one record per (topic, reason)."""
-        self._refused_flushed = time.monotonic()
-        refused, self._refused = self._refused, {}
-        if not refused:
-            return
-        now = self.site.now()
-        entries = [
-            Entry(CommandRefused(source="mqtt", topic=topic, reason=reason, message=e["message"],
-                                 lane=e["lane"], payload=e["payload"], count=e["count"]), now)
-            for (topic, reason), e in refused.items()
-        ]
-
-        def done(future) -> None:
-            if future.exception() is not None:
-                log.error("refused commands not journaled", error=str(future.exception()),
-                          refused=sum(e["count"] for e in refused.values()))
-
-        self.journal.append(SITE_LANE, entries).add_done_callback(done)
+        self._refused.flush()
 
 
 # ---------------------------------------------------------------------- helpers

@@ -1,14 +1,25 @@
 """Orders: what people and systems outside the lanes ask of them.
 
 Approvals (R10, R17), the guard's emergency accounts (R11), customs' spot checks (R7) and
-the record orders (alarm acknowledgements, incidents, tickets, duty records) arrive by
-the local API, by MQTT, or from the CLI through the journal's ``inbox`` table. Each kind
-has one handler here, whatever the door it came in by, and every handler answers with a
-result dict: ``{"status": "accepted", ...}`` or ``{"status": "refused", "reason", ...}``.
+signed commands (CONTRACT 8), and the record orders (alarm acknowledgements, incidents,
+tickets, duty records) arrive by the local API, by MQTT, or from the CLI through the
+journal's ``inbox`` table. Each kind has one handler here, whatever the door it came in
+by, and every handler answers with a result dict: ``{"status": "accepted", ...}`` or
+``{"status": "refused", "reason", ...}``. Bodies are checked by the pydantic models of
+``gatectl.commands`` (every field bounded, unknown keys refused) before anything reaches a
+lane.
 
 ``Orders.run`` is the one poller of the inbox: it hands each order to its handler and
 marks it done with the result, failed ones included, so an order that cannot be applied
 is answered once and never retried forever.
+
+Refusals are counted per surface and reason (``Orders.refusals``, shown by ``/metrics``).
+A refused approval from outside is journaled as ``approval.refused`` for the first of its
+source, lane and reason in each ``refused_interval``; the others of that interval are
+counted and journaled together as one ``command.refused`` with the ``count`` (a flood of
+junk approvals costs a record a minute, not one each). Signed commands are accepted once
+per ``command_id``: the ids are kept in the journal file (table ``commands_seen``, written
+by a journal job before the order reaches the lane).
 
 Orders reach a lane as core inputs through ``Site.submit`` (the lane's own loop).
 """
@@ -16,17 +27,23 @@ Orders reach a lane as core inputs through ``Site.submit`` (the lane's own loop)
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gatectl import events as ev
 from gatectl.approvals import ApprovalRefused as Refused
 from gatectl.approvals import lane_kinds, parse_document, verify
-from gatectl.journal import JournalError
+from gatectl.commands import CommandRefused, SpotCheckBody, VerifiedCommand, verify_command
+from gatectl.journal import JournalError, WriteTx
 from gatectl.lane.errors import LaneProtocolError
 from gatectl.lane.inputs import ApprovalAccepted, ApprovalRefused, EmergencyAccount, SpotCheckOrdered
+from gatectl.limits import MAX_ID_LEN, MAX_LANE_ID_LEN, FreeText, Identifier, PersonName, Plate, single_line
+from gatectl.limits import validation_message
+from gatectl.refusals import Refusals, RefusedRecords
 
 if TYPE_CHECKING:
     from gatectl.service import Site
@@ -37,43 +54,108 @@ log = structlog.get_logger("gatectl.orders")
 INBOX_POLL_S = 1.0
 #: Lane id of site-wide events that belong to no configured lane.
 SITE_LANE = "_site"
+#: Signed command ids older than this (by ``issued_at``) are forgotten: long expired.
+COMMANDS_KEPT_S = 2 * 86400
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
+COMMANDS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS commands_seen (
+    command_id   TEXT PRIMARY KEY,
+    command      TEXT NOT NULL,
+    lane_id      TEXT NOT NULL,
+    issued_at    TEXT NOT NULL,
+    issued_epoch REAL NOT NULL,
+    accepted_at  TEXT NOT NULL,
+    source       TEXT NOT NULL,
+    signer       TEXT NOT NULL,
+    fingerprint  TEXT NOT NULL
+)
+"""
+
+
+class OrderRefused(ValueError):
+    """An order refused at the edge (nothing applied); ``reason`` for the answer and the
+    metrics, ``status`` the HTTP status to answer."""
+
+    def __init__(self, reason: str, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.status = status
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": "refused", "reason": self.reason, "message": self.message}
+
+
+VehicleType = single_line(32, what="a vehicle type")
+
+
+class EmergencyAccountBody(BaseModel):
+    """R11: the guard's account of an emergency release."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    passage_id: Identifier
+    vehicle_type: VehicleType
+    plate: Plate | None = None
+    note: FreeText = ""
+    by: PersonName | None = None
+
+
+def _model(model: type[BaseModel], body: Any) -> Any:
+    if not isinstance(body, dict):
+        raise OrderRefused("invalid", "the body must be a JSON object")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise OrderRefused("invalid", validation_message(exc)) from None
+
 
 def spot_check_order(body: dict, source: str) -> SpotCheckOrdered:
-    """Validate a spot-check order (local API or MQTT) into the core's input."""
-    keys = set(body) - {"lane_id"}
-    if len(keys) != 1 or not keys <= {"hold_next", "fraction", "clear"}:
-        raise ValueError('give exactly one of "hold_next", "fraction" or "clear"')
-    (key,) = keys
-    value = body[key]
-    if key == "hold_next" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise ValueError("hold_next must be a whole number >= 0")
-    if key == "fraction" and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1):
-        raise ValueError("fraction must be a number from 0 to 1")
-    if key == "clear" and value is not True:
-        raise ValueError("clear must be true")
+    """Validate a plain spot-check order (``lane_id`` aside) into the core's input;
+    raises ``OrderRefused`` (a ``ValueError``) with the reason."""
+    order = _model(SpotCheckBody, {k: v for k, v in body.items() if k != "lane_id"} if isinstance(body, dict)
+                   else body)
     try:
-        return SpotCheckOrdered(
-            hold_next=value if key == "hold_next" else None,
-            fraction=float(value) if key == "fraction" else None,
-            clear=key == "clear",
-            source=source,
-        )
+        return SpotCheckOrdered(hold_next=order.hold_next, fraction=order.fraction, clear=bool(order.clear),
+                                source=source)
     except LaneProtocolError as exc:
-        raise ValueError(str(exc)) from exc
+        raise OrderRefused("invalid", str(exc)) from exc
+
+
+def actor_of(body: dict[str, Any], key: str, actor: str | None) -> dict[str, Any]:
+    """The body with its actor field ``key`` set from the credential's user ``actor``.
+
+    A body may repeat the user's own name; naming anyone else is refused (403). Without a
+    user (the legacy full-access token, the CLI) the body's own ``key`` stands."""
+    if actor is None:
+        return body
+    given = body.get(key)
+    if given not in (None, "") and given != actor:
+        raise OrderRefused("actor_mismatch", f"this token is {actor}'s: a record cannot be made in another's name "
+                                             f"({key} {str(given)[:64]!r})", status=403)
+    return {**body, key: actor}
 
 
 class Orders:
     """Every order of the site, by kind; the one inbox poller."""
 
-    def __init__(self, site: Site) -> None:
+    def __init__(self, site: Site, refused_interval: float = 60.0) -> None:
         self.site = site
+        self.refusals = Refusals()
+        self.refused_interval = refused_interval
+        self.refused = RefusedRecords(site.journal, site.now, refused_interval)
+        self._refusal_journaled: dict[tuple[str, str, str], float] = {}
         self._handlers: dict[str, Handler] = {
             "approval": lambda payload: self.approval(payload.get("document"), source="cli"),
             "emergency_account": lambda payload: self.emergency_account(payload),
         }
+        self._commands_ready = False
+        try:
+            site.journal.run(self._commands_schema).result()
+        except JournalError as exc:  # e.g. a full disk at the very start: tried again with the first command
+            log.error("signed command table unavailable", error=str(exc))
 
     def register(self, kind: str, handler: Handler) -> None:
         """Another module's orders (the records) taken from the inbox too."""
@@ -88,19 +170,13 @@ class Orders:
         approval_id = lane_id = None
         try:
             doc = parse_document(raw if raw is not None else b"")
-            approval_id = doc.get("approval_id") if isinstance(doc.get("approval_id"), str) else None
-            lane_id = doc.get("lane_id") if isinstance(doc.get("lane_id"), str) else None
+            approval_id = _bounded(doc.get("approval_id"), MAX_ID_LEN)
+            lane_id = _bounded(doc.get("lane_id"), MAX_LANE_ID_LEN)
             used = await site.journal.read(lambda db: site.journal.approval_uses(approval_id, db)) if approval_id else 0
             verified = verify(doc, trust=site.config.trust, lanes=lane_kinds(site.config), now=now, lifts_used=used)
         except Refused as exc:
-            result = {"status": "refused", "approval_id": approval_id, **exc.to_dict()}
-            if lane_id in site.lanes:
-                await site.submit(lane_id, ApprovalRefused(approval_id, exc.code, exc.message, source))
-            else:
-                await site.record(SITE_LANE, ev.ApprovalRefused(
-                    approval_id=approval_id, reason=exc.code, message=exc.message, source=source, lane=lane_id))
-            log.warning("approval refused", approval_id=approval_id, reason=exc.code, source=source)
-            return result
+            await self._approval_refused(exc, approval_id, lane_id, source)
+            return {"status": "refused", "approval_id": approval_id, **exc.to_dict()}
         a = verified.approval
         await asyncio.wrap_future(site.journal.store_approval(
             a.approval_id, a.lane_id, a.trigger, a.max_lifts, a.valid_from, a.valid_until, verified.document_json, now))
@@ -111,45 +187,143 @@ class Orders:
         return {"status": "accepted", "approval_id": a.approval_id, "lane_id": a.lane_id, "trigger": a.trigger,
                 "max_lifts": a.max_lifts, "lifts_used": used}
 
+    async def _approval_refused(self, exc: Refused, approval_id: str | None, lane_id: str | None,
+                                source: str) -> None:
+        """Count it; journal the first of its source, lane and reason in an interval as
+        ``approval.refused``, the rest of the interval as one counted ``command.refused``."""
+        site = self.site
+        self.refusals.count("approval", exc.code, exc.message, source=source, approval_id=approval_id or "",
+                            lane=lane_id or "")
+        lane = lane_id if lane_id in site.lanes else SITE_LANE
+        key = (source, lane, exc.code)
+        now = time.monotonic()
+        if now - self._refusal_journaled.get(key, float("-inf")) < self.refused_interval:
+            self.refused.add(source=source, topic="approvals", reason=exc.code, message=exc.message, lane=lane_id,
+                             payload=approval_id or "")
+            return
+        self._refusal_journaled[key] = now
+        message = exc.message[:500]
+        if lane != SITE_LANE:
+            await site.submit(lane, ApprovalRefused(approval_id, exc.code, message, source))
+        else:
+            await site.record(SITE_LANE, ev.ApprovalRefused(
+                approval_id=approval_id, reason=exc.code, message=message, source=source, lane=lane_id))
+
     # ------------------------------------------------------------ emergency accounts (R11)
 
-    async def emergency_account(self, payload: dict[str, Any], lane_id: str | None = None) -> dict[str, Any]:
-        """The guard's account (vehicle type, plate) of an emergency release."""
+    async def emergency_account(self, payload: dict[str, Any], lane_id: str | None = None,
+                                actor: str | None = None) -> dict[str, Any]:
+        """The guard's account (vehicle type, plate) of an emergency release. ``actor``:
+        the user of the API token (the account's ``by``); without one, the payload's."""
         site = self.site
-        passage_id = payload.get("passage_id")
-        row = await site.journal.read(lambda db: site.journal.passage(passage_id, db)) \
-            if isinstance(passage_id, str) else None
+        try:
+            if isinstance(payload, dict):  # the CLI leaves optional fields empty
+                payload = {k: v for k, v in payload.items() if not (k in ("by", "plate") and v in (None, ""))}
+            body: EmergencyAccountBody = _model(EmergencyAccountBody, actor_of(payload, "by", actor))
+        except OrderRefused as exc:
+            return {**exc.to_dict(), "reason": "malformed" if exc.reason == "invalid" else exc.reason,
+                    "http_status": exc.status}
+        passage_id = body.passage_id
+        row = await site.journal.read(lambda db: site.journal.passage(passage_id, db))
         if row is None:
             return {"status": "refused", "reason": "unknown_passage", "message": f"no passage {passage_id!r}"}
         if lane_id is not None and row["lane_id"] != lane_id:
             return {"status": "refused", "reason": "other_lane", "message": "that passage belongs to another lane"}
         if row["auth_kind"] != "emergency":
             return {"status": "refused", "reason": "not_emergency", "message": "that passage was no emergency release"}
-        vehicle_type = payload.get("vehicle_type")
-        if not isinstance(vehicle_type, str) or not vehicle_type.strip():
-            return {"status": "refused", "reason": "malformed", "message": "vehicle_type is required"}
         if row["lane_id"] not in site.lanes:
             return {"status": "refused", "reason": "unknown_lane", "message": "that lane is no longer configured"}
         await site.submit(row["lane_id"], EmergencyAccount(
-            passage_id, vehicle_type.strip(), payload.get("plate"), payload.get("note") or "", payload.get("by") or ""))
-        return {"status": "accepted", "passage_id": passage_id, "lane_id": row["lane_id"]}
+            passage_id, body.vehicle_type.strip(), body.plate, body.note, body.by or ""))
+        return {"status": "accepted", "passage_id": passage_id, "lane_id": row["lane_id"], "by": body.by}
 
     # ------------------------------------------------------------ spot checks (R7)
 
     async def spot_check(self, lane_id: str, body: dict, source: str) -> dict[str, Any]:
-        """Customs spot checks on a lane; raises ``ValueError`` for an invalid order."""
+        """Customs spot checks on a lane; raises ``OrderRefused`` (a ``ValueError``) for an
+        invalid order."""
         order = spot_check_order(body, source)
         await self.site.submit(lane_id, order)
+        return self._spot_state(lane_id)
+
+    def _spot_state(self, lane_id: str) -> dict[str, Any]:
         core = self.site.lanes[lane_id].core
         return {"lane_id": lane_id, "hold_next": core.spot_hold_next, "fraction": core.spot_fraction}
+
+    # ------------------------------------------------------------ signed commands (CONTRACT 8)
+
+    async def signed_command(self, raw: bytes | str | dict, source: str, expect: str | None = None,
+                             lane_id: str | None = None) -> dict[str, Any]:
+        """Verify a signed command, accept its ``command_id`` once, apply it. Raises
+        ``CommandRefused`` (counted here; the caller answers or aggregates it)."""
+        site = self.site
+        try:
+            verified = verify_command(raw, trust_customs=site.config.trust.customs, lanes=site.lanes,
+                                      now=site.now(), expect=expect)
+            if lane_id is not None and verified.lane_id != lane_id:
+                raise CommandRefused("unknown_lane", f"the command is for lane {verified.lane_id}, not {lane_id}")
+            order = self._command_input(verified, source)
+            if not await asyncio.wrap_future(site.journal.run(lambda tx: self._accept_once(tx, verified, source))):
+                raise CommandRefused("replayed", f"command {verified.command_id} was accepted before: each "
+                                                 "command_id is accepted once")
+        except CommandRefused as exc:
+            self.refusals.count("command", exc.code, exc.message, source=source)
+            raise
+        await site.submit(verified.lane_id, order)
+        log.info("signed command accepted", command=verified.kind, command_id=verified.command_id,
+                 lane=verified.lane_id, source=source, by=verified.by)
+        result = {"status": "accepted", "command": verified.kind, "command_id": verified.command_id,
+                  "lane_id": verified.lane_id, "by": verified.by}
+        if verified.kind == "spot-check":
+            result.update(self._spot_state(verified.lane_id))
+        return result
+
+    def _command_input(self, verified: VerifiedCommand, source: str) -> Any:
+        """The core's input for a verified command (checked again by the input itself)."""
+        body = verified.body()
+        try:
+            if verified.kind == "spot-check":
+                return spot_check_order(body, source)
+            return self._hours_input(body, source, verified.by)
+        except OrderRefused as exc:
+            raise CommandRefused("invalid", exc.message) from None
+
+    def _hours_input(self, body: dict[str, Any], source: str, by: str) -> Any:
+        raise OrderRefused("invalid", "lane hours are not taken by this lane PC yet")
+
+    def _commands_schema(self, tx: WriteTx) -> None:
+        tx.db.execute(COMMANDS_SCHEMA)
+        tx.db.execute("CREATE INDEX IF NOT EXISTS commands_seen_issued ON commands_seen (issued_epoch)")
+        self._commands_ready = True
+
+    def _accept_once(self, tx: WriteTx, verified: VerifiedCommand, source: str) -> bool:
+        """A journal job: record ``command_id`` unless it is there already (then False)."""
+        if not self._commands_ready:
+            self._commands_schema(tx)
+        db = tx.db
+        issued = verified.command.issued_at
+        db.execute("DELETE FROM commands_seen WHERE issued_epoch < ?", (issued.timestamp() - COMMANDS_KEPT_S,))
+        cur = db.execute(
+            "INSERT OR IGNORE INTO commands_seen (command_id, command, lane_id, issued_at, issued_epoch, accepted_at,"
+            " source, signer, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (verified.command_id, verified.kind, verified.lane_id, issued.isoformat(), issued.timestamp(),
+             self.site.now().isoformat(), source, verified.signers[0], verified.fingerprint),
+        )
+        return cur.rowcount == 1
 
     # ------------------------------------------------------------ the inbox
 
     async def run(self) -> None:
-        """Take the orders the CLI left in the journal, one at a time, until cancelled."""
-        while True:
-            await self.take_inbox()
-            await asyncio.sleep(INBOX_POLL_S)
+        """Take the orders the CLI left in the journal, one at a time, and journal the
+        refusals counted since the last interval, until cancelled."""
+        try:
+            while True:
+                await self.take_inbox()
+                if self.refused.due():
+                    self.refused.flush()
+                await asyncio.sleep(INBOX_POLL_S)
+        finally:
+            self.refused.flush()
 
     async def take_inbox(self) -> int:
         """One pass over the inbox: each order handled and marked done with its answer.
@@ -186,4 +360,9 @@ class Orders:
             return {"status": "failed", "reason": "internal", "message": repr(exc)[:500]}
 
 
-__all__ = ["Orders", "spot_check_order", "SITE_LANE"]
+def _bounded(value: Any, length: int) -> str | None:
+    """An id read from a document before it was validated, as far as it may be recorded."""
+    return value[:length] if isinstance(value, str) else None
+
+
+__all__ = ["Orders", "OrderRefused", "EmergencyAccountBody", "actor_of", "spot_check_order", "SITE_LANE"]

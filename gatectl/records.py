@@ -39,18 +39,22 @@ import time as _time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, time, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import structlog
 from aiohttp import web
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from gatectl import events as ev
-from gatectl.api import error, json_body
+from gatectl.api import ApiRefused, Query, QueryBool, allow, caller, clamped, error, json_body, model_body, query
 from gatectl.labels import ALARMS as ALARM_ZH
 from gatectl.labels import CATEGORIES, INCIDENT_KINDS, PARTIES
 from gatectl.labels import TICKET_STATES as TICKET_STATE_ZH
 from gatectl.events import Stamped
 from gatectl.journal import JournalError, WriteTx
+from gatectl.limits import FreeText, Identifier, LaneId, Plate, single_line
+from gatectl.orders import OrderRefused, actor_of
+from gatectl.refusals import decode_row, report_damaged_row
 
 if TYPE_CHECKING:  # pragma: no cover
     from gatectl.config import LaneConfig, SiteConfig
@@ -378,17 +382,28 @@ class RecordStore:
             return False
         marks = ",".join("?" * len(RECORD_TYPES))
         bodies = self.db.execute(
-            f"SELECT body FROM events WHERE lane_id = ? AND seq > ? AND seq <= ? AND type IN ({marks}) ORDER BY seq",
+            f"SELECT seq, CAST(body AS BLOB) FROM events WHERE lane_id = ? AND seq > ? AND seq <= ?"
+            f" AND type IN ({marks}) ORDER BY seq",
             (lane, cur, top, *sorted(RECORD_TYPES)),
         ).fetchall()
         with self.tx() as db:
-            for (body,) in bodies:
-                self._project_one(json.loads(body))
+            for seq, body in bodies:
+                try:
+                    event = decode_row(bytes(body) if body is not None else b"")
+                except ValueError as exc:
+                    # Reported once with file, lane and seq; the records after it still count.
+                    report_damaged_row(self._path(), lane, seq, str(exc), where="records")
+                    continue
+                self._project_one(event)
             db.execute("INSERT OR REPLACE INTO rec_cursor (lane_id, seq) VALUES (?, ?)", (lane, top))
         self.cursor[lane] = top
         if bodies:
             log.info("records caught up from the journal", lane=lane, records=len(bodies), seq=top)
         return bool(bodies)
+
+    def _path(self) -> str:
+        row = self.db.execute("PRAGMA database_list").fetchone()
+        return str(row[2]) if row and row[2] else "(journal)"
 
     def save_cursors(self) -> None:
         """Persist how far every lane was read (events that changed no record included)."""
@@ -1283,101 +1298,233 @@ RECORDS_KEY = web.AppKey("records", Records)
 
 
 # ---------------------------------------------------------------------- handlers
+#
+# Each POST body is checked by its model below (types, lengths, unknown fields refused)
+# before the order's own checks (``RecordStore.plan``: what is required, what the records
+# allow). With a user's token the actor field is the user's name (``actor_of``).
+
+RecordText = FreeText
+RecordName = single_line(100, what="a name")
+ShortWord = single_line(40, what="a word")
+TextList = Annotated[list[single_line(500, what="an item")], Field(max_length=50)]
 
 
-def _err(status: int, message: str, **extra: Any) -> web.Response:
-    return error(status, message, **extra)
+class _RecordBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class AlarmAckBody(_RecordBody):
+    by: RecordName | None = None
+    note: RecordText | None = None
+
+
+class IncidentOpenBody(_RecordBody):
+    lane_id: LaneId | None = None
+    kind: ShortWord | None = None
+    reason: RecordText | None = None
+    by: RecordName | None = None
+
+
+class IncidentAccountBody(_RecordBody):
+    by: RecordName | None = None
+    what: RecordText | None = None
+    plate: Plate | None = None
+    photos: RecordText | TextList | None = None
+    notified: RecordText | TextList | None = None
+
+
+class IncidentCloseBody(_RecordBody):
+    by: RecordName | None = None
+    summary: RecordText | None = None
+
+
+class TicketOpenBody(_RecordBody):
+    lane_id: LaneId | None = None
+    device: ShortWord | None = None
+    reason: RecordText | None = None
+    by: RecordName | None = None
+    passage_id: Identifier | None = None
+
+
+class TicketAdvanceBody(_RecordBody):
+    to: ShortWord | None = None
+    by: RecordName | None = None
+    note: RecordText | None = None
+    parties: RecordText | TextList | None = None
+    at: ShortWord | None = None
+    cause: RecordText | None = None
+    solution: RecordText | None = None
+    category: ShortWord | None = None
+
+
+class HandoverBody(_RecordBody):
+    outgoing: RecordName | None = None
+    incoming: RecordName | None = None
+    notes: RecordText | None = None
+
+
+class ShiftCheckBody(_RecordBody):
+    phase: ShortWord | None = None
+    guard: RecordName | None = None
+    remarks: RecordText | None = None
+
+
+class VideoNoteBody(_RecordBody):
+    guard: RecordName | None = None
+    note: RecordText | None = None
+
+
+#: Per order: its body, the roles that may make it (the full-access token may make
+#: every one) and the field that names its actor (CONTRACT 8).
+ORDER_RULES: dict[str, tuple[type[_RecordBody], tuple[str, ...], str]] = {
+    "alarm.ack": (AlarmAckBody, ("guard",), "by"),
+    "incident.open": (IncidentOpenBody, ("guard", "park"), "by"),
+    "incident.account": (IncidentAccountBody, ("guard", "park"), "by"),
+    "incident.close": (IncidentCloseBody, ("guard", "park"), "by"),
+    "ticket.open": (TicketOpenBody, ("guard", "park", "maintenance"), "by"),
+    "ticket.advance": (TicketAdvanceBody, ("guard", "park", "maintenance"), "by"),
+    "shift.handover": (HandoverBody, ("guard",), "outgoing"),
+    "shift.check": (ShiftCheckBody, ("guard",), "guard"),
+    "video.note": (VideoNoteBody, ("guard",), "guard"),
+}
 
 
 def _records(request: web.Request) -> Records:
     return request.app[RECORDS_KEY]
 
 
-def _flag(request: web.Request, name: str) -> bool:
-    return request.query.get(name, "").lower() in ("1", "true", "yes")
-
-
-def _limit(request: web.Request) -> int:
-    try:
-        return max(1, min(int(request.query.get("limit", "1000")), 5000))
-    except ValueError:
-        raise web.HTTPBadRequest(text=json.dumps({"error": "limit must be an integer"}),
-                                 content_type="application/json") from None
-
-
 def api_order(kind: str, **from_path: str):
+    model, roles, actor_key = ORDER_RULES[kind]
+
+    @allow(*roles)
     async def handler(request: web.Request) -> web.Response:
-        body = await json_body(request)
-        for key, part in from_path.items():
-            body[key] = request.match_info[part]
+        raw = await json_body(request)
+        # Blank texts count as not given: the order's own check names what is missing.
+        body = model_body({k: v for k, v in raw.items() if not (isinstance(v, str) and not v.strip())}, model)
+        payload = body.model_dump(exclude_none=True)
         try:
-            result = await _records(request).order(kind, body)
+            payload = actor_of(payload, actor_key, caller(request).actor)
+        except OrderRefused as exc:
+            raise ApiRefused(exc.status, exc.reason, exc.message) from None
+        for key, part in from_path.items():
+            payload[key] = request.match_info[part]
+        try:
+            result = await _records(request).order(kind, payload)
         except JournalError as exc:
-            return _err(503, f"not recorded: {exc}", code="journal_error", message_zh="日志写入失败，未记录")
+            return error(503, f"not recorded: {exc}", code="journal_error", message_zh="日志写入失败，未记录")
         if result.get("status") == "refused":
-            return _err(result.pop("http_status", 422), result.get("message", ""), **{
+            return error(result.pop("http_status", 422), result.get("message", ""), **{
                 k: v for k, v in result.items() if k not in ("status", "message")})
         return web.json_response(result, status=201 if kind.endswith(".open") else 200)
 
     return handler
 
 
+class ListQuery(Query):
+    limit: clamped(1, 5000) = 1000
+
+
+class AlarmsQuery(ListQuery):
+    open: QueryBool = False
+    lane: LaneId | None = None
+
+
+class IncidentsQuery(ListQuery):
+    open: QueryBool = False
+
+
+class TicketsQuery(ListQuery):
+    open: QueryBool = False
+    device: ShortWord | None = None
+
+
+def _day(value: Any) -> date:
+    if not isinstance(value, str) or len(value) != 10:
+        raise ValueError("must be a date YYYY-MM-DD")
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        raise ValueError("must be a date YYYY-MM-DD") from None
+    if not 2000 <= day.year <= 2199:
+        raise ValueError("must be a date from 2000 to 2199")
+    return day
+
+
+Day = Annotated[date, BeforeValidator(_day)]
+
+
+class FiguresQuery(Query):
+    start: Day | None = Field(None, alias="from")
+    end: Day | None = Field(None, alias="to")
+
+
+class EquipmentQuery(Query):
+    date: Day | None = None
+
+
+class NoRecordQuery(Query):
+    pass
+
+
 async def api_alarms(request: web.Request) -> web.Response:
     """GET /api/v1/alarms?open=1&lane=L&limit=N: every alarm kind in one list, newest first."""
-    open_only, lane, limit = _flag(request, "open"), request.query.get("lane") or None, _limit(request)
-    return web.json_response({"alarms": await _records(request).read(lambda st: st.alarms(open_only, lane, limit))})
+    q = query(request, AlarmsQuery)
+    return web.json_response({"alarms": await _records(request).read(lambda st: st.alarms(q.open, q.lane, q.limit))})
 
 
 async def api_alarm(request: web.Request) -> web.Response:
+    query(request, NoRecordQuery)
     alarm = await _records(request).read(lambda st: st.alarm(request.match_info["event_id"]))
-    return web.json_response(alarm) if alarm else _err(404, "no such alarm", code="unknown_alarm")
+    return web.json_response(alarm) if alarm else error(404, "no such alarm", code="unknown_alarm")
 
 
 async def api_incidents(request: web.Request) -> web.Response:
-    open_only, limit = _flag(request, "open"), _limit(request)
-    return web.json_response({"incidents": await _records(request).read(lambda st: st.incidents(open_only, limit))})
+    q = query(request, IncidentsQuery)
+    return web.json_response({"incidents": await _records(request).read(lambda st: st.incidents(q.open, q.limit))})
 
 
 async def api_incident(request: web.Request) -> web.Response:
+    query(request, NoRecordQuery)
     inc = await _records(request).read(lambda st: st.incident(request.match_info["incident_id"]))
-    return web.json_response(inc) if inc else _err(404, "no such incident", code="unknown_incident")
+    return web.json_response(inc) if inc else error(404, "no such incident", code="unknown_incident")
 
 
 async def api_tickets(request: web.Request) -> web.Response:
-    open_only, device, limit = _flag(request, "open"), request.query.get("device") or None, _limit(request)
-    return web.json_response({"tickets": await _records(request).read(lambda st: st.tickets(open_only, device, limit))})
+    q = query(request, TicketsQuery)
+    return web.json_response({"tickets": await _records(request).read(lambda st: st.tickets(q.open, q.device,
+                                                                                          q.limit))})
 
 
 async def api_ticket(request: web.Request) -> web.Response:
+    query(request, NoRecordQuery)
     t = await _records(request).read(lambda st: st.ticket(request.match_info["ticket_id"]))
-    return web.json_response(t) if t else _err(404, "no such ticket", code="unknown_ticket")
+    return web.json_response(t) if t else error(404, "no such ticket", code="unknown_ticket")
 
 
-def _period(rec: Records, start: str | None, end: str | None) -> tuple[date, date]:
+def _period(rec: Records, start: date | None, end: date | None) -> tuple[date, date]:
     today = rec.site.now().astimezone(rec.config.site.tz).date()
-    s = date.fromisoformat(start) if start else date(today.year, 1, 1)
-    e = date.fromisoformat(end) if end else date(s.year, 12, 31)
+    s = start or date(today.year, 1, 1)
+    e = end or date(s.year, 12, 31)
     if e < s:
-        raise ValueError("to is before from")
+        raise ApiRefused(400, "bad_query", "query: to is before from")
     return s, e
 
 
 async def api_figures(request: web.Request) -> web.Response:
     """GET /api/v1/tickets/figures?from=YYYY-MM-DD&to=YYYY-MM-DD (default: this year)."""
     rec = _records(request)
-    try:
-        s, e = _period(rec, request.query.get("from"), request.query.get("to"))
-    except ValueError as exc:
-        return _err(400, f"from/to must be dates YYYY-MM-DD: {exc}")
+    q = query(request, FiguresQuery)
+    s, e = _period(rec, q.start, q.end)
     return web.json_response(await rec.read(lambda st: st.figures(s, e)))
 
 
 async def api_shifts(request: web.Request) -> web.Response:
-    limit = _limit(request)
-    return web.json_response({"records": await _records(request).read(lambda st: st.duty(limit=limit))})
+    q = query(request, ListQuery)
+    return web.json_response({"records": await _records(request).read(lambda st: st.duty(limit=q.limit))})
 
 
 async def api_open_items(request: web.Request) -> web.Response:
+    query(request, NoRecordQuery)
     return web.json_response(await _records(request).read(lambda st: st.open_items()))
 
 
@@ -1385,16 +1532,14 @@ async def api_equipment(request: web.Request) -> web.Response:
     """GET /api/v1/ledger/equipment?date=YYYY-MM-DD (default yesterday): the stored rows,
     or, for a day not written yet, the rows so far (``final`` false)."""
     rec = _records(request)
+    q = query(request, EquipmentQuery)
     now = rec.site.now()
     today = now.astimezone(rec.config.site.tz).date()
-    try:
-        day = date.fromisoformat(request.query["date"]) if request.query.get("date") else today - timedelta(days=1)
-    except ValueError:
-        return _err(400, "date must be YYYY-MM-DD")
+    day = q.date or today - timedelta(days=1)
     rows = await rec.read(lambda st: st.equipment(day))
     if rows:
         return web.json_response({"date": day.isoformat(), "final": True, "rows": rows})
     if day > today:
-        return _err(400, "that day has not begun")
+        return error(400, "that day has not begun")
     return web.json_response({"date": day.isoformat(), "final": False,
                               "rows": await rec.read(lambda st: st.compute_equipment(day, now))})

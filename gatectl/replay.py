@@ -11,11 +11,13 @@ journal holds; seqs it does not hold (never journaled) are simply not sent.
 
 The journal is read on a connection of its own, read-only, in a worker thread, a page of
 ``PAGE`` events at a time: the lanes' event loop and the journal's writer never wait for a
-replay, and memory holds one page whatever the range. A refused request is counted and
-logged at a bounded rate, never journaled (anyone who may publish on the command topic
-could otherwise fill the journal).
+replay, and memory holds one page whatever the range. A refused request is counted
+(``gatectl_input_refused_total{surface="replay"}``) and logged at a bounded rate, never
+journaled (anyone who may publish on the command topic could otherwise fill the journal).
+A journaled event whose body cannot be read (not UTF-8, not JSON) is reported once with
+the file, lane and seq and left out of the replay; the rest is served.
 
-Wiring (``gatectl.mqtt.MqttLink``): ``Replayer(site_id, journal_path, lanes, topic_of)``;
+Wiring (``gatectl.mqtt.MqttLink``): ``Replayer(journal_path, lanes, topic_of, refusals=...)``;
 ``submit(payload)`` from the command reader; ``run(publish)`` as a task of each session,
 ``publish(topic, bytes)`` awaiting the broker's PUBACK.
 """
@@ -32,6 +34,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import structlog
+
+from gatectl.refusals import Refusals, decode_row, report_damaged_row
 
 log = structlog.get_logger("gatectl.replay")
 
@@ -81,8 +85,10 @@ def parse_request(data: bytes, lanes: Iterable[str]) -> ReplayRequest:
 
 
 class Replayer:
-    def __init__(self, journal_path: str, lanes: Iterable[str], topic_of: Callable[[str], str]) -> None:
+    def __init__(self, journal_path: str, lanes: Iterable[str], topic_of: Callable[[str], str],
+                 refusals: Refusals | None = None) -> None:
         self.journal_path = journal_path
+        self.refusals = refusals
         self.lanes = frozenset(lanes)
         self.topic_of = topic_of
         self._queues: dict[str, deque[ReplayRequest]] = {}
@@ -117,6 +123,9 @@ class Replayer:
 
     def _refused(self, reason: str, message: str) -> None:
         self.counters[f"refused:{reason}"] += 1
+        if self.refusals is not None:
+            self.refusals.count("replay", reason, message)
+            return  # logged there, at a bounded rate
         now = time.monotonic()
         if now - self._log_at.get(reason, float("-inf")) >= 10.0:
             self._log_at[reason] = now
@@ -151,23 +160,36 @@ class Replayer:
         topic = self.topic_of(req.lane_id)
         pos, sent = req.from_seq - 1, 0
         while pos < req.to_seq:
-            page = await asyncio.to_thread(self._page, req.lane_id, pos, req.to_seq)
-            if not page:
+            last, page = await asyncio.to_thread(self._page, req.lane_id, pos, req.to_seq)
+            if last is None:
                 break
             # Pipelined: paho sends in call order; each publish returns on its PUBACK.
             await asyncio.gather(*(publish(topic, body) for _, body in page))
-            pos = page[-1][0]
+            pos = last
             sent += len(page)
         self.counters["served"] += 1
         self.counters["events"] += sent
         log.info("replayed", lane=req.lane_id, from_seq=req.from_seq, to_seq=req.to_seq, events=sent)
 
-    def _page(self, lane: str, after: int, upto: int) -> list[tuple[int, bytes]]:
+    def _page(self, lane: str, after: int, upto: int) -> tuple[int | None, list[tuple[int, bytes]]]:
+        """The next page after ``after``: the last seq read (None: nothing left) and the
+        events to send, damaged rows left out."""
         if self._db is None:
             self._db = sqlite3.connect(f"file:{self.journal_path}?mode=ro", uri=True, check_same_thread=False)
             self._db.execute("PRAGMA busy_timeout=5000")
         rows = self._db.execute(
-            "SELECT seq, body FROM events WHERE lane_id = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+            "SELECT seq, CAST(body AS BLOB) FROM events WHERE lane_id = ? AND seq > ? AND seq <= ? ORDER BY seq"
+            " LIMIT ?",
             (lane, after, upto, PAGE),
         ).fetchall()
-        return [(seq, body.encode()) for seq, body in rows]
+        page: list[tuple[int, bytes]] = []
+        for seq, body in rows:
+            data = bytes(body) if body is not None else b""
+            try:
+                decode_row(data)
+            except ValueError as exc:
+                report_damaged_row(self.journal_path, lane, seq, str(exc), self.refusals, where="replay")
+                self.counters["damaged"] += 1
+                continue
+            page.append((seq, data))
+        return (rows[-1][0] if rows else None), page

@@ -43,7 +43,7 @@ from aiohttp import web
 
 from gatectl import events as ev
 from gatectl import labels as L
-from gatectl.api import SITE_KEY
+from gatectl.api import SITE_KEY, Query, QueryBool, query
 from gatectl.service import Site
 
 log = structlog.get_logger("gatectl.screen")
@@ -230,9 +230,19 @@ class Screen:
 
     @staticmethod
     def _recent_bodies(db, type_: str, limit: int) -> list[dict]:
-        """The latest events of one type, newest first (the (type, ts) index: flat cost)."""
-        cur = db.execute("SELECT body FROM events WHERE type = ? ORDER BY ts DESC LIMIT ?", (type_, limit))
-        return [json.loads(body) for (body,) in cur.fetchall()]
+        """The latest events of one type, newest first (the (type, ts) index: flat cost).
+        A damaged row is left out (the journal's readers report it)."""
+        cur = db.execute("SELECT CAST(body AS BLOB) FROM events WHERE type = ? ORDER BY ts DESC LIMIT ?",
+                         (type_, limit))
+        out = []
+        for (body,) in cur.fetchall():
+            try:
+                event = json.loads(body)
+            except ValueError:  # not UTF-8 or not JSON
+                continue
+            if isinstance(event, dict):
+                out.append(event)
+        return out
 
     def _accounted(self, db) -> set[str]:
         return {e.get("passage_id") for e in self._recent_bodies(db, "emergency.account", EMERGENCY_LOOKBACK)}
@@ -373,7 +383,7 @@ class Screen:
         return {
             "site": {"id": cfg.site.id, "name": cfg.site.name},
             "server_time": now.isoformat(),
-            "token_configured": cfg.local_api.token is not None,
+            "token_configured": cfg.local_api.token is not None or bool(cfg.local_api.users),
             "labels": labels(),
             "lanes": lanes if lanes is not None else self.lanes(),
             **await self.site.journal.read(read),
@@ -439,6 +449,7 @@ class Screen:
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         """``GET /api/v1/stream``: server-sent events for one browser."""
+        query(request, StreamQuery)
         if self._stopped:
             raise web.HTTPServiceUnavailable(text="shutting down")
         if len(self.clients) >= self.max_clients:
@@ -500,8 +511,8 @@ class Screen:
         )
 
     async def approvals_route(self, request: web.Request) -> web.Response:
-        pending = request.query.get("pending", "") in ("1", "true", "yes")
-        return web.json_response({"approvals": await self.approvals(pending=pending)})
+        q = query(request, ApprovalsQuery)
+        return web.json_response({"approvals": await self.approvals(pending=q.pending)})
 
     async def _on_startup(self, app: web.Application) -> None:
         self._stopped = False
@@ -533,6 +544,14 @@ class Screen:
 
 
 SCREEN_KEY = web.AppKey("screen", Screen)
+
+
+class ApprovalsQuery(Query):
+    pending: QueryBool = False
+
+
+class StreamQuery(Query):
+    pass
 
 
 def setup_routes(app: web.Application) -> None:

@@ -72,6 +72,12 @@ DECISION_MARGIN = timedelta(seconds=1)
 LAG_SAMPLE_S = 0.05
 #: A supervised service task that died is started again after this (doubling, capped).
 RESTART_BACKOFF_S = (1.0, 30.0)
+#: The interpreter's thread switch interval while the site runs (Python's default: 5 ms).
+#: A thread waiting for the interpreter's lock waits at most about this long for a busy
+#: thread to hand it over; the control loop and the journal writer wait for it at every
+#: wake-up, and a reader thread paging through the journal takes and releases it at
+#: every row, so it rarely falls free by itself (``docs/performance.md``, bench 8).
+SWITCH_INTERVAL_S = 0.0005
 
 
 async def cancel_all(tasks) -> None:
@@ -555,6 +561,14 @@ class Site:
 
     async def run(self, stop: asyncio.Event, started: Callable[[], None] | None = None) -> None:
         self._service_loop = asyncio.get_running_loop()
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch_interval, SWITCH_INTERVAL_S))
+        try:
+            await self._run(stop, started)
+        finally:
+            sys.setswitchinterval(switch_interval)
+
+    async def _run(self, stop: asyncio.Event, started: Callable[[], None] | None) -> None:
         self.journal.start()
         self.control.start(self._control_main)
         jobs = [(s.run, f"outbox:{t}") for t, s in self.outbox.items()]

@@ -30,9 +30,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints, field_validator
+from pydantic import Field, StringConstraints
 
 from gatectl.config.base import GatectlModel
+from gatectl.limits import Sha256Hex
 
 Role = Literal["customs", "park", "guard", "maintenance", "viewer", "camera"]
 ROLES: tuple[str, ...] = ("customs", "park", "guard", "maintenance", "viewer", "camera")
@@ -56,18 +57,10 @@ class UserConfig(GatectlModel):
         title="Name", description="The actor of everything done with this token (shown in records)."
     )
     role: Role = Field(title="Role")
-    token_sha256: str = Field(
+    token_sha256: Sha256Hex = Field(
         title="Token SHA-256",
         description="Lowercase hex SHA-256 of the bearer token (python -m gatectl.users TOKEN prints it).",
     )
-
-    @field_validator("token_sha256")
-    @classmethod
-    def _hex(cls, value: str) -> str:
-        value = value.strip().lower()
-        if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
-            raise ValueError("expected 64 hex digits: the SHA-256 of the bearer token")
-        return value
 
 
 def token_sha256(token: str) -> str:

@@ -45,7 +45,16 @@ from pydantic import (
 from pydantic_core import core_schema
 
 from gatectl.config.base import GatectlModel, Int, Loc, Number, yaml_path
-from gatectl.limits import MAX_DURATION_MS, MAX_WEIGHT_KG, DurationMs, PersonName, Plate, WeightKg, single_line
+from gatectl.limits import (
+    MAX_DURATION_MS,
+    MAX_WEIGHT_KG,
+    DurationMs,
+    PersonName,
+    Plate,
+    Sha256Hex,
+    WeightKg,
+    single_line,
+)
 
 __all__ = [
     "GOODS_KINDS",
@@ -68,6 +77,7 @@ __all__ = [
     "LaneKind",
     "LedgerConfig",
     "LocalApiConfig",
+    "LocalApiUser",
     "ModbusRtuModule",
     "ModbusTcpModule",
     "MqttConfig",
@@ -480,6 +490,25 @@ def _split_host_port(value: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+LOCAL_API_ROLES: tuple[str, ...] = ("guard", "customs", "park", "maintenance", "camera")
+MAX_LOCAL_API_USERS = 256
+
+
+class LocalApiUser(GatectlModel):
+    """One user of the local API: the actor of everything done with its token (CONTRACT 8)."""
+
+    name: PersonName = Field(title="Name", description="The actor of every record made with this token.")
+    role: Literal["guard", "customs", "park", "maintenance", "camera"] = Field(
+        title="Role",
+        description="guard: alarms, emergency accounts, incidents, duty records; customs: spot checks and "
+        "lane hours; park: drills and tickets; maintenance: tickets; camera: plates only.",
+    )
+    token_sha256: Sha256Hex = Field(
+        title="Token SHA-256",
+        description="Lowercase hex SHA-256 of the bearer token (python -m gatectl.users TOKEN prints it).",
+    )
+
+
 class LocalApiConfig(GatectlModel):
     listen: Annotated[str, StringConstraints(max_length=MAX_HOST_LEN + 8)] = Field(
         "127.0.0.1:8470",
@@ -490,8 +519,25 @@ class LocalApiConfig(GatectlModel):
         None,
         repr=False,
         title="Bearer token",
-        description="Required on every POST. Without a token every POST is refused.",
+        description="A full-access key for every POST (records name the actor the body gives). "
+        "Without a token or users every POST is refused.",
     )
+    users: list[LocalApiUser] = Field(
+        default_factory=list,
+        max_length=MAX_LOCAL_API_USERS,
+        title="Users",
+        description="Role-based access: each request's actor is the user of its bearer token.",
+    )
+
+    @field_validator("users")
+    @classmethod
+    def _distinct_tokens(cls, users: list[LocalApiUser]) -> list[LocalApiUser]:
+        seen: dict[str, str] = {}
+        for user in users:
+            if user.token_sha256 in seen:
+                raise ValueError(f"users {seen[user.token_sha256]} and {user.name} share one token")
+            seen[user.token_sha256] = user.name
+        return users
 
     @field_validator("listen")
     @classmethod

@@ -280,6 +280,7 @@ class LaneRuntime:
         entries: list[Emit] = []
         outbox: list[OutboxItem] = []
         actions: list[Command] = []
+        shown: list[str] = []
         answer: Input | None = None
         for cmd in commands:
             if isinstance(cmd, Emit):
@@ -290,26 +291,44 @@ class LaneRuntime:
                 if target is not None:
                     outbox.append(self._confirmation(cmd, target))
             elif isinstance(cmd, CommitAuthorisation):
-                answer = await self._commit(cmd, entries, outbox)
+                answer = await self._commit(cmd, entries, outbox, shown)
                 entries, outbox = [], []
             elif isinstance(cmd, Display):
-                log.info("display", lane=self.lane_id, text=cmd.text)
+                shown.append(cmd.text)
             else:
                 actions.append(cmd)
+        pulses = [cmd for cmd in actions if isinstance(cmd, Pulse)]
+        for cmd in pulses:
+            timing = lifting if cmd.coil == "open" and cmd.reason == "lift" else None
+            self._spawn(self._pulse(cmd, timing), "pulse")
         if entries or outbox:
+            # Handed over before the pulse task runs (``barrier.lifted`` before its coil
+            # edge); the journal wakes its writer when the loop next turns, after the pulse
+            # task has put its frame on the wire. The lift waits for nothing but its
+            # authorisation (S6).
             self._recorded = self.journal.append(self.lane_id, entries, outbox=outbox)
+        if pulses:
+            # The coil write goes on the wire before the rest of the step (the display, the
+            # lane's view): one turn of the loop lets the pulse task run to its first real
+            # wait, the IO module's answer.
+            await asyncio.sleep(0)
+        self._show(shown)
         for cmd in actions:
-            if isinstance(cmd, Pulse):
-                timing = lifting if cmd.coil == "open" and cmd.reason == "lift" else None
-                self._spawn(self._pulse(cmd, timing), "pulse")
-            elif isinstance(cmd, RequestRelease):
+            if isinstance(cmd, RequestRelease):
                 self._spawn(self._ask(cmd), "ask")
         return answer
 
-    async def _commit(self, cmd: CommitAuthorisation, entries: list[Emit], outbox: list[OutboxItem]) -> Input:
+    def _show(self, texts: list[str]) -> None:
+        for text in texts:
+            log.info("display", lane=self.lane_id, text=text)
+        texts.clear()
+
+    async def _commit(self, cmd: CommitAuthorisation, entries: list[Emit], outbox: list[OutboxItem],
+                      shown: list[str]) -> Input:
         """S6: the authorisation is durable before any coil moves, or nothing moves."""
         future = self.journal.append(self.lane_id, entries, authorisation=cmd, outbox=outbox)
         self._recorded = None  # answered below; what follows is the step's to record
+        self._show(shown)  # while the journal commits, not between the commit and the coil
         try:
             await asyncio.wrap_future(future)
         except AuthorisationReplay as exc:

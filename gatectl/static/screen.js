@@ -6,6 +6,7 @@
 (() => {
   const TOKEN_KEY = "gatectl.token";
   const NAME_KEY = "gatectl.guard";
+  const USER_KEY = "gatectl.user"; // {name, role} of the kept token (GET /api/v1/whoami)
   const QUIET = new Set(["loop.changed", "barrier.position"]);
   const MAX_EVENTS = 14;
   const MAX_ACKED_SHOWN = 6;
@@ -58,9 +59,46 @@
   const laneName = (id) => (S.lanes.get(id) || {}).name || id;
 
   function getToken() { return sessionStorage.getItem(TOKEN_KEY) || ""; }
-  function setToken(t) { if (t) sessionStorage.setItem(TOKEN_KEY, t); else sessionStorage.removeItem(TOKEN_KEY); updateTokenButton(); }
+  function setToken(t) {
+    if (t) sessionStorage.setItem(TOKEN_KEY, t); else sessionStorage.removeItem(TOKEN_KEY);
+    sessionStorage.removeItem(USER_KEY);
+    updateTokenButton();
+  }
+  // The user of the kept token: {name, role}; name null for the site's full-access token.
+  function getUser() {
+    try { return JSON.parse(sessionStorage.getItem(USER_KEY) || "null"); } catch (err) { return null; }
+  }
+  const ROLE_ZH = { guard: "保安", customs: "海关", park: "园区管理方", maintenance: "运维", camera: "相机", full: "全部权限" };
   function updateTokenButton() {
-    $("#token-button").textContent = getToken() ? "访问令牌 ✓" : "访问令牌";
+    const u = getUser();
+    $("#token-button").textContent = !getToken() ? "登录" : u && u.name ? `${u.name}（${ROLE_ZH[u.role] || u.role}）` : "访问令牌 ✓";
+  }
+
+  // Log in: who the token is (GET /api/v1/whoami). Returns {ok, user} or {ok: false, message}.
+  async function identify(token) {
+    let resp;
+    try {
+      resp = await fetch("/api/v1/whoami", { headers: { Authorization: `Bearer ${token}` } });
+    } catch (err) {
+      return { ok: false, message: "无法连接本机服务，请检查网络后重试" };
+    }
+    let data = null;
+    try { data = await resp.json(); } catch (err) { data = null; }
+    if (!resp.ok) {
+      const why = data && data.error ? ` — ${data.error}` : "";
+      return { ok: false, auth: resp.status === 401 || resp.status === 403, message: `访问令牌无效（${resp.status}）${why}，请重新输入` };
+    }
+    sessionStorage.setItem(USER_KEY, JSON.stringify({ name: data.name, role: data.role }));
+    updateTokenButton();
+    return { ok: true, user: data };
+  }
+  // The name a record is made in: the logged-in user's (fixed), else the one typed.
+  // keep: leave a typed name as it is unless the user has one of their own.
+  function fillName(input, keep) {
+    const u = getUser();
+    if (u && u.name) input.value = u.name;
+    else if (!keep) input.value = sessionStorage.getItem(NAME_KEY) || "";
+    input.readOnly = Boolean(u && u.name);
   }
 
   function notice(text, bad) {
@@ -88,7 +126,8 @@
     try { data = await resp.json(); } catch (err) { data = null; }
     const reason = data && (data.message || data.error || data.reason) ? ` — ${data.message || data.error || data.reason}` : "";
     if (resp.status === 401) return { ok: false, status: 401, auth: true, message: `未提供访问令牌（401）${reason}，请输入令牌` };
-    if (resp.status === 403) return { ok: false, status: 403, auth: true, message: `访问令牌错误或本机未配置令牌（403）${reason}，请重新输入` };
+    if (resp.status === 403 && data && data.reason === "actor_mismatch") return { ok: false, status: 403, message: `不能以他人名义登记（403）${reason}` };
+    if (resp.status === 403) return { ok: false, status: 403, auth: true, message: `访问令牌错误、权限不足或本机未配置令牌（403）${reason}，请重新输入` };
     if (resp.ok && !(data && data.status === "refused")) return { ok: true, status: resp.status, body: data };
     if (resp.status === 404) return { ok: false, status: 404, message: `接口或记录不存在（404）${reason}` };
     return { ok: false, status: resp.status, body: data, message: `提交被拒绝（${resp.status}）${reason}` };
@@ -369,7 +408,7 @@
     ackId = id;
     $("#ack-summary").textContent = `${fmtTime(a.ts)} · ${laneName(a.lane_id)} · ${label("alarm", a.alarm)} ${a.detail_zh || ""}`;
     prepareToken("ack");
-    $("#ack-name").value = sessionStorage.getItem(NAME_KEY) || "";
+    fillName($("#ack-name"));
     $("#ack-note").value = "";
     showError("ack", "");
     $("#ack-dialog").showModal();
@@ -378,10 +417,15 @@
 
   async function submitAck(ev) {
     ev.preventDefault();
-    const by = $("#ack-name").value.trim();
     const note = $("#ack-note").value.trim();
     const token = takeToken("ack");
     if (!token) { showError("ack", "请输入访问令牌"); $("#ack-token").closest(".token-row").hidden = false; return; }
+    if (!getUser()) {
+      const who = await identify(token);
+      if (!who.ok) { if (who.auth) { setToken(""); prepareToken("ack"); } showError("ack", who.message); return; }
+      fillName($("#ack-name"), true);
+    }
+    const by = $("#ack-name").value.trim();
     if (!by) { showError("ack", "请填写值班保安姓名"); return; }
     sessionStorage.setItem(NAME_KEY, by);
     const btn = $("#ack-submit");
@@ -408,7 +452,7 @@
     $("#account-type").value = "警车";
     $("#account-plate").value = "";
     $("#account-note").value = "";
-    $("#account-by").value = sessionStorage.getItem(NAME_KEY) || "";
+    fillName($("#account-by"));
     showError("account", "");
     $("#account-dialog").showModal();
     (getToken() ? $("#account-type") : $("#account-token")).focus();
@@ -417,6 +461,13 @@
   async function submitAccount(ev) {
     ev.preventDefault();
     const p = accountPassage;
+    const token = takeToken("account");
+    if (!token) { showError("account", "请输入访问令牌"); $("#account-token").closest(".token-row").hidden = false; return; }
+    if (!getUser()) {
+      const who = await identify(token);
+      if (!who.ok) { if (who.auth) { setToken(""); prepareToken("account"); } showError("account", who.message); return; }
+      fillName($("#account-by"), true);
+    }
     const body = {
       passage_id: p.passage_id,
       vehicle_type: $("#account-type").value,
@@ -424,8 +475,6 @@
       note: $("#account-note").value.trim(),
       by: $("#account-by").value.trim(),
     };
-    const token = takeToken("account");
-    if (!token) { showError("account", "请输入访问令牌"); $("#account-token").closest(".token-row").hidden = false; return; }
     if (!body.by) { showError("account", "请填写值班保安姓名"); return; }
     sessionStorage.setItem(NAME_KEY, body.by);
     const btn = $("#account-submit");
@@ -441,7 +490,8 @@
 
   function openTokenDialog() {
     $("#token-input").value = "";
-    $("#token-status").textContent = getToken() ? "已保存令牌（本标签页）" : "尚未保存令牌";
+    const u = getUser();
+    $("#token-status").textContent = !getToken() ? "尚未登录" : u && u.name ? `已登录：${u.name}（${ROLE_ZH[u.role] || u.role}）` : "已保存令牌（本标签页）";
     $("#token-dialog").showModal();
     $("#token-input").focus();
   }
@@ -462,10 +512,15 @@
     $("#account-form").addEventListener("submit", submitAccount);
     $("#account-cancel").addEventListener("click", () => $("#account-dialog").close());
     $("#token-button").addEventListener("click", openTokenDialog);
-    $("#token-form").addEventListener("submit", (ev) => {
+    $("#token-form").addEventListener("submit", async (ev) => {
       ev.preventDefault();
       const t = $("#token-input").value.trim();
-      if (t) setToken(t);
+      if (!t) { $("#token-dialog").close(); return; }
+      const who = await identify(t);
+      if (!who.ok) { $("#token-status").textContent = who.message; return; }
+      setToken(t);
+      sessionStorage.setItem(USER_KEY, JSON.stringify({ name: who.user.name, role: who.user.role }));
+      updateTokenButton();
       $("#token-dialog").close();
     });
     $("#token-clear").addEventListener("click", () => { setToken(""); $("#token-dialog").close(); });

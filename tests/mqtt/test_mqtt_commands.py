@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gatectl.approvals import public_key_b64, sign
+from signed import command, minutes_ago, signed
 from simulators.site import FLEET
 
 from .conftest import PREFIX, wait_until
@@ -80,26 +81,42 @@ async def test_approval_by_mqtt_is_accepted_and_lifts_once(brokers, collectors, 
     assert h.link.commands["approvals"] == 3
 
 
-async def test_spot_check_by_mqtt_holds_the_next_vehicle_and_bad_orders_are_refused(
+async def test_signed_spot_check_by_mqtt_holds_the_next_vehicle_and_bad_commands_are_refused(
     brokers, collectors, sites
 ) -> None:
-    """R7 over MQTT: ``{"lane_id", "hold_next": 1}`` holds the next released lorry, the one
-    after passes. Not JSON, an unknown lane, a bad value and a retained order (which would
-    be applied again on every reconnect) are each refused as ``command.refused`` with the
-    reason, counted, journaled on ``_site`` once per topic and reason with the count (not
-    one by one), and published; the link stays up throughout."""
+    """R7 over MQTT, signed end to end (CONTRACT 8): a customs-signed ``spot-check`` with
+    ``hold_next`` 1 holds the next released lorry, the one after passes. Not JSON,
+    unsigned, tampered, signed by an unknown key, too old, for another lane, the wrong
+    command for the topic, a bad value, a retained one and the good one sent again are
+    each refused with the reason, counted per surface and reason, journaled on ``_site``
+    once per topic and reason with the count (never one by one), and published; the link
+    stays up throughout."""
     broker = await brokers()
     col = await collectors(broker.port)
     topic = f"{PREFIX}/cmd/spot-checks"
+    good = signed("spot-check", "B1-IN", CUSTOMS, hold_next=1)
     # Left retained on the broker before the daemon subscribes.
-    await col.publish(topic, dumps({"lane_id": "B1-IN", "clear": True}), retain=True)
-    h = await sites(broker.port, refused_interval=0.3)
+    await col.publish(topic, dumps(signed("spot-check", "B1-IN", CUSTOMS, clear=True)), retain=True)
+    h = await sites(broker.port, trust={"customs": [public_key_b64(CUSTOMS)]}, refused_interval=0.3)
     await wait_until(lambda: h.link.connected)
-    for payload in (b"\xff not json", dumps({"lane_id": "Z9", "hold_next": 1}),
-                    dumps({"lane_id": "B1-IN", "hold_next": -1}), dumps(["B1-IN", 1])):
+    tampered = {**signed("spot-check", "B1-IN", CUSTOMS, hold_next=1), "hold_next": 5}
+    stranger = Ed25519PrivateKey.generate()
+    bad = [
+        (b"\xff not json", "malformed"),
+        (dumps(["B1-IN", 1]), "malformed"),
+        (dumps(command("spot-check", "B1-IN", hold_next=1)), "unsigned"),
+        (dumps(tampered), "bad_signature"),
+        (dumps(signed("spot-check", "B1-IN", stranger, hold_next=1)), "unknown_key"),
+        (dumps(signed("spot-check", "B1-IN", CUSTOMS, hold_next=1, issued_at=minutes_ago(11))), "expired"),
+        (dumps(signed("spot-check", "Z9", CUSTOMS, hold_next=1)), "unknown_lane"),
+        (dumps(signed("lane-hours", "B1-IN", CUSTOMS, clear=True)), "wrong_topic"),
+        (dumps(signed("spot-check", "B1-IN", CUSTOMS, hold_next=-1)), "malformed"),
+    ]
+    for payload, _ in bad:
         await col.publish(topic, payload)
-    await col.publish(topic, dumps({"lane_id": "B1-IN", "hold_next": 1}))
+    await col.publish(topic, dumps(good))
     await wait_until(lambda: h.journal("B1-IN", "spot_check.ordered") != [])
+    await col.publish(topic, dumps(good))  # the same command_id again
     ordered = h.journal("B1-IN", "spot_check.ordered")
     assert [(o["order"]["hold_next"], o["source"]) for o in ordered] == [(1, "mqtt")]
 
@@ -110,12 +127,18 @@ async def test_spot_check_by_mqtt_holds_the_next_vehicle_and_bad_orders_are_refu
     assert [c["outcome"] for c in h.journal("B1-IN", "passage.closed")] == ["held", "passed"]
     assert [e["reason"] for e in h.journal("B1-IN", "passage.held")] == ["spot_check"]
 
-    await wait_until(lambda: sum(r["count"] for r in h.journal("_site", "command.refused")) == 5)
+    expected = sorted([reason for _, reason in bad] + ["retained", "replayed"])
+    await wait_until(lambda: sum(r["count"] for r in h.journal("_site", "command.refused")) == len(expected))
     refused = h.journal("_site", "command.refused")
-    assert sorted((r["reason"], r["count"]) for r in refused) == [
-        ("invalid", 1), ("malformed", 2), ("retained", 1), ("unknown_lane", 1)]
+    by_reason: dict[str, int] = {}
+    for r in refused:
+        by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + r["count"]
+    assert sorted(k for k, n in by_reason.items() for _ in range(n)) == expected
     assert all(r["source"] == "mqtt" and r["topic"] == topic and r["message"] for r in refused)
-    assert [r["lane"] for r in refused if r["reason"] == "invalid"] == ["B1-IN"]
-    assert h.link.commands["refused"] == 5
-    await wait_until(lambda: len([e for e in col.events("_site") if e["type"] == "command.refused"]) == 4)
+    assert len(refused) <= len(set(expected)) + 2  # aggregated: not one record per message
+    assert h.link.commands["refused"] == len(expected) and h.link.commands["spot_checks"] == 1
+    counts = h.site.orders.refusals.counts
+    assert counts[("command", "malformed")] == 3 and counts[("command", "replayed")] == 1
+    assert counts[("mqtt", "retained")] == 1
+    await wait_until(lambda: any(e["type"] == "command.refused" for e in col.events("_site")))
     assert h.link.outages == 0 and h.link.connected

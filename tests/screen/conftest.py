@@ -26,6 +26,7 @@ from gatectl.api import SITE_KEY, error, json_body, start_api
 from gatectl.config import load_config
 from gatectl.screen import Screen
 from gatectl.service import Site
+from gatectl.users import token_sha256
 from simulators.site import LaneSpec, SimulatedSite, free_tcp_port
 from journaling import record
 
@@ -33,6 +34,8 @@ BONDED = LaneSpec("B1-IN", "保税货物进区1号", "bonded", "in", "K001")
 NON_BONDED = LaneSpec("N1-OUT", "非保税出区", "non_bonded", "out", "K003", exit_loop=False)
 TOKEN = "demo-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+#: The guard's own token (CONTRACT 8 users): records made with it are the guard's.
+GUARD = ("王保安", "guard-token")
 
 CHROMIUM = os.environ.get("GATECTL_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -171,6 +174,10 @@ async def screen_site(tmp_path: Path, screen_options: dict):
     port = free_tcp_port()
     cfg = sim.write_config(tmp_path / "site.yaml", journal_path=str(tmp_path / "gatectl.db"),
                            api_listen=f"127.0.0.1:{port}", token=TOKEN)
+    text = cfg.read_text(encoding="utf-8")
+    anchor = next(line for line in text.splitlines(keepends=True) if line.startswith("  token: "))
+    cfg.write_text(text.replace(anchor, anchor + f"  users: [{{name: {GUARD[0]}, role: guard, "
+                                                 f"token_sha256: {token_sha256(GUARD[1])}}}]\n"), encoding="utf-8")
     site = Site(load_config(cfg))
     screen = Screen(site, **screen_options)
     site.subscribe(screen.on_events)

@@ -1,0 +1,285 @@
+"""The outside method's instruments: timestamps taken on the wire, not inside a framework.
+
+The decision latency is the time from the release authority's answer leaving it to the
+barrier's open coil being switched on. Both ends are timed as close to the socket as a
+Python process gets, so that neither side's figure carries a simulator's own work:
+
+- :class:`WireAuthority`, an ``http-json`` release authority written on asyncio's
+  ``Protocol``: HTTP/1.0, ``Content-Length`` set, the connection closed after the
+  answer. The answer's time is taken right after the whole response (head and body, one
+  ``transport.write``, which hands the bytes to the kernel at once when the socket is
+  idle) was written.
+- :class:`WireIoModule`, a Modbus TCP IO module speaking just what a lane needs
+  (function 2, read discrete inputs; function 5, write one coil; 1 and 15 for good
+  measure), timing each request when its PDU arrives, before it is decoded. Barriers
+  (:class:`simulators.io_module.Barrier`) move on its coils, so vehicles can pass.
+- :class:`WireSite`, a :class:`simulators.site.SimulatedSite` whose IO module and
+  authority are these two; the card readers (stx-hex-xor) and weighing indicators
+  (xk3190, streaming continuously) stay on their ptys.
+
+Why not the simulators of the tests: the pymodbus server notes a coil write in its
+``action`` hook, after it has framed, decoded and dispatched the request through a few
+coroutines; the aiohttp authority notes its answer after its handler returned through
+aiohttp's response machinery. Both add the same fraction of a millisecond to every
+sample of either side, so the ratio of two small figures comes out smaller than the
+ratio of what the two sides really did (``docs/performance.md``, bench 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+from simulators.authority_http import DEFAULT_HINTS, UNSCRIPTED_HINT
+from simulators.io_module import SimulatedUnit
+from simulators.site import COILS_PER_LANE, INPUTS_PER_LANE, SimLane, SimulatedSite
+
+MBAP = struct.Struct(">HHHB")  # transaction, protocol, length, unit
+_MAX_BODY = 64 * 1024
+
+
+# ------------------------------------------------------------------ the IO module
+
+
+class WireIoModule(SimulatedUnit):
+    """A Modbus TCP IO module on a plain asyncio server (see the module docstring).
+
+    ``coil_writes`` holds ``(time.monotonic(), address, value)`` per coil write, the time
+    taken as its frame arrived; ``requests`` counts requests by function code.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, unit: int = 1, inputs: int = 16,
+                 coils: int = 16) -> None:
+        super().__init__(unit, inputs, coils)
+        self.host = host
+        self.port = port
+        self.requests: dict[int, int] = {}
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[asyncio.Transport] = set()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _ModbusConnection(self), self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            for transport in list(self._connections):
+                transport.close()
+            await server.wait_closed()
+
+    def serve(self, frame: bytes, arrived: float) -> bytes:
+        """The answer to one request frame (MBAP header included)."""
+        tid, _proto, _length, unit = MBAP.unpack_from(frame)
+        pdu = frame[7:]
+        fc = pdu[0]
+        self.requests[fc] = self.requests.get(fc, 0) + 1
+        if unit != self.unit:
+            return b""  # nobody at that unit id: no answer, as on the line
+        try:
+            if fc in (1, 2):
+                address, count = struct.unpack_from(">HH", pdu, 1)
+                bits = (self._coils if fc == 1 else self._inputs)[address:address + count]
+                if len(bits) != count or not 1 <= count <= 2000:
+                    raise IndexError
+                packed = bytearray((count + 7) // 8)
+                for i, bit in enumerate(bits):
+                    if bit:
+                        packed[i // 8] |= 1 << (i % 8)
+                answer = bytes((fc, len(packed))) + bytes(packed)
+            elif fc == 5:
+                address, value = struct.unpack_from(">HH", pdu, 1)
+                if value not in (0x0000, 0xFF00):
+                    raise ValueError
+                self._coils[address]  # noqa: B018 - IndexError outside the coils
+                self._wrote(arrived, address, value == 0xFF00)
+                answer = pdu[:5]
+            elif fc == 15:
+                address, count, nbytes = struct.unpack_from(">HHB", pdu, 1)
+                data = pdu[6:6 + nbytes]
+                if address + count > len(self._coils):
+                    raise IndexError
+                for i in range(count):
+                    self._wrote(arrived, address + i, bool(data[i // 8] >> (i % 8) & 1))
+                answer = pdu[:5]
+            else:
+                answer = bytes((fc | 0x80, 1))
+        except (IndexError, ValueError, struct.error):
+            answer = bytes((fc | 0x80, 2))
+        return MBAP.pack(tid, 0, len(answer) + 1, unit) + answer
+
+    def _wrote(self, arrived: float, address: int, value: bool) -> None:
+        self._coils[address] = value
+        self.coil_writes.append((arrived, address, value))
+        for hook in list(self.on_coil_write):
+            hook(address, value)
+
+
+class _ModbusConnection(asyncio.Protocol):
+    def __init__(self, module: WireIoModule) -> None:
+        self.module = module
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.module._connections.add(self.transport)  # type: ignore[arg-type]
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.module._connections.discard(self.transport)  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        arrived = time.monotonic()
+        self.buf += data
+        out = []
+        while len(self.buf) >= 7:
+            length = struct.unpack_from(">H", self.buf, 4)[0]
+            end = 6 + length
+            if length < 2 or length > 260:
+                assert self.transport is not None
+                self.transport.close()
+                return
+            if len(self.buf) < end:
+                break
+            frame, self.buf = self.buf[:end], self.buf[end:]
+            out.append(self.module.serve(frame, arrived))
+        if out and self.transport is not None:
+            self.transport.write(b"".join(out))
+
+
+# ------------------------------------------------------------------ the authority
+
+
+class WireAuthority:
+    """An ``http-json`` release authority on a plain asyncio server: HTTP/1.0, one
+    request per connection, ``Content-Length`` set, closed after the answer.
+
+    Scripted by card like :class:`simulators.authority_http.HttpAuthoritySimulator`
+    (``script``; unscripted cards are held). ``sent`` holds ``(time.monotonic(),
+    lane_id, request_id, decision)`` per pass request answered, taken right after the
+    answer was written; ``requests`` every pass-request body; ``confirmations`` every
+    pass confirmation (answered 200).
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port
+        self.sent: list[tuple[float, str, str, str]] = []
+        self.requests: list[dict[str, Any]] = []
+        self.confirmations: list[dict[str, Any]] = []
+        self._scripts: dict[str, dict[str, Any]] = {}
+        self._ids = itertools.count(1)
+        self._server: asyncio.AbstractServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    def script(self, card: str, decision: str, *, hint: str | None = None, form_id: str | None = None,
+               declared_weight_kg: float | None = None, **_: Any) -> None:
+        self._scripts[card.upper()] = {"decision": decision, "hint": hint or DEFAULT_HINTS[decision],
+                                       "form_id": form_id, "declared_weight_kg": declared_weight_kg}
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _HttpConnection(self), self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+
+    def answer(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any], str | None]:
+        """(status, answer body, decision if it was a pass request)."""
+        if path == "/gate/v1/pass-confirmations":
+            self.confirmations.append(body)
+            return 200, {"ok": True}, None
+        if path != "/gate/v1/pass-requests":
+            return 404, {"error": "not found"}, None
+        self.requests.append(body)
+        s = self._scripts.get(str(body.get("card_no", "")).upper())
+        if s is None:
+            s = {"decision": "hold", "hint": UNSCRIPTED_HINT, "form_id": None, "declared_weight_kg": None}
+        answer = {"request_id": body.get("request_id"), "decision": s["decision"],
+                  "instruction_id": f"CMD-{next(self._ids):06d}" if s["decision"] == "release" else None,
+                  "form_id": s["form_id"], "hint": s["hint"], "declared_weight_kg": s["declared_weight_kg"]}
+        return 200, answer, s["decision"]
+
+
+class _HttpConnection(asyncio.Protocol):
+    def __init__(self, authority: WireAuthority) -> None:
+        self.authority = authority
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        head_end = self.buf.find(b"\r\n\r\n")
+        if head_end < 0:
+            if len(self.buf) > _MAX_BODY:
+                self._reply(400, {"error": "head too long"})
+            return
+        head = self.buf[:head_end].decode("latin-1").split("\r\n")
+        method, path, _version = (head[0].split(" ") + ["", "", ""])[:3]
+        length = 0
+        for line in head[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value.strip())
+        if len(self.buf) < head_end + 4 + length:
+            return
+        raw = self.buf[head_end + 4:head_end + 4 + length]
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            self._reply(400, {"error": "not JSON"})
+            return
+        if method != "POST":
+            self._reply(405, {"error": "POST only"})
+            return
+        status, answer, decision = self.authority.answer(path, body)
+        self._reply(status, answer)
+        if decision is not None:
+            self.authority.sent.append((time.monotonic(), str(body.get("lane_id", "")),
+                                        str(body.get("request_id", "")), decision))
+
+    def _reply(self, status: int, answer: dict[str, Any]) -> None:
+        payload = json.dumps(answer, ensure_ascii=False).encode("utf-8")
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}[status]
+        head = (f"HTTP/1.0 {status} {reason}\r\nContent-Type: application/json; charset=utf-8\r\n"
+                f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n").encode("ascii")
+        assert self.transport is not None
+        self.transport.write(head + payload)
+        self.transport.close()  # after the buffered bytes are out
+
+
+# ------------------------------------------------------------------ the site
+
+
+class WireSite(SimulatedSite):
+    """``SimulatedSite`` with :class:`WireIoModule` and :class:`WireAuthority` in place of
+    the pymodbus and aiohttp simulators; card readers, indicators and vehicles as ever."""
+
+    def __init__(self, workdir: Path, lanes, **kw: Any) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(workdir, lanes, **kw)
+        self.io = WireIoModule("127.0.0.1", 0, unit=1, inputs=INPUTS_PER_LANE * len(self.specs),
+                               coils=COILS_PER_LANE * len(self.specs))  # type: ignore[assignment]
+        self.authority = WireAuthority("127.0.0.1", 0)  # type: ignore[assignment]
+        # The lanes again, wired to this IO module (their readers and indicators are new,
+        # on the same links; the first ones were never started).
+        self.lanes = [SimLane(self, i, spec) for i, spec in enumerate(self.specs)]
+
+
+__all__ = ["WireAuthority", "WireIoModule", "WireSite"]
