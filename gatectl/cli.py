@@ -292,6 +292,86 @@ def cmd_emergency_account(args) -> int:
     return EXIT_OK
 
 
+def cmd_version(args) -> int:
+    from gatectl import __version__
+
+    print(f"gatectl {__version__}")
+    return EXIT_OK
+
+
+def cmd_command_sign(args) -> int:
+    """Customs sign a command (``spot-check`` or ``lane-hours``) for MQTT or the local API:
+    the same canonical bytes and Ed25519 key files as approvals (CONTRACT 8)."""
+    import base64
+    import binascii
+    from datetime import datetime, timezone
+
+    from cryptography.exceptions import InvalidSignature
+    from pydantic import ValidationError
+
+    from gatectl.approvals import public_key_b64, signing_bytes
+    from gatectl.commands import COMMAND_WINDOW, COMMANDS, MAX_COMMAND_BYTES, HoursCommand, SpotCheckCommand
+    from gatectl.keys import KeyFileError, _dump, _write_replace, load_private_key
+    from gatectl.limits import JsonRefused, load_json, validation_message
+
+    try:
+        key = load_private_key(args.key)
+    except KeyFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        with open(args.file, "rb") as stream:
+            raw = stream.read(MAX_COMMAND_BYTES + 1)
+    except OSError as exc:
+        print(f"error: {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        doc = load_json(raw, max_bytes=MAX_COMMAND_BYTES, allow_bom=True)
+    except JsonRefused as exc:
+        print(f"error: {args.file}: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    models = {"spot-check": SpotCheckCommand, "lane-hours": HoursCommand}
+    kind = doc.get("command") if isinstance(doc, dict) else None
+    if kind not in models:
+        print(f"error: {args.file}: a command is a JSON object whose \"command\" is one of {', '.join(COMMANDS)}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        command = models[kind].model_validate(doc)
+    except ValidationError as exc:
+        print(f"error: {args.file}: {validation_message(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    message = signing_bytes(doc)
+    public = public_key_b64(key)
+
+    def other_signer(entry: dict) -> bool:
+        """An earlier entry by another key stays; this key's own (named or verifying) goes."""
+        if entry.get("key") is not None:
+            return entry.get("key") != public
+        try:
+            key.public_key().verify(base64.b64decode(entry.get("sig", ""), validate=True), message)
+        except (InvalidSignature, binascii.Error, ValueError, TypeError):
+            return True
+        return False
+
+    # The model has checked every entry's shape (role, base64 signature and key).
+    kept = [e for e in doc.get("signatures", []) if other_signer(e)]
+    sig = base64.b64encode(key.sign(message)).decode("ascii")
+    doc["signatures"] = kept + [{"role": "customs", "sig": sig, "key": public}]
+    out = args.out or args.file
+    try:
+        _write_replace(Path(out), _dump(doc))
+    except OSError as exc:
+        print(f"error: {out}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"signed {kind} {command.command_id} for {command.lane_id} with key {public} -> {out}", file=sys.stderr)
+    age = datetime.now(timezone.utc) - command.issued_at
+    if abs(age) > COMMAND_WINDOW:
+        print(f"warning: issued_at {command.issued_at.isoformat()} is more than {COMMAND_WINDOW.seconds // 60} "
+              "minutes from now: a lane PC refuses it (expired or not yet valid)", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_demo(args) -> int:
     if getattr(args, "zone", False):
         from gatectl.central.demo import main as zone_demo
@@ -303,8 +383,14 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from gatectl import __version__
+
     parser = argparse.ArgumentParser(prog="gatectl", description="Checkpoint lane gate controller")
+    parser.add_argument("--version", action="version", version=f"gatectl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("version", help="print the version")
+    p.set_defaults(func=cmd_version)
 
     p = sub.add_parser("run", help="run the daemon")
     p.add_argument("--config", required=True)
@@ -331,6 +417,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("file")
     p.set_defaults(func=cmd_approval_add)
+
+    command = sub.add_parser("command", help="customs' signed commands (spot checks, lane hours)")
+    command_sub = command.add_subparsers(dest="command_cmd", required=True)
+    p = command_sub.add_parser("sign", help="sign a spot-check or lane-hours command as customs")
+    p.add_argument("--key", required=True, help="customs private key file (from `gatectl keys new`)")
+    p.add_argument("--out", default=None, help="write the signed command here (default: in place)")
+    p.add_argument("file", help="command JSON file")
+    p.set_defaults(func=cmd_command_sign)
 
     emergency = sub.add_parser("emergency", help="emergency releases (R11)").add_subparsers(dest="emergency_cmd", required=True)
     p = emergency.add_parser("account", help="the guard's account of an emergency release")
@@ -371,6 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_given = sys.argv[1:] if argv is None else argv
+    if args_given in (["--version"], ["version"]):
+        # Without the parser, which imports every command's module: a quick answer.
+        return cmd_version(None)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
