@@ -26,6 +26,8 @@ TEXT_INSPECTION = "请驶入待检区，打开箱门等候海关查验"
 TEXT_BACK_OUT = "请倒车驶离"
 TEXT_NO_ANSWER = "海关系统无应答，暂不放行"
 TEXT_FAULT = "设备故障，暂停自动放行，请联系值班人员"
+#: A vehicle held for a fault is told where to go after it: never two places.
+TEXT_FAULT_HELD = "设备故障，暂停自动放行"
 TEXT_NO_CARD = "未读到IC卡，暂不放行"
 TEXT_NO_WEIGHT = "未能稳定称重，暂不放行"
 TEXT_NO_AUTHORITY = "本通道未配置放行系统，暂不放行"
@@ -42,8 +44,8 @@ TEXT_TO_INSPECT = "海关布控查验"
 #: Why the lane holds a vehicle, as the display says it (the first part of the hold text).
 HOLD_TEXTS = {
     "no_authority": TEXT_NO_AUTHORITY,
-    "device_fault": TEXT_FAULT,
-    "journal_error": TEXT_FAULT,
+    "device_fault": TEXT_FAULT_HELD,
+    "journal_error": TEXT_FAULT_HELD,
     "instruction_replay": "放行指令已使用过，不予重复抬杆",
     "no_card": TEXT_NO_CARD,
     "no_stable_weight": TEXT_NO_WEIGHT,
@@ -80,7 +82,7 @@ def hold_text(reason: str, hint: str | None, kind: str) -> str:
     elif reason.startswith("authority_"):
         why = TEXT_NO_ANSWER
     else:
-        why = HOLD_TEXTS.get(reason, TEXT_FAULT)
+        why = HOLD_TEXTS.get(reason, TEXT_FAULT_HELD)
     if kind in ("administrative", "personnel"):
         return _then(why, TEXT_GUARD, "保安", "值班")
     if reason == "deny":

@@ -263,7 +263,7 @@ def test_r1_every_hold_on_a_personnel_lane_names_the_guard() -> None:
     lane = start(PERSONNEL)
     lane.feed(DeviceFault("io1", "modbus timeout"), at(0.5))
     arrive(lane, 1, CARD_A)
-    assert lane.core.display == FAULT  # it names the people on duty already, once
+    assert lane.core.display == f"{core_module.HOLD_TEXTS['device_fault']}；{GUARD}"
     assert "值班" in lane.core.display and INSPECTION_AREA not in lane.core.display
 
 

@@ -75,6 +75,7 @@ ONE_BY_ONE = core_module.TEXT_ONE_BY_ONE
 FORCED = core_module.TEXT_FORCED
 EMERGENCY = core_module.TEXT_EMERGENCY
 FAULT = core_module.TEXT_FAULT
+FAULT_HELD = core_module.HOLD_TEXTS["device_fault"]
 INTERRUPTED = core_module.TEXT_INTERRUPTED
 INSPECTION_AREA = "待检区"
 #: What the core returns when the cleared vehicle lets the barrier come down (S3).
@@ -644,7 +645,7 @@ def test_s5_device_fault_then_release_holds_without_committing_and_recovery_rest
     out = lane.feed(DeviceFault("io1", "modbus timeout"), at(t + 0.5))
     assert names(out) == ["fault.opened", "alarm.raised:device_fault"]
     out = lane.decide("release", at(t + 1), "CMD-1")
-    assert names(out) == ["release.decided", f"Display:{FAULT}；{core_module.TEXT_INSPECTION}", "passage.held"]
+    assert names(out) == ["release.decided", f"Display:{FAULT_HELD}；{core_module.TEXT_INSPECTION}", "passage.held"]
     assert emitted(out, "passage.held")[0]["reason"] == "device_fault"
     assert only(out, CommitAuthorisation) == [] and open_pulses(out) == []
     assert lane.state is S.HELD and lane.consumed == set()
@@ -705,7 +706,7 @@ def test_s6_a_journal_error_means_no_lift(lane: Lane) -> None:
         "release.decided",
         "Commit:release_instruction",
         "alarm.raised:journal_fault",
-        f"Display:{FAULT}；{core_module.TEXT_INSPECTION}",
+        f"Display:{FAULT_HELD}；{core_module.TEXT_INSPECTION}",
         "passage.held",
     ]
     assert emitted(out, "passage.held")[0]["reason"] == "journal_error"
@@ -1389,7 +1390,7 @@ def test_s5_weighbridge_fault_while_weighing_holds_at_once(lane: Lane) -> None:
     assert names(out) == [
         "fault.opened",
         "alarm.raised:device_fault",
-        f"Display:{FAULT}；{core_module.TEXT_INSPECTION}",
+        f"Display:{FAULT_HELD}；{core_module.TEXT_INSPECTION}",
         "passage.held",
     ]
     assert emitted(out, "passage.held")[0]["reason"] == "device_fault"
@@ -1404,7 +1405,7 @@ def test_s5_card_read_while_the_weighbridge_is_faulty_holds_at_once(lane: Lane) 
     assert names(out) == [
         "card.read",
         f"Display:{WEIGHING}",
-        f"Display:{FAULT}；{core_module.TEXT_INSPECTION}",
+        f"Display:{FAULT_HELD}；{core_module.TEXT_INSPECTION}",
         "passage.held",
     ]
     assert emitted(out, "passage.held")[0]["reason"] == "device_fault"
