@@ -757,7 +757,8 @@ class LedgerReader:
         passages = ((row[0], {"type": "passage", "row": row, "outcome": outcome})
                     for outcome, row in self.passages(drill=True))
         acks = self.acknowledgements()
-        for t, body in heapq.merge(events, during, passages, key=lambda r: r[0]):
+        # At one second: a drill's start, then a passage, then what happened in it.
+        for t, body in heapq.merge(events, passages, during, key=lambda r: r[0]):
             type_ = body["type"]
             if type_ == "passage":
                 yield self._drill_passage(current, body["row"])

@@ -43,6 +43,8 @@ from gatectl.worker import STOP, worker
 ROLES = ("guard", "customs", "park")
 MAX_DAYS = 92
 MAX_PENDING = 2
+#: Bytes sent per write.
+CHUNK = 256 * 1024
 PENDING_KEY = web.AppKey("ledger_pending", list)
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
@@ -130,13 +132,18 @@ async def ledger(request: web.Request) -> web.StreamResponse:
             pending.remove(stop)
         ctype = ("application/vnd.openxmlformats-officedocument.spreadsheetml.sheet" if q.format == "xlsx"
                  else "application/zip")
-        response = web.FileResponse(path, headers={
+        response = web.StreamResponse(headers={
             "Content-Type": ctype,
             "Content-Disposition": f"attachment; filename=\"ledger.{q.format if q.format == 'xlsx' else 'zip'}\";"
                                    f" filename*=UTF-8''{quote(name)}",
             "Cache-Control": "no-store",
         })
-        await response.prepare(request)
+        with open(path, "rb") as f:  # noqa: ASYNC230 - each read is one chunk, in a thread
+            response.content_length = await asyncio.to_thread(lambda: Path(path).stat().st_size)
+            await response.prepare(request)
+            while chunk := await asyncio.to_thread(f.read, CHUNK):
+                await response.write(chunk)
+        await response.write_eof()
         return response
     finally:
         await asyncio.to_thread(shutil.rmtree, directory, True)
