@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from gatectl import screen
+from gatectl import ledger_download, screen
 from gatectl.config import SiteConfig
 from gatectl.ledger import LedgerScheduler
 from gatectl.metrics import Metrics
@@ -32,6 +32,7 @@ def assemble(config: SiteConfig, stop=None) -> tuple[Site, list[Callable[[Any], 
     setups.append(records.setup_routes)
 
     setups.append(screen.setup_routes)
+    setups.append(ledger_download.setup_routes)  # GET /api/v1/ledger (R14)
 
     metrics = Metrics(site)  # subscribes itself
     setups.append(metrics.setup_routes)

@@ -27,10 +27,12 @@ part           rows                                                         xlsx
 告警            ``alarm.raised``, with its acknowledgement                   yes    yes
 事件记录        ``incident.opened/updated/closed``                           yes    yes
 审批            approvals accepted, refused, expired; refused manual lifts   yes    yes
+开放时间指令    customs' orders over the open hours (``hours.ordered``)      yes    yes
 交接班          ``shift.handover``                                           yes    yes
 值班记录        ``shift.check`` and ``video.note``                          yes    yes
 设备台账        ``equipment.daily`` (by its ``date``)                        yes    no
 故障处理单      ``ticket.opened/advanced``                                   yes    no
+演练            emergency drills: started, ended, and what happened during   yes    yes
 说明            site, period, time zone, row counts                          yes    no
 =============  ==========================================================  =====  ====
 
@@ -41,6 +43,17 @@ files are named by period inside it (``卡口登记台账_{site}_{YYYYMMDD}-{YYY
 UTF-8 with a BOM (Excel opens the Chinese correctly); free text that a spreadsheet would
 take for a formula (``= + - @``) is prefixed with ``'``. Holds, manual and emergency lifts
 are rows of the passages file with their own ``通行结果``/``结果代码``, to filter on.
+
+The passage's columns: ``车牌`` is the plate read for the passage (the plate camera's read;
+for an emergency release without a read, the plate of the guard's account of the vehicle).
+A list's plate is not a read: an administrative vehicle matched by its card alone has no
+plate in the ledger. ``通道类型`` is the kind the passage went under: on a shared lane
+(保税/非保税共用) each passage's own kind, the lane's only while none was decided.
+
+Drills: a passage opened during an emergency drill, and the alarms, lifts, approvals and
+refused manual lifts journaled during one (``"drill": true``), are kept out of every other
+part and listed on 演练, each with the start of the drill it belongs to, between the
+``drill.started`` and ``drill.ended`` rows (who, note, when) of its lane.
 
 Every value meant for people is Chinese, with the raw code in the next column (``通行结果``
 / ``结果代码``, ``授权类型`` / ``授权类型代码``, …). Times are site-local (``site.timezone``)
@@ -70,7 +83,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, tzinfo
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -100,7 +113,7 @@ SETTLE = timedelta(minutes=30)
 XLSX_MAX_ROWS = 1_048_576
 #: How often a running export looks at its stop flag.
 STOP_CHECK_ROWS = 2048
-#: Minutes of time stamps whose site-local reading is remembered (see ``_Reader._minute``);
+#: Minutes of time stamps whose site-local reading is remembered (see ``LedgerReader._minute``);
 #: rows come in time order, so a small window holds almost every hit.
 MINUTE_CACHE = 4096
 
@@ -122,6 +135,10 @@ DUTY_ZH = labels.DUTY
 TICKET_SOURCE_ZH = labels.TICKET_SOURCES
 FIELD_ZH = labels.FIELDS
 SITE_WIDE_ZH = labels.SITE_WIDE
+HOURS_ORDER_ZH = {"open": "开放通道", "close": "关闭通道", "clear": "恢复按开放时间"}
+DRILL_RECORD_ZH = {"drill.started": "演练开始", "drill.ended": "演练结束", "passage": "演练通行",
+                   "alarm.raised": "演练告警", "barrier.lifted": "演练抬杆"}
+LIFT_REASON_ZH = {"lift": "放行抬杆", "safety_reverse": "安全回抬"}
 zh = labels.zh
 reason_zh = labels.reason
 
@@ -199,6 +216,8 @@ class Part:
 
 
 PASSAGES = TITLE
+HOURS = "开放时间指令"
+DRILLS = "演练"
 PASSAGE_COLUMNS = (
     Column("时间", 20),
     Column("离开时间", 20),
@@ -243,6 +262,10 @@ PARTS: tuple[Part, ...] = (
         Column("审批编号", 24), Column("触发方式", 14), Column("原因", 18), Column("原因代码", 22),
         Column("详情", 50),
     ), csv=True),
+    Part(HOURS, (
+        Column("时间", 20), Column("通道", 10), Column("通道名称", 18), Column("指令", 14), Column("指令代码", 10),
+        Column("截止时间", 20), Column("原因", 30), Column("来源", 12), Column("下达人", 12), Column("事件编号", 36),
+    ), csv=True),
     Part("交接班", (
         Column("时间", 20), Column("交班人", 10), Column("接班人", 10), Column("值班记录", 50),
         Column("移交未结告警", 30), Column("移交未结事件", 30), Column("移交未结故障单", 30),
@@ -260,6 +283,10 @@ PARTS: tuple[Part, ...] = (
         Column("时间", 20), Column("故障单号", 36), Column("通道", 10), Column("设备", 12), Column("动作", 8),
         Column("状态", 16), Column("状态代码", 12), Column("处理人", 10), Column("内容", 50), Column("来源", 10),
     ), csv=False),
+    Part(DRILLS, (
+        Column("时间", 20), Column("通道", 10), Column("通道名称", 18), Column("演练开始", 20), Column("记录", 12),
+        Column("记录代码", 16), Column("人员", 12), Column("内容", 60), Column("通行编号", 36), Column("事件编号", 36),
+    ), csv=True),
 )
 NOTES = "说明"
 _PART = {p.name: p for p in PARTS}
@@ -267,6 +294,8 @@ _VIEWS = {p.outcome: p.name for p in PARTS if p.outcome is not None}
 
 #: Keys every event has; what is left of an event is its own content.
 _ENVELOPE = frozenset({"event_id", "seq", "site_id", "lane_id", "type", "ts"})
+#: Not shown as content: the envelope, and the drill mark (the part a row is on says it).
+_NOT_CONTENT = _ENVELOPE | {"drill"}
 
 
 def render(value: Any) -> str | None:
@@ -326,8 +355,9 @@ class _Memo(dict):
 _fromiso = datetime.fromisoformat
 
 
-class _Reader:
-    """One period of one journal, read in one transaction; site-local times."""
+class LedgerReader:
+    """One period of one journal (or a copy shaped like one), read in one transaction;
+    site-local times. ``passages()`` and each of ``RECORD_PARTS`` give a part's rows."""
 
     def __init__(self, db: sqlite3.Connection, config: SiteConfig, period: Period,
                  stop: threading.Event | None) -> None:
@@ -340,8 +370,8 @@ class _Reader:
             for lane in config.lanes
         }
         self.lanes["_site"] = _Lane(SITE_WIDE_ZH)
-        self.plates = {v.card: v.plate for v in config.administrative_vehicles}
         self.staff = {m.card: m.name for m in config.staff}
+        self._passage_columns: frozenset[str] | None = None
         # Exact bounds as instants; the SQL bounds are a day wider on each side, so a time
         # stamp written with any UTC offset is found, then filtered exactly here.
         self.lo = datetime.combine(period.start, time(0), self.tz)
@@ -349,6 +379,7 @@ class _Reader:
         self.sql_lo = (period.start - timedelta(days=1)).isoformat()
         self.sql_hi = (period.end + timedelta(days=2)).isoformat()
         self._emergency: dict[str, dict] | None = None
+        self._acks: dict[str, tuple[str, dict]] | None = None
         self._opened: dict[str, dict[Any, dict]] = {}
         self._rows = 0
         self._minutes: dict[str, int] = {}
@@ -385,6 +416,13 @@ class _Reader:
 
     # ---------------------------------------------------------------- helpers
 
+    @property
+    def passage_columns(self) -> frozenset[str]:
+        """A journal from before schema 3 has no plate, kind or drill mark per passage."""
+        if self._passage_columns is None:
+            self._passage_columns = frozenset(r[1] for r in self.db.execute("PRAGMA table_info(passages)"))
+        return self._passage_columns
+
     def instant(self, ts: str) -> datetime:
         t = datetime.fromisoformat(ts)
         return t if t.tzinfo is not None else t.replace(tzinfo=self.tz)
@@ -413,7 +451,7 @@ class _Reader:
             return render(content)
         parts = []
         for key, value in content.items():
-            if key in _ENVELOPE or key in skip or value in (None, "", [], {}):
+            if key in _NOT_CONTENT or key in skip or value in (None, "", [], {}):
                 continue
             if key in ("parties", "notified"):
                 value = [PARTIES.get(v, v) for v in value] if isinstance(value, list) else PARTIES.get(value, value)
@@ -442,25 +480,31 @@ class _Reader:
         if self.stop is not None and self._rows % STOP_CHECK_ROWS == 0 and self.stop.is_set():
             raise LedgerCancelled("ledger export stopped")
 
-    def _lane_columns(self, lane_id: str | None) -> tuple:
+    def _lane_columns(self, lane_id: str | None, lane_kind: str | None = None) -> tuple:
+        """Lane, its name, the passage's kind (the lane's unless the passage has its own,
+        on a shared lane), direction."""
         lane = self.lane(lane_id)
-        return lane_id, lane.name, lane.kind, lane.direction
+        kind = lane.kind if lane_kind is None else zh(KINDS_ZH, lane_kind)
+        return lane_id, lane.name, kind, lane.direction
 
-    def events(self, *types: str, since: str | None = None, until: str | None = None) -> Iterator[tuple[str, dict]]:
-        """Events of ``types`` by time (one index range per type, merged), as (ts, body)."""
+    def events(self, *types: str, since: str | None = None, until: str | None = None,
+               drill: bool = False) -> Iterator[tuple[str, dict]]:
+        """Events of ``types`` by time (one index range per type, merged), as (ts, body);
+        ``drill``: only those journaled during a drill (picked in SQL: they are few)."""
         lo = self.sql_lo if since is None else since
         hi = self.sql_hi if until is None else until
+        only = " AND json_extract(body, '$.drill') = 1" if drill else ""
 
         def one(type_: str) -> Iterator[tuple[str, str]]:
             yield from self.db.execute(
-                "SELECT ts, body FROM events WHERE type = ? AND ts >= ? AND ts < ? ORDER BY ts", (type_, lo, hi)
+                f"SELECT ts, body FROM events WHERE type = ? AND ts >= ? AND ts < ?{only} ORDER BY ts", (type_, lo, hi)
             )
 
         for ts, body in heapq.merge(*(one(t) for t in types), key=lambda r: r[0]):
             yield ts, json.loads(body)
 
-    def period_events(self, *types: str) -> Iterator[tuple[datetime, dict]]:
-        for ts, body in self.events(*types):
+    def period_events(self, *types: str, drill: bool = False) -> Iterator[tuple[datetime, dict]]:
+        for ts, body in self.events(*types, drill=drill):
             t = self.in_period(ts)
             if t is not None:
                 self.tick()
@@ -503,31 +547,41 @@ class _Reader:
 
     # ------------------------------------------------------------------ parts
 
-    def passages(self, text: bool = False) -> Iterator[tuple[str | None, tuple]]:
-        """Every passage opened in the period, by time, with its outcome code.
+    def passages(self, text: bool = False, drill: bool = False) -> Iterator[tuple[str | None, tuple]]:
+        """Every passage opened in the period, by time, with its outcome code: the real
+        ones, or (``drill``) those opened during a drill.
 
         ``text``: the row as CSV writes it (each value as ``_csv_value`` makes it), built
         here where each column's kind is known instead of value by value afterwards."""
+        have = self.passage_columns
+        if "drill" in have:
+            only = " AND drill = 1" if drill else " AND drill = 0"
+        elif drill:
+            return  # a journal from before drills has none
+        else:
+            only = ""
+        plate_col = "plate" if "plate" in have else "NULL"
+        kind_col = "lane_kind" if "lane_kind" in have else "NULL"
         cur = self.db.execute(
             "SELECT passage_id, lane_id, opened_at, closed_at, card, gross_weight_kg, decision, instruction_id,"
-            " form_id, hint, auth_kind, auth_id, outcome, reason FROM passages"
-            " WHERE opened_at >= ? AND opened_at < ? ORDER BY opened_at",
+            f" form_id, hint, auth_kind, auth_id, outcome, reason, {plate_col}, {kind_col} FROM passages"
+            f" WHERE opened_at >= ? AND opened_at < ?{only} ORDER BY opened_at",
             (self.sql_lo, self.sql_hi),
         )
         # The per-row work is look-ups made once per code (120 k rows a period is usual).
         # Each code memo gives (the word, the code), as CSV text with ``text``.
         ready: Callable[[tuple], tuple] = (lambda values: tuple(_csv_row(values))) if text else (lambda values: values)
-        lanes = _Memo(lambda lane_id: ready(self._lane_columns(lane_id)))
+        lanes = _Memo(lambda key: ready(self._lane_columns(*key)))
         decision_zh = _Memo(lambda code: ready((zh(DECISION_ZH, code), code)))
         outcome_zh = _Memo(lambda code: ready((OPEN_PASSAGE_ZH if code is None else zh(OUTCOME_ZH, code), code)))
         auth_zh = _Memo(lambda code: ready((zh(AUTH_ZH, code), code)))
         why_zh = _Memo(lambda code: ready((reason_zh(code), code)))
         cv = _csv_value
-        plates, staff = self.plates, self.staff
+        staff = self.staff
         minute, in_period, local = self._minute, self.in_period, self.local
         stop, check = self.stop, STOP_CHECK_ROWS
         for (pid, lane_id, opened_at, closed_at, card, kg, decision, instruction, form, hint, auth_kind, auth_id,
-             outcome, reason) in cur:
+             outcome, reason, plate, lane_kind) in cur:
             # in_period and local, inlined for the journal's own time stamps
             fast = minute(opened_at)
             if fast == 1:
@@ -552,33 +606,34 @@ class _Reader:
             if stop is not None and self._rows % check == 0 and stop.is_set():
                 raise LedgerCancelled("ledger export stopped")
             if auth_kind in ("emergency", "approval") or (card and card in staff):
-                plate, note = self._vehicle(pid, card, auth_kind, auth_id)
+                plate, note = self._vehicle(pid, card, plate, auth_kind, auth_id)
             else:  # what _vehicle says of any other passage
-                plate, note = (plates.get(card) if card else None), None
+                note = None
             if text:
                 yield outcome, (
-                    t, closed, *lanes[lane_id], cv(card), cv(plate), cv(kg),
+                    t, closed, *lanes[lane_id, lane_kind], cv(card), cv(plate), cv(kg),
                     *decision_zh[decision], cv(instruction), cv(form), cv(hint),
                     *outcome_zh[outcome], *auth_zh[auth_kind], cv(auth_id), *why_zh[reason], cv(note), cv(pid),
                 )
             else:
                 yield outcome, (
-                    t, closed, *lanes[lane_id], card, plate, kg,
+                    t, closed, *lanes[lane_id, lane_kind], card, plate, kg,
                     *decision_zh[decision], instruction, form, hint,
                     *outcome_zh[outcome], *auth_zh[auth_kind], auth_id, *why_zh[reason], note, pid,
                 )
 
-    def _vehicle(self, pid: str, card: str | None, auth_kind: str | None,
+    def _vehicle(self, pid: str, card: str | None, plate: str | None, auth_kind: str | None,
                  auth_id: str | None) -> tuple[str | None, str | None]:
-        """Plate and remarks: from the emergency account, the approval, or the site's lists."""
-        plate = self.plates.get(card) if card else None
+        """Plate and remarks. The plate is the one read for the passage; an emergency
+        release without a read takes the plate of the guard's account (a person's read of
+        that vehicle). An approval's plate is what it was issued for, not a read: a remark."""
         notes: list[str] = []
         if auth_kind == "emergency":
             acc = self.emergency_account(pid)
             if acc is None:
                 notes.append("特种车辆信息未登记")
             else:
-                plate = acc.get("plate") or plate
+                plate = plate or acc.get("plate")
                 notes.append(f"特种车辆：{acc.get('vehicle_type') or ''}")
                 if acc.get("note"):
                     notes.append(str(acc["note"]))
@@ -587,10 +642,11 @@ class _Reader:
         elif auth_kind == "approval" and auth_id:
             approval_id = auth_id.rsplit("#", 1)[0]
             doc = self.approval(approval_id) or {}
-            plate = doc.get("plate") or plate
             why = zh(APPROVAL_REASON_ZH, doc.get("reason"))
             detail = "：".join(x for x in (why, doc.get("detail")) if x)
             notes.append(f"审批 {approval_id}" + (f"（{detail}）" if detail else ""))
+            if doc.get("plate"):
+                notes.append(f"审批车牌：{doc['plate']}")
             for key, word in (("requested_by", "申请"), ("verified_by", "核实"), ("approved_by", "批准"),
                               ("countersigned_by", "会签")):
                 who = doc.get(key)
@@ -600,11 +656,19 @@ class _Reader:
             notes.append(f"人员：{self.staff[card]}")
         return plate, "；".join(notes) or None
 
+    def acknowledgements(self) -> dict[str, tuple[str, dict]]:
+        """The first acknowledgement of each alarm (given after it, maybe after the period)."""
+        if self._acks is None:
+            self._acks = {}
+            for ts, body in self.events("alarm.acknowledged", until="\uffff"):
+                self._acks.setdefault(body.get("alarm_event_id"), (ts, {"by": body.get("by"), "note": body.get("note")}))
+        return self._acks
+
     def alarms(self) -> Iterator[tuple]:
-        acks: dict[str, tuple[str, dict]] = {}  # the first acknowledgement of each alarm
-        for ts, body in self.events("alarm.acknowledged", until="\uffff"):
-            acks.setdefault(body.get("alarm_event_id"), (ts, {"by": body.get("by"), "note": body.get("note")}))
+        acks = self.acknowledgements()
         for t, body in self.period_events("alarm.raised"):
+            if body.get("drill"):
+                continue  # on 演练
             lane = self.lane(body.get("lane_id"))
             ack_ts, ack = acks.get(body.get("event_id"), (None, {}))
             yield (
@@ -636,27 +700,109 @@ class _Reader:
 
     def approvals(self) -> Iterator[tuple]:
         for t, body in self.period_events(*APPROVAL_EVENT_ZH):
-            type_ = body["type"]
+            if body.get("drill"):
+                continue  # on 演练
+            yield self._approval_row(t, body)
+
+    def _approval_row(self, t: datetime, body: dict) -> tuple:
+        type_ = body["type"]
+        lane_id = body.get("lane_id")
+        if lane_id == "_site" and body.get("lane"):
+            lane_id = body["lane"]  # refused for a lane that is not configured
+        reason = body.get("reason")
+        if type_ == "approval.accepted":
+            reason = None
+            detail = "；".join(x for x in (
+                f"有效期 {self.time_text(body.get('valid_from'))} 至 {self.time_text(body.get('valid_until'))}",
+                f"可抬杆 {body.get('max_lifts')} 次",
+                f"车牌 {body['plate']}" if body.get("plate") else None,
+            ) if x)
+        elif type_ == "approval.refused":
+            detail = "；".join(x for x in (body.get("message"), f"来源 {body['source']}" if body.get("source")
+                                           else None) if x) or None
+        else:
+            detail = self.fields(body, "approval_id", "reason", "passage_id")
+        return (
+            t, lane_id, self.lane(lane_id).name, APPROVAL_EVENT_ZH[type_], type_, body.get("approval_id"),
+            zh(TRIGGER_ZH, body.get("trigger")), zh(APPROVAL_REASON_ZH, reason), reason, detail,
+        )
+
+    def hours(self) -> Iterator[tuple]:
+        """Customs' orders over a lane's open hours (R2): open or close it now, or clear that."""
+        for t, body in self.period_events("hours.ordered"):
             lane_id = body.get("lane_id")
-            if lane_id == "_site" and body.get("lane"):
-                lane_id = body["lane"]  # refused for a lane that is not configured
-            reason = body.get("reason")
-            if type_ == "approval.accepted":
-                reason = None
-                detail = "；".join(x for x in (
-                    f"有效期 {self.time_text(body.get('valid_from'))} 至 {self.time_text(body.get('valid_until'))}",
-                    f"可抬杆 {body.get('max_lifts')} 次",
-                    f"车牌 {body['plate']}" if body.get("plate") else None,
-                ) if x)
-            elif type_ == "approval.refused":
-                detail = "；".join(x for x in (body.get("message"), f"来源 {body['source']}" if body.get("source")
-                                               else None) if x) or None
+            if body.get("clear"):
+                code = "clear"
             else:
-                detail = self.fields(body, "approval_id", "reason", "passage_id")
+                code = "open" if body.get("open") else "close"
             yield (
-                t, lane_id, self.lane(lane_id).name, APPROVAL_EVENT_ZH[type_], type_, body.get("approval_id"),
-                zh(TRIGGER_ZH, body.get("trigger")), zh(APPROVAL_REASON_ZH, reason), reason, detail,
+                t, lane_id, self.lane(lane_id).name, HOURS_ORDER_ZH[code], code,
+                None if body.get("clear") else self.time_text(body.get("until")) or "另行通知",
+                render(body.get("reason")), render(body.get("source")), render(body.get("by")), body.get("event_id"),
             )
+
+    def drills(self) -> Iterator[tuple]:
+        """Each drill's start and end, and between them what happened during it: its
+        passages, alarms, lifts and approvals, by time; each row with its drill's start."""
+        current: dict[str, datetime | None] = {}  # lane -> start of the drill running there
+        before = self.period.start.isoformat()
+        for lane_id in self.lanes:
+            row = self.db.execute(
+                "SELECT ts, type FROM events WHERE type IN ('drill.started', 'drill.ended') AND lane_id = ?"
+                " AND ts < ? ORDER BY ts DESC LIMIT 1", (lane_id, before)).fetchone()
+            if row is not None and row[1] == "drill.started":
+                current[lane_id] = self.local(row[0])  # a drill that began before the period
+        events = self.period_events("drill.started", "drill.ended")
+        during = self.period_events("alarm.raised", "barrier.lifted", *APPROVAL_EVENT_ZH, drill=True)
+        passages = ((row[0], {"type": "passage", "row": row, "outcome": outcome})
+                    for outcome, row in self.passages(drill=True))
+        acks = self.acknowledgements()
+        # At one second: a drill's start, then a passage, then what happened in it.
+        for t, body in heapq.merge(events, passages, during, key=lambda r: r[0]):
+            type_ = body["type"]
+            if type_ == "passage":
+                yield self._drill_passage(current, body["row"])
+                continue
+            lane_id = body.get("lane_id")
+            if type_ == "drill.started":
+                current[lane_id] = t
+            started = current.get(lane_id)
+            if type_ == "drill.ended":
+                current[lane_id] = None
+            person, pid = render(body.get("by")), body.get("passage_id")
+            if type_ in ("drill.started", "drill.ended"):
+                content = render(body.get("note"))
+            elif type_ == "alarm.raised":
+                ack_ts, ack = acks.get(body.get("event_id"), (None, {}))
+                content = "；".join(x for x in (
+                    zh(ALARM_ZH, body.get("alarm")), self.fields(body, "alarm", "passage_id"),
+                    f"确认：{self.time_text(ack_ts)} {ack.get('by') or ''}".rstrip() if ack_ts else "未确认",
+                    ack.get("note") or None) if x)
+                person = render(ack.get("by"))
+            elif type_ == "barrier.lifted":
+                auth = body.get("authorisation") or {}
+                content = "；".join(x for x in (
+                    zh(AUTH_ZH, auth.get("kind")), auth.get("id"), zh(LIFT_REASON_ZH, body.get("reason"))) if x) or None
+            else:
+                row = self._approval_row(t, body)
+                content = "；".join(str(x) for x in (row[5], row[6], row[7], row[9]) if x) or None
+            yield (
+                t, lane_id, self.lane(lane_id).name, started, DRILL_RECORD_ZH.get(type_) or APPROVAL_EVENT_ZH.get(type_),
+                type_, person, content, pid, body.get("event_id"),
+            )
+
+    def _drill_passage(self, current: dict[str, datetime | None], row: tuple) -> tuple:
+        """A drill passage's row on 演练, from its row of the passages sheet."""
+        (t, closed, lane_id, name, kind, direction, card, plate, kg, decision, _decision_code, instruction, form,
+         _hint, outcome_text, _outcome, auth_text, _auth, auth_id, why, _reason, note, pid) = row
+        content = "；".join(x for x in (
+            kind and f"{kind}{direction or ''}", card and f"IC卡 {card}", plate and f"车牌 {plate}",
+            kg is not None and f"毛重 {_number_text(kg)} kg", decision and f"海关指令 {decision}",
+            instruction and f"放行指令 {instruction}", form and f"核放单 {form}", outcome_text,
+            auth_text and f"{auth_text} {auth_id or ''}".rstrip(), why, note,
+            closed and f"离开 {closed.isoformat(' ')}" if isinstance(closed, datetime) else None,
+        ) if x)
+        return t, lane_id, name, current.get(lane_id), DRILL_RECORD_ZH["passage"], "passage", None, content, pid, None
 
     def handovers(self) -> Iterator[tuple]:
         def carried(items: Any) -> str | None:
@@ -737,19 +883,30 @@ def _scalar(value: Any) -> Any:
     return render(value)
 
 
-_ROWS: dict[str, Callable[[_Reader], Iterable[tuple]]] = {
-    "告警": _Reader.alarms,
-    "事件记录": _Reader.incidents,
-    "审批": _Reader.approvals,
-    "交接班": _Reader.handovers,
-    "值班记录": _Reader.duty,
-    "设备台账": _Reader.equipment,
-    "故障处理单": _Reader.tickets,
+#: The parts besides the passages and their views, by name: how a reader gives their rows.
+RECORD_PARTS: dict[str, Callable[[LedgerReader], Iterable[tuple]]] = {
+    "告警": LedgerReader.alarms,
+    "事件记录": LedgerReader.incidents,
+    "审批": LedgerReader.approvals,
+    HOURS: LedgerReader.hours,
+    "交接班": LedgerReader.handovers,
+    "值班记录": LedgerReader.duty,
+    "设备台账": LedgerReader.equipment,
+    "故障处理单": LedgerReader.tickets,
+    DRILLS: LedgerReader.drills,
 }
+#: Event types a reader reads (a copy of a journal for the ledger needs these, and the
+#: ``passages`` table). ``barrier.lifted`` only during drills; ``alarm.acknowledged``,
+#: ``emergency.account`` whenever given.
+READ_TYPES = (
+    "alarm.raised", "alarm.acknowledged", "incident.opened", "incident.updated", "incident.closed",
+    *APPROVAL_EVENT_ZH, "hours.ordered", "shift.handover", "shift.check", "video.note", "equipment.daily",
+    "ticket.opened", "ticket.advanced", "emergency.account", "drill.started", "drill.ended", "barrier.lifted",
+)
 
 
 @contextlib.contextmanager
-def _open_journal(source: Any) -> Iterator[sqlite3.Connection]:
+def open_journal(source: Any) -> Iterator[sqlite3.Connection]:
     """A connection inside one read transaction: a ``Journal`` or a path gets a connection
     of its own (safe beside the daemon's writes, WAL); a connection is used as it is."""
     if isinstance(source, sqlite3.Connection):
@@ -834,7 +991,7 @@ class _CsvOut:
 
     def open(self, part: Part, ready: bool = False) -> Callable[[tuple], None] | None:
         """The writer of ``part``'s rows (None: not a CSV part); ``ready``: rows whose
-        values are CSV text already (``_Reader.passages(text=True)``)."""
+        values are CSV text already (``LedgerReader.passages(text=True)``)."""
         if not part.csv:
             return None
         final = self.path(part)
@@ -977,6 +1134,102 @@ def default_output(out: Path, config: SiteConfig, period: Period, fmt: str) -> P
     return out / period.filename(config.site.id, fmt) if out.is_dir() else out
 
 
+class LedgerWriter(Protocol):
+    """Where a ledger's parts go (``open_writer``)."""
+
+    def open(self, part: Part, ready: bool = False) -> Callable[[tuple], None] | None:
+        """The writer of ``part``'s rows; None: the format has no such part (csv)."""
+
+    def close(self, summary: list[tuple[str, Any]]) -> list[Path]:
+        """Publish every file (with the notes ``summary``); the files written."""
+
+    def abort(self) -> None:
+        """Leave nothing behind."""
+
+
+def open_writer(fmt: str, out: Path) -> LedgerWriter:
+    """The writer of a ledger in ``fmt`` to ``out`` (csv: ``out`` is the passages file and
+    the other CSV parts go beside it). Files appear at ``close`` or not at all (``abort``)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be csv or xlsx, not {fmt!r}")
+    try:
+        return _CsvOut(out) if fmt == "csv" else _XlsxOut(out)
+    except OSError as exc:
+        raise LedgerError(f"cannot write {out}: {exc}") from exc
+
+
+def parts_with(column: Column, parts: tuple[Part, ...] = PARTS) -> tuple[Part, ...]:
+    """``parts`` with ``column`` in front of every part's columns (the zone's site)."""
+    return tuple(Part(p.name, (column, *p.columns), p.csv, p.outcome, freeze="C2" if p.freeze == "B2" else p.freeze)
+                 for p in parts)
+
+
+def write_parts(writer: LedgerWriter, sources: list[tuple[str | None, LedgerReader]],
+                parts: tuple[Part, ...] = PARTS, *, text: bool = False,
+                passages_only: bool = False) -> dict[str, int]:
+    """Every part's rows from ``sources`` into ``writer``; rows per part.
+
+    ``sources``: one ``(None, reader)`` (a lane PC's ledger: rows as they are), or
+    ``(key, reader)`` per site, whose rows are merged by time, each with its key in front
+    (``parts`` then say that column, see ``parts_with``). ``text``: one source's passage rows
+    as CSV text (the CSV writer's fast path). ``passages_only``: the passages file alone."""
+    by_name = {p.name: p for p in parts}
+    keyed = sources[0][0] is not None
+    if not keyed and len(sources) != 1:
+        raise ValueError("rows of several sources need a key each")
+
+    def rows_of(read: Callable[[LedgerReader], Iterable[Any]], key: Callable[[Any], Any]) -> Iterable[Any]:
+        if not keyed:
+            return read(sources[0][1])
+        return _merged([(k, read(r)) for k, r in sources], key)
+
+    counts: dict[str, int] = {PASSAGES: 0}
+    main = writer.open(by_name[PASSAGES], ready=text)
+    assert main is not None
+    views = {p.outcome: (p.name, None if passages_only else writer.open(p, ready=text))
+             for p in parts if p.outcome is not None}
+    for name, _ in views.values():
+        counts[name] = 0
+    for item in rows_of(lambda r: r.passages(text), lambda x: x[1][0]):
+        outcome, row = item[1] if keyed else item
+        if keyed:
+            row = (item[0], *row)
+        main(row)
+        counts[PASSAGES] += 1
+        if outcome in views:
+            name, view = views[outcome]
+            counts[name] += 1
+            if view is not None:
+                view(row)
+    if passages_only:
+        return counts
+    for name, read in RECORD_PARTS.items():
+        append = writer.open(by_name[name])
+        if append is None:
+            continue  # not a part of the CSV layout
+        counts[name] = 0
+        for item in rows_of(read, lambda row: row[0]):
+            append((item[0], *item[1]) if keyed else item)
+            counts[name] += 1
+    return counts
+
+
+def _sortable(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat(" ")
+    return "" if value is None else str(value)
+
+
+def _merged(sources: list[tuple[str, Iterable[Any]]], key: Callable[[Any], Any]) -> Iterator[tuple[str, Any]]:
+    """Rows of every source in time order (each source's rows come in time order), as
+    (its key, row)."""
+    def tagged(site: str, rows: Iterable[Any]) -> Iterator[tuple[str, Any]]:
+        for row in rows:
+            yield site, row
+
+    return heapq.merge(*(tagged(s, rows) for s, rows in sources), key=lambda t: _sortable(key(t[1])))
+
+
 def export(
     journal: Any,
     config: SiteConfig,
@@ -1003,38 +1256,11 @@ def export(
         raise LedgerError(f"no directory {out_path.parent}")
     tz = config.site.tz
     made = (generated_at or datetime.now(tz)).astimezone(tz)
-    counts: dict[str, int] = {}
-    writer: _CsvOut | _XlsxOut
+    writer = open_writer(fmt, out_path)
     try:
-        writer = _CsvOut(out_path) if fmt == "csv" else _XlsxOut(out_path)
-    except OSError as exc:
-        raise LedgerError(f"cannot write {out_path}: {exc}") from exc
-    try:
-        with _open_journal(journal) as db:
-            reader = _Reader(db, config, period, stop)
-            text = fmt == "csv"  # passage rows come as CSV text, made where their kinds are known
-            main = writer.open(_PART[PASSAGES], ready=text)
-            assert main is not None
-            views = {outcome: writer.open(_PART[name], ready=text) for outcome, name in _VIEWS.items()}
-            counts[PASSAGES] = 0
-            for name in _VIEWS.values():
-                counts[name] = 0
-            for outcome, row in reader.passages(text):
-                main(row)
-                counts[PASSAGES] += 1
-                if outcome in views:
-                    counts[_VIEWS[outcome]] += 1
-                    view = views[outcome]
-                    if view is not None:
-                        view(row)
-            for name, rows in _ROWS.items():
-                append = writer.open(_PART[name])
-                if append is None:
-                    continue  # not a part of the CSV layout
-                counts[name] = 0
-                for row in rows(reader):
-                    append(row)
-                    counts[name] += 1
+        with open_journal(journal) as db:
+            # Passage rows as CSV text, made where their kinds are known.
+            counts = write_parts(writer, [(None, LedgerReader(db, config, period, stop))], text=fmt == "csv")
         summary: list[tuple[str, Any]] = [
             ("站点", config.site.id),
             ("站点名称", config.site.name),
@@ -1058,11 +1284,15 @@ def export(
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
-def _day(text: str) -> date:
+def parse_day(text: str) -> date:
+    """A day as the CLI and the API take it (``2026-11-27``); argparse's type error otherwise."""
     try:
         return date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a date like 2026-11-27, got {text!r}") from None
+
+
+_day = parse_day  # the name the zone CLI imported
 
 
 def period_for(today: date, start: date | None, end: date | None, days: int = DEFAULT_DAYS) -> Period:
@@ -1084,8 +1314,8 @@ def add_ledger_commands(ledger: Any) -> None:
         "approvals and handovers. Default period: the 15 days ending today (site time).",
     )
     p.add_argument("--config", required=True)
-    p.add_argument("--from", dest="start", type=_day, metavar="YYYY-MM-DD", help="first day (site-local)")
-    p.add_argument("--to", dest="end", type=_day, metavar="YYYY-MM-DD", help="last day, included")
+    p.add_argument("--from", dest="start", type=parse_day, metavar="YYYY-MM-DD", help="first day (site-local)")
+    p.add_argument("--to", dest="end", type=parse_day, metavar="YYYY-MM-DD", help="last day, included")
     p.add_argument("--format", choices=FORMATS, help="default: the suffix of --out")
     p.add_argument("--out", required=True, help="file (csv: the passages file, other parts beside it) or directory")
     p.set_defaults(func=cmd_export)
@@ -1269,17 +1499,33 @@ SITE_LANE = "_site"
 
 
 __all__ = [
+    "DRILLS",
     "FORMATS",
+    "HOURS",
     "PARTS",
+    "PASSAGES",
+    "PASSAGE_COLUMNS",
+    "READ_TYPES",
+    "RECORD_PARTS",
+    "SETTLE",
     "TITLE",
+    "Column",
     "LedgerCancelled",
     "LedgerError",
     "LedgerExport",
+    "LedgerReader",
     "LedgerScheduler",
+    "LedgerWriter",
+    "Part",
     "Period",
     "add_ledger_commands",
     "add_subcommands",
     "cmd_export",
     "export",
+    "open_journal",
+    "open_writer",
+    "parse_day",
+    "parts_with",
     "period_for",
+    "write_parts",
 ]

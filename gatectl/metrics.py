@@ -5,7 +5,9 @@ a test can run several sites in one process). Two kinds of metric:
 
 - **counters fed from journaled events**: ``Metrics(site)`` subscribes to
   ``site.subscribe``, so they count exactly what the journal recorded (passages closed,
-  lifts, alarms, approvals, refused manual lifts, authority failures). They start at zero
+  lifts, alarms, approvals, refused manual lifts, authority failures; what happened during
+  an emergency drill in ``gatectl_drill_events_total`` by type, its passages and alarms
+  nowhere else, so the real figures stay real). They start at zero
   with the process, as Prometheus counters do; the journal keeps the history.
 - **histograms measured on the control path**: the decision latency (the authority's
   answer in, or the lane's own list decision, to the open coil switched on: journal commit
@@ -79,6 +81,9 @@ MANUAL_LIFT_REFUSALS = (
     "lift_in_progress",
 )
 APPROVAL_TRIGGERS = ("panel", "remote")
+#: Event types of a drill counted by type (any other: ``other``).
+DRILL_TYPES = ("passage.opened", "passage.closed", "alarm.raised", "barrier.lifted", "release.decided",
+               "authorisation.committed", "drill.started", "drill.ended")
 DECISION_SOURCES = ("authority", "local")
 RELEASE_FAILURES = tuple(sorted(AUTHORITY_ERROR_REASONS))
 HEALTH_VALUES = {"ok": 0, "degraded": 1, "faulty": 2}
@@ -185,6 +190,13 @@ class Metrics:
         self.events = Counter(
             "gatectl_journal_events", "Events written to the journal, by lane.", ["lane"], registry=r
         )
+        self.drill_events = Counter(
+            "gatectl_drill_events",
+            "Events journaled during an emergency drill, by lane and type; drill passages and alarms are "
+            "counted here only, never in gatectl_passages_total or gatectl_alarms_total.",
+            ["lane", "type"],
+            registry=r,
+        )
         self.errors = Counter(
             "gatectl_metrics_errors",
             "Journaled events the metrics could not account for (a gatectl bug; see the log).",
@@ -232,6 +244,10 @@ class Metrics:
         lane = _one_of(st.lane_id, self._lanes)
         self.events.labels(lane).inc()
         e = st.event
+        if getattr(e, "drill", None):
+            self.drill_events.labels(lane, _one_of(st.type, DRILL_TYPES)).inc()
+            if isinstance(e, (ev.PassageClosed, ev.AlarmRaised)):
+                return  # a drill's passage or alarm is no real one
         match e:
             case ev.PassageClosed():
                 self.passages.labels(lane, _one_of(e.outcome, OUTCOMES)).inc()

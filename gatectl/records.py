@@ -102,6 +102,7 @@ RECORD_TYPES = frozenset({
     "ticket.opened", "ticket.advanced",
     "shift.handover", "shift.check", "video.note",
     "equipment.daily",
+    "drill.ended",
 })
 DUTY_TYPES = ("shift.handover", "shift.check", "video.note")
 
@@ -167,7 +168,8 @@ CREATE TABLE IF NOT EXISTS rec_fault_spans (
     opened_epoch    REAL NOT NULL,
     closed_epoch    REAL,
     closed_how      TEXT,                  -- fault.closed | restart
-    ticket_id       TEXT
+    ticket_id       TEXT,
+    drill           INTEGER NOT NULL DEFAULT 0  -- opened during a drill: a ticket only if it outlasts it
 );
 CREATE INDEX IF NOT EXISTS rec_spans_device ON rec_fault_spans (lane_id, device, opened_epoch);
 CREATE INDEX IF NOT EXISTS rec_spans_ticket ON rec_fault_spans (ticket_id);
@@ -289,6 +291,9 @@ class RecordStore:
         for statement in SCHEMA.split(";"):
             if statement.strip():
                 self.db.execute(statement)
+        spans = {r[1] for r in self.db.execute("PRAGMA table_info(rec_fault_spans)")}
+        if "drill" not in spans:  # tables made before drills
+            self.db.execute("ALTER TABLE rec_fault_spans ADD COLUMN drill INTEGER NOT NULL DEFAULT 0")
         self.cursor = dict(self.db.execute("SELECT lane_id, seq FROM rec_cursor").fetchall())
         self._ready = True
 
@@ -456,8 +461,9 @@ class RecordStore:
                 key = self.device_key(lane, device)
                 db.execute(
                     "INSERT OR IGNORE INTO rec_fault_spans (lane_id, device, device_key, reason, opened_event_id,"
-                    " opened_epoch, ticket_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (lane, device, key, ev.get("reason"), ev["event_id"], _epoch(ts), self._open_ticket_for(key)),
+                    " opened_epoch, ticket_id, drill) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (lane, device, key, ev.get("reason"), ev["event_id"], _epoch(ts), self._open_ticket_for(key),
+                     int(bool(ev.get("drill")))),
                 )
         elif t == "fault.closed":
             db.execute(
@@ -465,6 +471,10 @@ class RecordStore:
                 " WHERE lane_id = ? AND device = ? AND closed_epoch IS NULL",
                 (_epoch(ts), lane, str(ev.get("device"))),
             )
+        elif t == "drill.ended":
+            # A fault that outlasts the drill is a real one: from now on it gets its ticket.
+            db.execute("UPDATE rec_fault_spans SET drill = 0 WHERE lane_id = ? AND drill = 1 AND closed_epoch IS NULL",
+                       (lane,))
         elif t == "ticket.opened":
             tid = ev.get("ticket_id")
             ticket_lane = lane
@@ -555,6 +565,7 @@ class RecordStore:
         for a in self.rows(
             "SELECT a.event_id, a.lane_id, a.seq, a.alarm, a.details FROM rec_alarms a"
             " WHERE a.alarm IN ('forced_passage', 'tailgating', 'barrier_fault')"
+            " AND json_extract(a.details, '$.drill') IS NOT 1"  # a drill's alarm is no real incident
             " AND NOT EXISTS (SELECT 1 FROM rec_incidents i WHERE i.alarm_event_id = a.event_id) ORDER BY a.ts"
         ):
             if a["alarm"] == "barrier_fault" and self.cursor.get(a["lane_id"], 0) <= a["seq"]:
@@ -565,7 +576,8 @@ class RecordStore:
     def spans_needing_ticket(self) -> list[dict[str, Any]]:
         """The first fault of every device that has faults but no ticket open for them."""
         seen: dict[str, dict[str, Any]] = {}
-        for s in self.rows("SELECT * FROM rec_fault_spans WHERE ticket_id IS NULL ORDER BY opened_epoch, id"):
+        for s in self.rows("SELECT * FROM rec_fault_spans WHERE ticket_id IS NULL AND drill = 0"
+                           " ORDER BY opened_epoch, id"):
             seen.setdefault(s["device_key"], s)
         return list(seen.values())
 
@@ -599,6 +611,7 @@ class RecordStore:
         r["details"] = json.loads(r["details"])
         r["alarm_zh"] = ALARM_ZH.get(r["alarm"], r["alarm"])
         r["open"] = r["acknowledged_at"] is None
+        r["drill"] = bool(r["details"].get("drill"))  # raised during a drill: shown as one, no incident
         inc = self.db.execute("SELECT incident_id FROM rec_incidents WHERE alarm_event_id = ?", (r["event_id"],)).fetchone()
         r["incident_id"] = inc[0] if inc else None
         return r
@@ -647,10 +660,12 @@ class RecordStore:
         return r
 
     def open_items(self) -> dict[str, list[str]]:
-        """What a handover carries over: unacknowledged alarms, open incidents and tickets."""
+        """What a handover carries over: unacknowledged alarms, open incidents and tickets.
+        A drill's alarms are not carried over: nothing real is left open by them."""
         return {
             "open_alarms": [r[0] for r in self.db.execute(
-                "SELECT event_id FROM rec_alarms WHERE acknowledged_at IS NULL ORDER BY ts, seq")],
+                "SELECT event_id FROM rec_alarms WHERE acknowledged_at IS NULL"
+                " AND json_extract(details, '$.drill') IS NOT 1 ORDER BY ts, seq")],
             "open_incidents": [r[0] for r in self.db.execute(
                 "SELECT incident_id FROM rec_incidents WHERE closed_at IS NULL ORDER BY opened_at")],
             "open_tickets": [r[0] for r in self.db.execute(

@@ -2,12 +2,14 @@
 site in front, for every lane of every site, from the central's PostgreSQL.
 
 The lane ledger (``gatectl.ledger``) is the one definition of what each part holds and how
-a row reads; the zone ledger reuses it whole rather than say it twice. For each site, the
-period's passages (the fold records) and the events the other parts read are copied from
-PostgreSQL into a temporary journal-shaped SQLite file, the lane ledger's reader runs over
-it, and the rows of all sites are merged by time, each with its site id, into the lane
-ledger's writers (xlsx: one workbook; csv: the passages file and one file per part beside
-it). Lane names, kinds and directions come from each lane's retained state.
+a row reads; the zone ledger uses its public API rather than say it twice. For each site,
+the period's passages (the fold records: plate, kind and drill mark included) and the
+events the lane ledger reads (``READ_TYPES``) are copied from PostgreSQL into a temporary
+journal-shaped SQLite file, a ``LedgerReader`` runs over it, and ``write_parts`` merges the
+rows of all sites by time, each with its site id, into the lane ledger's writer (xlsx: one
+workbook; csv: the passages file and one file per part beside it). The sheets are the lane
+ledger's, 演练 and 开放时间指令 included. Lane names, kinds and directions come from each
+lane's retained state.
 
     gatectl central ledger export --config zone.yaml [--from D] [--to D] --format xlsx --out PATH
 
@@ -19,11 +21,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import heapq
 import sqlite3
 import sys
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -35,18 +35,17 @@ import structlog
 
 from gatectl import ledger as lane_ledger
 from gatectl.central.config import ZoneConfig, load_zone_config
-from gatectl.ledger import PARTS, PASSAGES, Column, LedgerError, Part, Period, period_for
+from gatectl.lane.passage import COLUMNS as PASSAGE_FIELDS
+from gatectl.ledger import PASSAGES, Column, LedgerError, LedgerReader, Part, Period, period_for
 
 log = structlog.get_logger("gatectl.central.ledger")
 
 SITE = Column("站点", 14)
-#: Event types the non-passage parts read (acknowledgements and emergency accounts from any time).
-PART_TYPES = ("alarm.raised", "alarm.acknowledged", "incident.opened", "incident.updated", "incident.closed",
-              "approval.accepted", "approval.refused", "approval.expired", "manual_lift.refused", "shift.handover",
-              "shift.check", "video.note", "equipment.daily", "ticket.opened", "ticket.advanced",
-              "emergency.account")
-ZONE_PARTS: tuple[Part, ...] = tuple(
-    Part(p.name, (SITE, *p.columns), p.csv, p.outcome, freeze="C2" if p.freeze == "B2" else p.freeze) for p in PARTS)
+#: Event types read whatever their time (acknowledgements and accounts given later).
+ANY_TIME = ("alarm.acknowledged", "emergency.account")
+#: Read only when journaled during a drill (a lift is on the ledger only then).
+DRILL_ONLY = ("barrier.lifted",)
+ZONE_PARTS: tuple[Part, ...] = lane_ledger.parts_with(SITE)
 
 
 @dataclass
@@ -63,36 +62,44 @@ def _journal_copy(pg: psycopg.Connection, site: str, period: Period, path: Path)
     """One site's period as a journal-shaped SQLite file the lane ledger's reader reads."""
     db = sqlite3.connect(path)
     try:
-        db.executescript("""
+        cols = list(PASSAGE_FIELDS)
+        db.executescript(f"""
             CREATE TABLE events (lane_id TEXT, seq INTEGER, event_id TEXT, type TEXT, ts TEXT, body TEXT,
                                  PRIMARY KEY (lane_id, seq));
             CREATE INDEX events_type ON events (type, ts);
-            CREATE TABLE passages (passage_id TEXT PRIMARY KEY, lane_id TEXT, opened_seq INTEGER, opened_at TEXT,
-                                   closed_at TEXT, card TEXT, plate TEXT, gross_weight_kg REAL, request_id TEXT,
-                                   decision TEXT, decided_at TEXT, instruction_id TEXT, form_id TEXT, hint TEXT,
-                                   auth_kind TEXT, auth_id TEXT, lifted_at TEXT, entered INTEGER,
-                                   last_seen_at TEXT, hold_reason TEXT, outcome TEXT, reason TEXT);
+            CREATE TABLE passages ({', '.join(cols)});
             CREATE INDEX passages_opened ON passages (opened_at);
         """)
         lo = datetime.combine(period.start - timedelta(days=2), datetime.min.time()).astimezone()
         hi = datetime.combine(period.end + timedelta(days=9), datetime.min.time()).astimezone()
-        cols = [r[1] for r in db.execute("PRAGMA table_info(passages)")]
         with pg.cursor(name=f"ledger_p_{site}") as cur:
             cur.itersize = 5000
             cur.execute("SELECT record FROM passages WHERE site_id = %s AND opened_at >= %s AND opened_at < %s",
                         (site, lo, hi))
             db.executemany(f"INSERT INTO passages ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                           ([r.get(c) for c in cols] for (r,) in cur))
+                           ([_sqlite(r.get(c)) for c in cols] for (r,) in cur))
+        types = [t for t in lane_ledger.READ_TYPES if t not in DRILL_ONLY]
         with pg.cursor(name=f"ledger_e_{site}") as cur:
             cur.itersize = 5000
             cur.execute(
                 "SELECT lane_id, seq, event_id::text, type, body->>'ts', body::text FROM events WHERE site_id = %s"
-                " AND type = ANY(%s) AND (ts >= %s AND ts < %s OR type IN ('alarm.acknowledged', 'emergency.account'))",
-                (site, list(PART_TYPES), lo, hi))
+                " AND (type = ANY(%s) AND (ts >= %s AND ts < %s OR type = ANY(%s))"
+                "      OR type = ANY(%s) AND ts >= %s AND ts < %s AND body->'drill' = 'true')",
+                (site, types, lo, hi, list(ANY_TIME), list(DRILL_ONLY), lo, hi))
             db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?)", cur)
+        # Before the period: the last drill start or end of each lane (a drill under way).
+        cur = pg.execute(
+            "SELECT DISTINCT ON (lane_id) lane_id, seq, event_id::text, type, body->>'ts', body::text FROM events"
+            " WHERE site_id = %s AND type IN ('drill.started', 'drill.ended') AND ts < %s ORDER BY lane_id, ts DESC",
+            (site, lo))
+        db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?)", cur)
         db.commit()
     finally:
         db.close()
+
+
+def _sqlite(value: Any) -> Any:
+    return int(value) if isinstance(value, bool) else value
 
 
 def _site_config(config: ZoneConfig, site: str, lanes: list[tuple[str, dict | None]]) -> Any:
@@ -121,7 +128,7 @@ def export_zone(config: ZoneConfig, period: Period, fmt: str, out: str | Path, *
     except psycopg.Error as exc:
         raise LedgerError(f"database unreachable: {exc}") from exc
     tmp = Path(tempfile.mkdtemp(prefix="gatectl-zone-ledger-"))
-    readers: list[tuple[str, Any]] = []
+    readers: list[tuple[str | None, LedgerReader]] = []
     conns: list[sqlite3.Connection] = []
     try:
         with pg.transaction():  # one snapshot: every part of every site agrees
@@ -134,35 +141,10 @@ def export_zone(config: ZoneConfig, period: Period, fmt: str, out: str | Path, *
                 _journal_copy(pg, site, period, path)
                 db = sqlite3.connect(path)
                 conns.append(db)
-                readers.append((site, lane_ledger._Reader(db, _site_config(config, site, lanes[site]), period, None)))
-        writer: Any = lane_ledger._CsvOut(out_path) if fmt == "csv" else lane_ledger._XlsxOut(out_path)
-        counts: dict[str, int] = {}
+                readers.append((site, LedgerReader(db, _site_config(config, site, lanes[site]), period, None)))
+        writer = lane_ledger.open_writer(fmt, out_path)
         try:
-            parts = {p.name: p for p in ZONE_PARTS}
-            main = writer.open(parts[PASSAGES])
-            views = {p.outcome: (p.name, None if csv_single else writer.open(p)) for p in ZONE_PARTS
-                     if p.outcome is not None}
-            counts[PASSAGES] = 0
-            for name, _ in views.values():
-                counts[name] = 0
-            for site, (outcome, row) in _merged([(s, r.passages(False)) for s, r in readers], lambda x: x[1][0]):
-                full = (site, *row)
-                main(full)
-                counts[PASSAGES] += 1
-                if outcome in views:
-                    name, view = views[outcome]
-                    counts[name] += 1
-                    if view is not None:
-                        view(full)
-            if not csv_single:
-                for name, rows in lane_ledger._ROWS.items():
-                    append = writer.open(parts[name])
-                    if append is None:
-                        continue
-                    counts[name] = 0
-                    for site, row in _merged([(s, rows(r)) for s, r in readers], lambda row: row[0]):
-                        append((site, *row))
-                        counts[name] += 1
+            counts = lane_ledger.write_parts(writer, readers, ZONE_PARTS, passages_only=csv_single)
             made = datetime.now(config.zone.tz).replace(tzinfo=None, microsecond=0)
             files = writer.close([
                 ("园区", config.zone.id), ("园区名称", config.zone.name), ("站点", "、".join(lanes)),
@@ -181,21 +163,6 @@ def export_zone(config: ZoneConfig, period: Period, fmt: str, out: str | Path, *
             f.unlink()
         tmp.rmdir()
     return ZoneLedgerExport(period, fmt, out_path, files, counts, sorted(lanes))
-
-
-def _sortable(value: Any) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat(" ")
-    return "" if value is None else str(value)
-
-
-def _merged(sources: list[tuple[str, Iterator]], key) -> Iterator[tuple[str, Any]]:
-    """Rows of every site in time order (each site's rows come in time order)."""
-    def tagged(site: str, rows: Iterator) -> Iterator[tuple[str, Any]]:
-        for row in rows:
-            yield site, row
-
-    return heapq.merge(*(tagged(s, rows) for s, rows in sources), key=lambda t: _sortable(key(t[1])))
 
 
 # --------------------------------------------------------------------------------------

@@ -171,11 +171,13 @@ async def test_a_lane_day_in_both_formats_matches_the_journal(daemon, tmp_path: 
                 assert r[header] == (blank if p[column] is None else p[column]), header
             assert r["通行结果"] == OUTCOME_ZH[p["outcome"]]
             assert (r["通道"], r["通道名称"], r["方向"]) == ("B1-IN", "保税货物进区1号", "进")
+            if p["auth_kind"] != "emergency" or p["plate"]:  # R14: the plate read, nothing else
+                assert r["车牌"] == (blank if p["plate"] is None else p["plate"])
         by = {r["结果代码"]: r for r in rows}
         assert by["passed"]["海关指令"] == "放行" and by["passed"]["授权类型"] == "海关放行指令"
         assert by["passed"]["放行指令号"]
         assert by["held"]["海关指令"] == "不予放行" and by["held"]["原因"] == "海关指令不予放行"
-        assert by["manual"]["车牌"] == "云A99999" and "AP-LEDGER-1" in by["manual"]["备注"]
+        assert "AP-LEDGER-1" in by["manual"]["备注"] and "审批车牌：云A99999" in by["manual"]["备注"]
         assert by["manual"]["授权类型"] == "审批抬杆"
         assert by["emergency"]["车牌"] == "云A119" and "消防车" in by["emergency"]["备注"]
         assert by["forced"]["通行结果"] == "闯卡"

@@ -95,15 +95,17 @@ def test_rows_in_time_order_with_chinese_values_beside_raw_codes(config: SiteCon
     assert (r["方向"], r["海关指令"], r["通行结果"], r["结果代码"]) == ("出", "待检", "不予放行", "held")
     assert (r["原因"], r["原因代码"], r["授权编号"]) == ("海关指令待检", "inspect", "")
     r = by[admin]
-    assert (r["车牌"], r["授权类型"], r["通道类型"]) == ("云A12345", "行政车辆白名单", "行政")  # plate from the whitelist
+    # R14: the whitelist's plate is not a read: no camera, no plate.
+    assert (r["车牌"], r["授权类型"], r["通道类型"], r["备注"]) == ("", "行政车辆白名单", "行政", "")
     r = by[backed]
     assert (r["通行结果"], r["原因"], r["毛重(kg)"]) == ("倒车离开", "抬杆后车辆离开", "")
 
 
 def test_emergency_and_manual_lifts_carry_plate_and_account(config: SiteConfig, journal: Journal,
                                                             tmp_path: Path) -> None:
-    """R10, R11: a manual lift names its approval and who requested, verified and approved
-    it; an emergency release the guard's account (vehicle type, plate) given afterwards,
+    """R10, R11: a manual lift names its approval (and the plate it was issued for) and who
+    requested, verified and approved it; an emergency release the guard's account (vehicle
+    type, plate: the plate column, no camera having read one) given afterwards,
     even after the period; one without an account says so."""
     import json
 
@@ -123,8 +125,10 @@ def test_emergency_and_manual_lifts_carry_plate_and_account(config: SiteConfig, 
     export(journal, config, DAY, DAY, "xlsx", tmp_path / "l.xlsx")
     book = read_xlsx(tmp_path / "l.xlsx")
     by = {r["通行编号"]: r for r in book["卡口登记台账"]}
-    assert by[manual]["车牌"] == "云A99999" and by[manual]["通行结果"] == "手动抬杆"
-    assert by[manual]["备注"] == "审批 AP-1（网络故障：专网中断）；申请：某某物流 张三；核实：运维单位 李四；批准：昆明海关 王五"
+    # The approval's plate is what it was issued for, not a read: a remark, not the plate.
+    assert by[manual]["车牌"] is None and by[manual]["通行结果"] == "手动抬杆"
+    assert by[manual]["备注"] == ("审批 AP-1（网络故障：专网中断）；审批车牌：云A99999；申请：某某物流 张三；"
+                                  "核实：运维单位 李四；批准：昆明海关 王五")
     assert by[fire]["车牌"] == "云A119" and by[fire]["备注"] == "特种车辆：消防车；火警；登记人：王保安"
     assert by[other]["车牌"] is None and by[other]["备注"] == "特种车辆信息未登记"
     assert [r["通行编号"] for r in book["手动抬杆"]] == [manual]
@@ -218,7 +222,7 @@ def test_csv_layout_siblings_bom_and_a_directory_as_out(config: SiteConfig, jour
     names = sorted(p.name for p in result.files)
     assert names == sorted(["台账.csv"] + [f"台账-{p.name}.csv" for p in PARTS if p.csv and p.name != "卡口登记台账"])
     assert names == sorted(["台账.csv", "台账-告警.csv", "台账-事件记录.csv", "台账-审批.csv", "台账-交接班.csv",
-                            "台账-值班记录.csv"])
+                            "台账-值班记录.csv", "台账-开放时间指令.csv", "台账-演练.csv"])
     for path in result.files:
         assert path.read_bytes().startswith(b"\xef\xbb\xbf")
     assert read_csv(tmp_path / "台账-告警.csv") == []

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from gatectl.ledger import Period, _Reader
+from gatectl.ledger import LedgerReader as _Reader, Period
 
 
 def reader(tz: str, start: date, end: date) -> _Reader:

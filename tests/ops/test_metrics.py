@@ -184,3 +184,31 @@ def test_process_metrics_without_proc_stat(tmp_path) -> None:
     assert m.value("process_open_fds") > 0
     start = m.value("process_start_time_seconds")
     assert start is not None and start <= datetime.now().timestamp()
+
+
+async def test_r14_drill_passages_and_alarms_count_apart(ops_site: OpsSite) -> None:
+    """R14/R12: a passage and an alarm journaled during a drill are not real statistics: they
+    count in ``gatectl_drill_events_total`` by type, never in the passage or alarm counters."""
+    ops = ops_site
+    mine = Metrics(ops.site, subscribe=False, process=False)
+    ts = "2026-01-01T08:00:00+08:00"
+
+    def stamped(event: ev.Event) -> ev.Stamped:
+        return ev.Stamped("e", 1, "s", LANE, ts, event)
+
+    mine.on_events([
+        stamped(ev.DrillStarted(by="园区管理办")),
+        stamped(ev.PassageClosed(outcome="emergency", drill=True)),
+        stamped(ev.ForcedPassageAlarm(loop="exit_loop", state="occupied", drill=True)),
+        stamped(ev.PassageClosed(outcome="passed")),
+        stamped(ev.ForcedPassageAlarm(loop="exit_loop", state="occupied")),
+        stamped(ev.SpotCheckApplied(remaining=0, fraction=0.0, drill=True)),
+    ])
+    m = Scrape("", mine.exposition().decode())
+    assert m.value("gatectl_passages_total", lane=LANE, outcome="emergency") == 0
+    assert m.value("gatectl_passages_total", lane=LANE, outcome="passed") == 1
+    assert m.value("gatectl_alarms_total", lane=LANE, alarm="forced_passage") == 1
+    assert m.value("gatectl_drill_events_total", lane=LANE, type="passage.closed") == 1
+    assert m.value("gatectl_drill_events_total", lane=LANE, type="alarm.raised") == 1
+    assert m.value("gatectl_drill_events_total", lane=LANE, type=OTHER) == 1
+    assert m.value("gatectl_drill_events_total", lane=LANE, type="drill.started") is None  # not marked itself
