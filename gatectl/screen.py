@@ -44,6 +44,7 @@ from aiohttp import web
 from gatectl import events as ev
 from gatectl import labels as L
 from gatectl.api import SITE_KEY, Query, QueryBool, query
+from gatectl.records import lane_devices
 from gatectl.service import Site
 
 log = structlog.get_logger("gatectl.screen")
@@ -75,6 +76,20 @@ def labels() -> dict[str, Any]:
         "reason": L.APPROVAL_REASONS,
         "hold": L.REASONS,
         "emergency_types": list(L.EMERGENCY_TYPES),
+        "incident_kind": L.INCIDENT_KINDS,
+        "ticket_state": L.TICKET_STATES,
+        "ticket_source": L.TICKET_SOURCES,
+        "party": L.PARTIES,
+        "category": L.CATEGORIES,
+        "duty": L.DUTY,
+        "field": L.FIELDS,
+        "role": L.ROLES,
+        "verdict": L.CHECK_VERDICTS,
+        "ledger_format": L.LEDGER_FORMATS,
+        "lane_open": {"true": L.LANE_OPEN[True], "false": L.LANE_OPEN[False]},
+        "hours": {"true": L.HOURS[True], "false": L.HOURS[False]},
+        "drill": L.DRILL,
+        "site_wide": L.SITE_WIDE,
     }
 
 
@@ -219,6 +234,13 @@ class Screen:
             "devices": devices,
             "spot_checks": snap.get("spot_checks"),
             "open_now": snap.get("open_now"),
+            # Passed on as the lane gives them (absent: not shown): whether it releases
+            # automatically now, customs' standing hours order, a drill in progress.
+            "open": snap.get("open", snap.get("open_now")),
+            "hours_order": snap.get("hours_order"),
+            "drill": snap.get("drill"),
+            # What a shift check covers: the lane's devices as the records name them.
+            "check_devices": lane_devices(lane.config),
         }
 
     @staticmethod
