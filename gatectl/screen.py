@@ -1,10 +1,15 @@
 """The guard's screen (CONTRACT section 6: ``GET /``; R11, R12).
 
 One page for the booth, served from ``gatectl/static`` (no build step, nothing from the
-internet): every lane live, alarms with acknowledgement, pending approvals, recent
-passages and the emergency-release accounts still owed. This module only reads: every
-change the page makes goes through the token-protected POST routes of the local API
-(``/api/v1/alarms/{event_id}/ack``, ``/api/v1/lanes/{lane}/emergency-accounts``).
+internet): every lane live (with its plate, the passage's kind on a shared lane, whether it
+is open now, customs' hours order and a drill when the lane gives them), alarms with
+acknowledgement, pending approvals, recent passages and the emergency-release accounts
+still owed; and the guard's workstation (R13, R15, R8, R14): handover with the
+carried-over items, shift checks, video notes, incident accounts and closing, fault
+tickets and their progress, the ledger download (``docs/workstation.md``). This module
+only reads: every change the page makes goes through the token-protected POST routes of
+the local API (``gatectl.records``' routes, ``/api/v1/lanes/{lane}/emergency-accounts``),
+in the name of the logged-in user.
 
 Routes added by :func:`setup_routes`:
 

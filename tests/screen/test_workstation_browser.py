@@ -252,6 +252,7 @@ async def test_r13_r15_guard_workstation_every_duty_by_clicking(page, screen_sit
     await page.fill("#ledger-form [name=from]", "2026-03-01")
     await page.fill("#ledger-form [name=to]", "2026-03-15")
     await page.check('#ledger-form input[name=format][value="csv"]')
+    await shot(page, tmp_path, "ledger", "#ledger-dialog")
     has_route = any(getattr(rt.resource, "canonical", None) == "/api/v1/ledger" for rt in r.runner.app.router.routes())
     async with page.expect_request(lambda req: "/api/v1/ledger?" in req.url) as asked:
         if has_route:
@@ -264,7 +265,6 @@ async def test_r13_r15_guard_workstation_every_duty_by_clicking(page, screen_sit
     if not has_route:
         await page.locator("#ledger-form .form-error").wait_for(state="visible")
         assert "404" in await page.locator("#ledger-form .form-error").inner_text()
-    await shot(page, tmp_path, "ledger", "#ledger-dialog")
     await page.click("#ledger-form .cancel")
 
     # ---- the lane card (R12): customs' hours order, a drill, the plate, open or not.
