@@ -166,6 +166,14 @@ FIELDS = {
 SITE_WIDE = "全场"
 DRILL = "演练"
 HOURS = {True: "海关指令开放", False: "海关指令关闭"}
+#: Whether a lane releases automatically now (its hours and customs' order together).
+LANE_OPEN = {True: "开放", False: "非开放时间"}
+#: Who a local API token belongs to (``GET /api/v1/whoami``'s ``role``).
+ROLES = {"guard": "保安", "customs": "海关", "park": "园区管理方", "maintenance": "运维", "camera": "车牌识别",
+         "full": "全部权限"}
+#: A guard's verdict on one device at a shift check.
+CHECK_VERDICTS = {"ok": "正常", "faulty": "故障"}
+LEDGER_FORMATS = {"xlsx": "Excel 表格（xlsx）", "csv": "CSV 文本（csv）"}
 
 
 def zh(table: Mapping[str, str], code: Any) -> str | None:
@@ -286,6 +294,20 @@ def describe(st: Stamped) -> str:
                 return "海关指令取消，恢复开放时间"
             return f"{HOURS[bool(e.open)]}" + (f" 至 {e.until[:16]}" if e.until else "") + (
                 f" ({e.reason})" if e.reason else "")
+        case ev.IncidentUpdated():
+            return f"事故记录 {e.incident_id} ({e.account.get('by') or ''})"
+        case ev.IncidentClosed():
+            return f"事件关闭 {e.incident_id} ({e.by})"
+        case ev.TicketOpened():
+            return f"故障处理单 {e.ticket_id} {zh(TICKET_SOURCES, e.source)}: {device(e.device)}"
+        case ev.TicketAdvanced():
+            return f"故障处理单 {e.ticket_id} {zh(TICKET_STATES, e.to)} ({e.by})"
+        case ev.ShiftHandover():
+            return f"交接班 {e.outgoing} → {e.incoming}"
+        case ev.ShiftCheck():
+            return f"{zh(DUTY, e.phase)} ({e.guard})"
+        case ev.VideoNote():
+            return f"{DUTY['video.note']} ({e.guard})"
         case ev.DrillStarted():
             return f"应急演练开始 {e.note}".strip()
         case ev.DrillEnded():

@@ -1,10 +1,15 @@
 """The guard's screen (CONTRACT section 6: ``GET /``; R11, R12).
 
 One page for the booth, served from ``gatectl/static`` (no build step, nothing from the
-internet): every lane live, alarms with acknowledgement, pending approvals, recent
-passages and the emergency-release accounts still owed. This module only reads: every
-change the page makes goes through the token-protected POST routes of the local API
-(``/api/v1/alarms/{event_id}/ack``, ``/api/v1/lanes/{lane}/emergency-accounts``).
+internet): every lane live (with its plate, the passage's kind on a shared lane, whether it
+is open now, customs' hours order and a drill when the lane gives them), alarms with
+acknowledgement, pending approvals, recent passages and the emergency-release accounts
+still owed; and the guard's workstation (R13, R15, R8, R14): handover with the
+carried-over items, shift checks, video notes, incident accounts and closing, fault
+tickets and their progress, the ledger download (``docs/workstation.md``). This module
+only reads: every change the page makes goes through the token-protected POST routes of
+the local API (``gatectl.records``' routes, ``/api/v1/lanes/{lane}/emergency-accounts``),
+in the name of the logged-in user.
 
 Routes added by :func:`setup_routes`:
 
@@ -44,6 +49,7 @@ from aiohttp import web
 from gatectl import events as ev
 from gatectl import labels as L
 from gatectl.api import SITE_KEY, Query, QueryBool, query
+from gatectl.records import lane_devices
 from gatectl.service import Site
 
 log = structlog.get_logger("gatectl.screen")
@@ -75,6 +81,20 @@ def labels() -> dict[str, Any]:
         "reason": L.APPROVAL_REASONS,
         "hold": L.REASONS,
         "emergency_types": list(L.EMERGENCY_TYPES),
+        "incident_kind": L.INCIDENT_KINDS,
+        "ticket_state": L.TICKET_STATES,
+        "ticket_source": L.TICKET_SOURCES,
+        "party": L.PARTIES,
+        "category": L.CATEGORIES,
+        "duty": L.DUTY,
+        "field": L.FIELDS,
+        "role": L.ROLES,
+        "verdict": L.CHECK_VERDICTS,
+        "ledger_format": L.LEDGER_FORMATS,
+        "lane_open": {"true": L.LANE_OPEN[True], "false": L.LANE_OPEN[False]},
+        "hours": {"true": L.HOURS[True], "false": L.HOURS[False]},
+        "drill": L.DRILL,
+        "site_wide": L.SITE_WIDE,
     }
 
 
@@ -219,6 +239,13 @@ class Screen:
             "devices": devices,
             "spot_checks": snap.get("spot_checks"),
             "open_now": snap.get("open_now"),
+            # Passed on as the lane gives them (absent: not shown): whether it releases
+            # automatically now, customs' standing hours order, a drill in progress.
+            "open": snap.get("open", snap.get("open_now")),
+            "hours_order": snap.get("hours_order"),
+            "drill": snap.get("drill"),
+            # What a shift check covers: the lane's devices as the records name them.
+            "check_devices": lane_devices(lane.config),
         }
 
     @staticmethod
