@@ -1,7 +1,8 @@
 """Orders: what people and systems outside the lanes ask of them.
 
 Approvals (R10, R17), the guard's emergency accounts (R11), customs' spot checks (R7) and
-signed commands (CONTRACT 8), and the record orders (alarm acknowledgements, incidents,
+hours orders (R2), park management's drills, plate cameras' reads and signed commands
+(CONTRACT 8), and the record orders (alarm acknowledgements, incidents,
 tickets, duty records) arrive by the local API, by MQTT, or from the CLI through the
 journal's ``inbox`` table. Each kind has one handler here, whatever the door it came in
 by, and every handler answers with a result dict: ``{"status": "accepted", ...}`` or
