@@ -170,6 +170,11 @@ async def test_r3_contract8_the_cameras_plate_goes_to_both_authorities_the_passa
     assert d.gather.requests[-1]["ve_name"] == OTHER.plate
     assert d.events("E1-IN", "passage.closed")[0]["plate"] == OTHER.plate
 
+    # Both lanes at rest (boom down, idle) before counting what the journal holds.
+    for lane_id in ("B1-IN", "E1-IN"):
+        await wait_until(lambda lane_id=lane_id: d.sim.lane(lane_id).barrier.position == "down"
+                         and d.site.lanes[lane_id].view["state"] == "idle")
+    await asyncio.sleep(0.3)
     before = len(d.site.journal.events())
     plate = {"plate": "云A00001", "confidence": 0.9, "captured_at": datetime.now(TZ).isoformat()}
     status, answer = await d.call("POST", "/api/v1/lanes/B1-IN/plates", plate, role="guard")

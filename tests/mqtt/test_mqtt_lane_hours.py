@@ -33,7 +33,7 @@ async def test_r2_signed_lane_hours_over_mqtt_close_the_lane_once_and_junk_is_co
     each). A second signed command clears the order and the state says open again."""
     broker = await brokers()
     col = await collectors(broker.port)
-    h = await sites(broker.port, trust={"customs": [public_key_b64(CUSTOMS)]}, refused_interval=0.3)
+    h = await sites(broker.port, trust={"customs": [public_key_b64(CUSTOMS)]}, refused_interval=1.0)
     await wait_until(lambda: h.link.connected)
     topic = f"{PREFIX}/cmd/lane-hours"
     state_topic = f"{PREFIX}/lanes/B1-IN/state"
@@ -42,7 +42,7 @@ async def test_r2_signed_lane_hours_over_mqtt_close_the_lane_once_and_junk_is_co
                    by="海关监控中心")
     await col.publish(topic, dumps(close))
     await wait_until(lambda: h.journal("B1-IN", "hours.ordered") != [])
-    unsigned = 6
+    unsigned = 8
     for _ in range(unsigned):
         await col.publish(topic, dumps(command("lane-hours", "B1-IN", clear=True)))
     await col.publish(topic, dumps(close))  # the same command_id again
@@ -61,7 +61,7 @@ async def test_r2_signed_lane_hours_over_mqtt_close_the_lane_once_and_junk_is_co
     await wait_until(lambda: sum(r["count"] for r in h.journal("_site", "command.refused")) == unsigned + 1)
     refused = h.journal("_site", "command.refused")
     assert {r["reason"] for r in refused} == {"unsigned", "replayed"}
-    assert len(refused) < unsigned  # aggregated: not one record per message
+    assert len(refused) < unsigned + 1  # aggregated: fewer records than refused messages
     assert all(r["topic"] == topic and r["source"] == "mqtt" for r in refused)
     ordered = h.journal("B1-IN", "hours.ordered")
     assert [(o["open"], o["by"], o["source"]) for o in ordered] == [(False, "海关监控中心", "mqtt")]
