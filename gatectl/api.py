@@ -653,6 +653,9 @@ def make_app(site: Site, *setups, limits: HttpLimits | None = None) -> web.Appli
     app.router.add_post("/api/v1/lanes/{lane}/spot-checks", spot_checks)
     app.router.add_post("/api/v1/approvals", approvals)
     app.router.add_post("/api/v1/lanes/{lane}/emergency-accounts", emergency_accounts)
+    app.router.add_post("/api/v1/lanes/{lane}/plates", plates)
+    app.router.add_post("/api/v1/lanes/{lane}/hours", hours)
+    app.router.add_post("/api/v1/lanes/{lane}/drills", drills)
     for setup in setups:
         setup(app)
     return app
@@ -759,6 +762,52 @@ async def approvals(request: web.Request) -> web.Response:
     raw = await read_body(request, MAX_APPROVAL_BYTES)
     result = await site.orders.approval(raw, source="local_api")
     return web.json_response(result, status=200 if result["status"] == "accepted" else 422)
+
+
+@allow("camera")
+async def plates(request: web.Request) -> web.Response:
+    """CONTRACT 8: the plate camera's read of the vehicle on the arrival loop:
+    ``{"plate", "confidence", "captured_at"}``. 409 ``no_plate_camera`` on a lane without
+    ``plate_camera``. A read no passage takes is not journaled (only a passage's plate is),
+    and refused reads are counted, never journaled: cameras post several a second."""
+    site = request.app[SITE_KEY]
+    lane_id = lane_of(request)
+    if site.lanes[lane_id].config.plate_camera is None:  # before the body: a misrouted camera costs no parse
+        raise ApiRefused(409, "no_plate_camera", f"lane {lane_id} has no plate_camera configured: its plates are "
+                                                 "not taken")
+    body = await json_body(request)
+    try:
+        result = await site.orders.plate(lane_id, body)
+    except OrderRefused as exc:
+        raise ApiRefused(exc.status, exc.reason, exc.message) from None
+    return web.json_response(result)
+
+
+@allow(*LANE_ROLES)  # a signed command from anyone; a plain order from customs (checked inside)
+async def hours(request: web.Request) -> web.Response:
+    """R2, CONTRACT 8: customs close or open the lane now over its open hours:
+    ``{"open", "until", "reason"}`` or ``{"clear": true}``, or the same as a signed
+    command. The order's ``by`` is the token's user."""
+    site = request.app[SITE_KEY]
+    lane_id = lane_of(request)
+    return await signed_or_plain(request, lane_id, "lane-hours", ("customs",),
+                                 lambda body, who: site.orders.lane_hours(lane_id, body, source="local_api",
+                                                                          actor=who.actor))
+
+
+@allow("park")
+async def drills(request: web.Request) -> web.Response:
+    """Park management start or end an emergency drill (应急处置演练) on the lane:
+    ``{"start": true | false, "note": "…"}``; what the lane journals meanwhile is marked
+    ``"drill": true``. 409 ``drill_state`` for a start during a drill or an end without one."""
+    site = request.app[SITE_KEY]
+    lane_id = lane_of(request)
+    body = await json_body(request)
+    try:
+        result = await site.orders.drill(lane_id, body, actor=caller(request).actor)
+    except OrderRefused as exc:
+        raise ApiRefused(exc.status, exc.reason, exc.message) from None
+    return web.json_response(result)
 
 
 @allow("guard")

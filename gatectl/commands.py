@@ -5,8 +5,10 @@ The bodies (pydantic models, every field bounded, unknown keys refused):
 
 - a spot check (R7): ``{"hold_next": N}`` (0 to :data:`MAX_HOLD_NEXT`), ``{"fraction": f}``
   (0 to 1) or ``{"clear": true}``, exactly one;
-- lane hours: ``{"open": bool, "until": ts | null, "reason": "…"}`` or ``{"clear": true}``;
-- a plate read: ``{"plate", "confidence": 0..1 | null, "captured_at": ts | null}``;
+- lane hours: ``{"open": bool, "until": ts | null, "reason": "…"}`` or ``{"clear": true}``
+  (``until`` after now and at most :data:`MAX_HOURS_AHEAD` ahead, checked by the orders);
+- a plate read: ``{"plate", "confidence": 0..1 | null, "captured_at": ts | null}``
+  (``captured_at`` within :data:`MAX_PLATE_SKEW` of the lane PC's clock);
 - a drill: ``{"start": bool, "note": "…"}``.
 
 A **signed command** is one of the first two with an envelope, signed as approvals are
@@ -95,6 +97,9 @@ class HoursBody(_Body):
     until: AwareTime | None = None
     reason: Reason | None = None
     clear: Literal[True] | None = None
+    #: Who orders it (a plain order by the full-access token; a user's token names its user;
+    #: a signed command may name its officer).
+    by: PersonName | None = None
 
     @model_validator(mode="after")
     def _one_order(self) -> HoursBody:
@@ -120,6 +125,7 @@ class DrillBody(_Body):
 
     start: bool
     note: FreeText = ""
+    by: PersonName | None = None  # the full-access token's; a user's token names its user
 
 
 class _Envelope(_Body):

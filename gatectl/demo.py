@@ -28,7 +28,7 @@ from gatectl import logs
 from gatectl.api import start_api
 from gatectl.config import load_config
 from gatectl.daemon import assemble
-from simulators.site import LaneSpec, SimulatedSite
+from simulators.site import DEMO_USERS, LaneSpec, SimulatedSite
 
 STATE_STYLE = {"open": "bold green", "held": "bold red", "deciding": "yellow", "lowering": "cyan"}
 QUIET_EVENTS = {"loop.changed", "barrier.position"}
@@ -113,7 +113,7 @@ class View:
 
     def render(self):
         lanes = Table(expand=True, title="卡口通道 Lanes", title_style="bold")
-        for col in ("通道", "状态", "线圈 到达/安全/出口", "道闸", "IC卡", "重量 kg", "海关指令", "显示屏"):
+        for col in ("通道", "状态", "线圈 到达/安全/出口", "道闸", "IC卡 / 车牌", "重量 kg", "海关指令", "显示屏"):
             lanes.add_column(col, overflow="fold")
         for lane in self.site.lanes.values():
             snap = lane.snapshot()
@@ -123,12 +123,18 @@ class View:
             p = snap["passage"] or {}
             state = snap["state"]
             faults = ", ".join(snap["faults"])
+            notes = []
+            if not snap.get("open", True):
+                notes.append("非开放时间")
+            if snap.get("drill"):
+                notes.append("演练中")
             lanes.add_row(
                 f"{lane.id}\n{L.zh(L.KINDS, lane.config.kind)} {L.zh(L.DIRECTIONS, lane.config.direction)}",
-                Text(L.zh(L.STATES, state) + (f"\n故障:{faults}" if faults else ""), STATE_STYLE.get(state, "")),
+                Text(L.zh(L.STATES, state) + (f"\n故障:{faults}" if faults else "")
+                     + (f"\n{' '.join(notes)}" if notes else ""), STATE_STYLE.get(state, "")),
                 loops,
                 barrier,
-                p.get("card") or "",
+                "\n".join(x for x in (p.get("card"), p.get("plate")) if x),
                 f"{p['weight_kg']:.0f}" if p.get("weight_kg") else "",
                 L.zh(L.DECISIONS, p.get("decision")) or "",
                 snap["display"],
@@ -152,18 +158,20 @@ async def run_demo(args) -> int:
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="gatectl-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     specs = [
-        LaneSpec("B1-IN", "保税货物进区1号", "bonded", "in", "K001"),
+        LaneSpec("B1-IN", "保税货物进区1号", "bonded", "in", "K001", plate_camera=True),
         LaneSpec("E1-OUT", "跨境电商9610出区", "ecommerce_9610", "out", "K002"),
         LaneSpec("N1-IN", "非保税进区", "non_bonded", "in", "K003", exit_loop=False),
-        LaneSpec("A1-IN", "行政通道进区", "administrative", "in", "K004"),
+        LaneSpec("A1-IN", "行政通道进区", "administrative", "in", "K004", plate_camera=True),
         LaneSpec("P1-IN", "人员通道", "personnel", "in", "K005", weigh_format=None, exit_loop=False),
         LaneSpec("B2-OUT", "保税货物出区2号", "bonded", "out", "K006"),
     ][: max(1, min(args.lanes, 6))]
-    sim = SimulatedSite(workdir, specs, travel_s=1.4)
+    sim = SimulatedSite(workdir, specs, travel_s=1.4, camera_seed=args.seed)
     await sim.start()
     port = _free_port()
+    # Plate cameras post with the camera user's token; the guard logs into the screen with theirs.
     cfg_path = sim.write_config(
-        workdir / "site.yaml", journal_path=str(workdir / "gatectl.db"), api_listen=f"127.0.0.1:{port}"
+        workdir / "site.yaml", journal_path=str(workdir / "gatectl.db"), api_listen=f"127.0.0.1:{port}",
+        users=DEMO_USERS,
     )
     config = load_config(cfg_path)
     site, setups = assemble(config)
@@ -196,6 +204,8 @@ async def run_demo(args) -> int:
             ]
         )
     print(f"gatectl demo: config {cfg_path}, journal {workdir / 'gatectl.db'}, API {api_url}", file=sys.stderr)
+    print("gatectl demo: tokens " + ", ".join(f"{role} {name} {token}" for role, (name, token) in DEMO_USERS.items()),
+          file=sys.stderr)
     try:
         if args.plain:
             while deadline is None or loop.time() < deadline:

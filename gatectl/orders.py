@@ -1,7 +1,8 @@
 """Orders: what people and systems outside the lanes ask of them.
 
 Approvals (R10, R17), the guard's emergency accounts (R11), customs' spot checks (R7) and
-signed commands (CONTRACT 8), and the record orders (alarm acknowledgements, incidents,
+hours orders (R2), park management's drills, plate cameras' reads and signed commands
+(CONTRACT 8), and the record orders (alarm acknowledgements, incidents,
 tickets, duty records) arrive by the local API, by MQTT, or from the CLI through the
 journal's ``inbox`` table. Each kind has one handler here, whatever the door it came in
 by, and every handler answers with a result dict: ``{"status": "accepted", ...}`` or
@@ -29,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -37,10 +39,28 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from gatectl import events as ev
 from gatectl.approvals import ApprovalRefused as Refused
 from gatectl.approvals import lane_kinds, parse_document, verify
-from gatectl.commands import CommandRefused, SpotCheckBody, VerifiedCommand, verify_command
+from gatectl.commands import (
+    MAX_HOURS_AHEAD,
+    MAX_PLATE_SKEW,
+    CommandRefused,
+    DrillBody,
+    HoursBody,
+    PlateBody,
+    SpotCheckBody,
+    VerifiedCommand,
+    verify_command,
+)
 from gatectl.journal import JournalError, WriteTx
 from gatectl.lane.errors import LaneProtocolError
-from gatectl.lane.inputs import ApprovalAccepted, ApprovalRefused, EmergencyAccount, SpotCheckOrdered
+from gatectl.lane.inputs import (
+    ApprovalAccepted,
+    ApprovalRefused,
+    DrillOrdered,
+    EmergencyAccount,
+    HoursOrdered,
+    PlateRead,
+    SpotCheckOrdered,
+)
 from gatectl.limits import MAX_ID_LEN, MAX_LANE_ID_LEN, FreeText, Identifier, PersonName, Plate, single_line
 from gatectl.limits import validation_message
 from gatectl.refusals import Refusals, RefusedRecords
@@ -120,6 +140,24 @@ def spot_check_order(body: dict, source: str) -> SpotCheckOrdered:
     try:
         return SpotCheckOrdered(hold_next=order.hold_next, fraction=order.fraction, clear=bool(order.clear),
                                 source=source)
+    except LaneProtocolError as exc:
+        raise OrderRefused("invalid", str(exc)) from exc
+
+
+def hours_order(body: Any, source: str, now: datetime, by: str | None = None) -> HoursOrdered:
+    """Validate an hours order (``lane_id`` aside) into the core's input: ``until`` after
+    ``now`` and at most a year ahead; ``by`` (a signed command's) over the body's. Raises
+    ``OrderRefused``."""
+    order: HoursBody = _model(HoursBody, {k: v for k, v in body.items() if k != "lane_id"}
+                              if isinstance(body, dict) else body)
+    if order.until is not None:
+        if order.until <= now:
+            raise OrderRefused("invalid", f"until {order.until.isoformat()} has passed already")
+        if order.until > now + MAX_HOURS_AHEAD:
+            raise OrderRefused("invalid", f"until is at most {MAX_HOURS_AHEAD.days} days ahead")
+    try:
+        return HoursOrdered(open=order.open, until=order.until, reason=order.reason or "", clear=bool(order.clear),
+                            source=source, by=by if by is not None else (order.by or ""))
     except LaneProtocolError as exc:
         raise OrderRefused("invalid", str(exc)) from exc
 
@@ -250,6 +288,54 @@ class Orders:
         core = self.site.lanes[lane_id].core
         return {"lane_id": lane_id, "hold_next": core.spot_hold_next, "fraction": core.spot_fraction}
 
+    # ------------------------------------------------------------ hours, drills, plates (CONTRACT 8)
+
+    async def lane_hours(self, lane_id: str, body: dict[str, Any], source: str,
+                         actor: str | None = None) -> dict[str, Any]:
+        """R2: customs open or close the lane now over its open hours (or clear that), a
+        plain order; ``actor`` (the token's user) is its ``by``. Raises ``OrderRefused``."""
+        order = hours_order(actor_of(body, "by", actor) if isinstance(body, dict) else body, source,
+                            self.site.now())
+        await self.site.submit(lane_id, order)
+        return self._hours_state(lane_id)
+
+    def _hours_state(self, lane_id: str) -> dict[str, Any]:
+        view = self.site.lanes[lane_id].snapshot()
+        return {"lane_id": lane_id, "open": view["open"], "hours_order": view["hours_order"]}
+
+    async def drill(self, lane_id: str, body: dict[str, Any], actor: str | None = None) -> dict[str, Any]:
+        """Park management start or end an emergency drill on the lane; ``actor`` (the
+        token's user) is its ``by``. Starting one under way, or ending none, is refused
+        (409): the lane does nothing twice. Raises ``OrderRefused``."""
+        order: DrillBody = _model(DrillBody, actor_of(body, "by", actor) if isinstance(body, dict) else body)
+        lane = self.site.lanes[lane_id]
+        running = lane.view["drill"] is not None
+        if order.start == running:
+            raise OrderRefused("drill_state", "a drill is under way on this lane already" if running
+                               else "no drill is under way on this lane", status=409)
+        await self.site.submit(lane_id, DrillOrdered(order.start, order.by or "", order.note))
+        return {"lane_id": lane_id, "drill": lane.view["drill"]}
+
+    async def plate(self, lane_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The plate camera's read of the vehicle on the arrival loop. Refused (409) on a
+        lane without ``plate_camera``. Raises ``OrderRefused``."""
+        lane = self.site.lanes[lane_id]
+        if lane.config.plate_camera is None:
+            raise OrderRefused("no_plate_camera", f"lane {lane_id} has no plate_camera configured: its plates "
+                                                  "are not taken", status=409)
+        read: PlateBody = _model(PlateBody, body)
+        plate = read.plate.strip()
+        if not plate:
+            raise OrderRefused("invalid", "plate: empty")
+        now = self.site.now()
+        if read.captured_at is not None and abs(read.captured_at - now) > MAX_PLATE_SKEW:
+            raise OrderRefused("invalid", f"captured_at {read.captured_at.isoformat()} is more than a day from "
+                                          "this lane PC's clock: set the camera's clock")
+        await self.site.submit(lane_id, PlateRead(plate, read.confidence, read.captured_at))
+        passage = lane.view["passage"]
+        return {"status": "accepted", "lane_id": lane_id, "plate": plate,
+                "passage_id": passage["passage_id"] if passage is not None and passage["plate"] == plate else None}
+
     # ------------------------------------------------------------ signed commands (CONTRACT 8)
 
     async def signed_command(self, raw: bytes | str | dict, source: str, expect: str | None = None,
@@ -276,6 +362,8 @@ class Orders:
                   "lane_id": verified.lane_id, "by": verified.by}
         if verified.kind == "spot-check":
             result.update(self._spot_state(verified.lane_id))
+        else:
+            result.update(self._hours_state(verified.lane_id))
         return result
 
     def _command_input(self, verified: VerifiedCommand, source: str) -> Any:
@@ -289,7 +377,7 @@ class Orders:
             raise CommandRefused("invalid", exc.message) from None
 
     def _hours_input(self, body: dict[str, Any], source: str, by: str) -> Any:
-        raise OrderRefused("invalid", "lane hours are not taken by this lane PC yet")
+        return hours_order(body, source, self.site.now(), by=by)
 
     def _commands_schema(self, tx: WriteTx) -> None:
         tx.db.execute(COMMANDS_SCHEMA)
@@ -365,4 +453,5 @@ def _bounded(value: Any, length: int) -> str | None:
     return value[:length] if isinstance(value, str) else None
 
 
-__all__ = ["Orders", "OrderRefused", "EmergencyAccountBody", "actor_of", "spot_check_order", "SITE_LANE"]
+__all__ = ["Orders", "OrderRefused", "EmergencyAccountBody", "actor_of", "hours_order", "spot_check_order",
+           "SITE_LANE"]

@@ -51,6 +51,8 @@ REASONS: Final[dict[str, tuple[str, ...]]] = {
         "unauthorized",  # no bearer token
         "forbidden",  # a wrong token, or a role that may not do this
         "actor_mismatch",  # a body naming another actor than the token's user
+        "no_plate_camera",  # a plate posted for a lane without plate_camera
+        "drill_state",  # a drill started during one, or ended without one
         "rate_limited",
         "too_many_connections",
         "header_timeout",

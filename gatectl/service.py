@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -59,6 +60,7 @@ from gatectl.lane.inputs import (
     ReleaseFailed,
     WeightStable,
 )
+from gatectl.lane.passage import LaneRecord
 from gatectl.lane.runtime import CardRegistry, LaneRuntime
 from gatectl.ids import time_ordered_id
 from gatectl.orders import SITE_LANE, Orders
@@ -225,6 +227,7 @@ class LaneService:
         """A core rebuilt from the journal (S7) and a runtime around it."""
         site, lane = self.site, self.config
         recovered, record = site.journal.recover(lane.id)
+        record = _who_ordered(site.journal, record)
         self.core = LaneCore(lane_rules(lane, site.config), recovered=recovered, lane=record, new_id=time_ordered_id)
         if recovered is not None and recovered.card is not None:
             site.cards.observe(lane.id, ev.CardRead(card=recovered.card))
@@ -330,9 +333,38 @@ class LaneService:
             devices[name] = {"health": module.health.value if module.health else None, **module.counters}
         snap["devices"] = devices
         snap["spot_checks"] = {"hold_next": self.core.spot_hold_next, "fraction": self.core.spot_fraction}
-        snap["open_now"] = self.core.is_open_at(self.site.now())
+        now = self.site.now()
+        snap["open_now"] = self.core.is_open_at(now)
+        # Open for some vehicle now, by the hours and customs' order (a shared lane: any kind).
+        snap["open"] = self.core.open_at(now)
         snap["last_seq"] = self.site.journal.last_seq(self.id)
         return snap
+
+
+def _who_ordered(journal: Journal, record: LaneRecord) -> LaneRecord:
+    """``record`` with who gave the hours order and who started the drill in force (the
+    lane's view shows them), read back from their events when the record lacks them: the
+    ``lanes`` table keeps only the order and the drill themselves."""
+    fields: dict[str, Any] = {}
+    try:
+        if record.hours_open is not None and not record.hours_by:
+            last = _last_event(journal, record.lane_id, "hours.ordered")
+            if last is not None and isinstance(last.event, ev.HoursOrderedEvent) and not last.event.clear:
+                fields["hours_by"] = last.event.by
+        if record.drill and record.drill_since is None:
+            last = _last_event(journal, record.lane_id, "drill.started")
+            if last is not None and isinstance(last.event, ev.DrillStarted):
+                fields.update(drill_by=last.event.by, drill_note=last.event.note, drill_since=last.ts)
+    except Exception as exc:  # noqa: BLE001 - only the view's names are missing; the lane starts
+        log.warning("who ordered the lane's hours or drill is not known", lane=record.lane_id, error=repr(exc))
+    return replace(record, **fields) if fields else record
+
+
+def _last_event(journal: Journal, lane_id: str, type_: str) -> Stamped | None:
+    row = journal.reader().execute(
+        "SELECT body FROM events INDEXED BY events_type WHERE type = ? AND lane_id = ? ORDER BY seq DESC LIMIT 1",
+        (type_, lane_id)).fetchone()
+    return ev.loads(row[0]) if row is not None else None
 
 
 class ControlLoop:

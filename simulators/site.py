@@ -18,6 +18,11 @@ Address plan on ``io1``, lane ``i`` (from 0, in the order given): discrete input
 manual_lift_button, emergency_button; coils ``2i`` (open) and ``2i+1`` (close). A lane
 without an exit loop leaves ``8i+2`` unwired.
 
+A lane may have a plate camera (``LaneSpec(..., plate_camera=True)``,
+``simulators.plate_camera``): each vehicle driving onto its arrival loop is read (or
+missed, or misread by a character) and the read posted to the daemon's local API with the
+``camera`` user's token that :meth:`SimulatedSite.config_yaml` writes (``users=DEMO_USERS``).
+
 The site decides nothing. Vehicles react to the boom the way drivers do: they pull onto
 the arrival loop and the weighbridge, show their card, and drive on when the boom is up,
 or back out when it never comes up. Which vehicles pass is the daemon's business.
@@ -33,12 +38,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import json
 import logging
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
@@ -46,11 +52,13 @@ from typing import Final, Literal
 from simulators.authority_http import HttpAuthoritySimulator
 from simulators.card_reader import CardReaderSimulator
 from simulators.io_module import Barrier, IoModuleSimulator
+from simulators.plate_camera import PlateCameraSimulator
 from simulators.weighbridge import WeighbridgeSimulator
 
 __all__ = [
     "ADMIN_TRAFFIC",
     "AUTHORITY_NAME",
+    "DEMO_USERS",
     "FLEET",
     "FORM_IDS",
     "INTRUDERS",
@@ -77,6 +85,14 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+DEMO_USERS: Final[dict[str, tuple[str, str]]] = {
+    "guard": ("王保安", "demo-guard"),
+    "customs": ("海关查验科", "demo-customs"),
+    "park": ("园区管理办", "demo-park"),
+    "camera": ("车牌识别相机", "demo-camera"),
+}
+"""Users of the local API for ``config_yaml(users=...)``: role -> (name, bearer token)."""
 
 SITE_ID: Final = "demo-site"
 SITE_NAME: Final = "昆明综合保税区模拟卡口"
@@ -197,12 +213,14 @@ REGISTERED_VEHICLES: Final[tuple[RegisteredVehicle, ...]] = (
 """Written to the config's ``administrative_vehicles`` whitelist."""
 
 ADMIN_TRAFFIC: Final[tuple[Vehicle, ...]] = (
-    Vehicle("0100E2850E", "云A0G001", 1850, "car"),
-    Vehicle("0100E2850F", "云A0G002", 2410, "car"),
-    Vehicle("0100E28510", "云A0G003", 3900, "van"),  # registered, but carrying goods (R7)
+    Vehicle(REGISTERED_VEHICLES[0].card, REGISTERED_VEHICLES[0].plate, 1850, "car"),
+    Vehicle(REGISTERED_VEHICLES[1].card, REGISTERED_VEHICLES[1].plate, 2410, "car"),
+    # registered, but carrying goods (R7)
+    Vehicle(REGISTERED_VEHICLES[2].card, REGISTERED_VEHICLES[2].plate, 3900, "van"),
     Vehicle("0BADCAFE00", "云A8U514", 2100, "car"),  # not registered
 )
-"""Vehicles for administrative lanes."""
+"""Vehicles for administrative lanes: the registered ones carry the card and the plate of
+their whitelist entry (the lane matches both where a plate camera reads them)."""
 
 STAFF: Final[tuple[StaffCard, ...]] = (
     StaffCard("5A5A5A5A5A", "王保安"),
@@ -306,6 +324,9 @@ class LaneSpec:
     card_format: str = "stx-hex-xor"
     weigh_format: str | None = "xk3190-tf0"
     exit_loop: bool = True
+    plate_camera: bool = False
+    """A plate camera over the arrival loop (:mod:`simulators.plate_camera`), posting to
+    the daemon's API; written to the config as ``plate_camera``."""
 
     def __post_init__(self) -> None:
         if self.kind not in LANE_KINDS:
@@ -318,6 +339,8 @@ class LaneSpec:
             raise ValueError(f"lane {self.id}: weigh_format must be one of {sorted(WEIGH_FORMATS)}")
         if self.kind in GOODS_KINDS and self.weigh_format is None:
             raise ValueError(f"lane {self.id}: {self.kind} lanes weigh every vehicle")
+        if self.plate_camera and self.kind == "personnel":
+            raise ValueError(f"lane {self.id}: people carry no plates")
 
 
 class SimLane:
@@ -347,6 +370,12 @@ class SimLane:
             down_input=self.input_address("barrier_down"),
             travel_s=site.travel_s,
         )
+        self.camera: PlateCameraSimulator | None = None
+        if spec.plate_camera:
+            self.camera = PlateCameraSimulator(
+                spec.id, miss_rate=site.camera_miss_rate, misread_rate=site.camera_misread_rate,
+                rng=random.Random(f"{site.camera_seed}/{spec.id}") if site.camera_seed is not None else None,
+            )
         self.current: Vehicle | None = None
         """The vehicle being driven through the lane now (by drive or force_through)."""
         self.follower: Vehicle | None = None
@@ -429,6 +458,12 @@ class SimLane:
         if self.scale is not None:
             self.scale.set_weight(round(kg), motion=moving)
 
+    def arrive(self, vehicle: Vehicle) -> None:
+        """``vehicle`` drives onto the arrival loop (and under the plate camera, if any)."""
+        self.set_loop("arrival", True)
+        if self.camera is not None:
+            self.camera.capture(vehicle.plate)
+
     def clear(self) -> None:
         """Take every vehicle off the lane at once: loops free, scale at 0 kg."""
         for role in ("arrival_loop", "safety_loop", "exit_loop"):
@@ -469,7 +504,7 @@ class SimLane:
             await self._barrier_cleared()
             self.current = vehicle
             try:
-                self.set_loop("arrival", True)
+                self.arrive(vehicle)
                 await self._pause(APPROACH_S)
                 await self._roll_onto_scale(vehicle)
                 if vehicle.card is not None:
@@ -497,7 +532,7 @@ class SimLane:
             await self._until(lambda: not self.loop("arrival"))
             self.current = vehicle
             try:
-                self.set_loop("arrival", True)
+                self.arrive(vehicle)
                 self.weigh(_unsettled(vehicle.gross_kg, 0.6), moving=True)
                 await self._pause(RUSH_S)
                 self.set_loop("safety", True)
@@ -597,7 +632,7 @@ class SimLane:
         self.set_loop("arrival", False)
         await asyncio.sleep(tight)
         self.follower = tailgater
-        self.set_loop("arrival", True)
+        self.arrive(tailgater)
         self.weigh(_unsettled(tailgater.gross_kg, 0.55), moving=True)
         await self._pause(STEP_S)
         self.weigh(_unsettled(tailgater.gross_kg, 1.02), moving=True)
@@ -672,6 +707,10 @@ def free_tcp_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def _token_sha256(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
 def _q(value: str) -> str:
     """A YAML double-quoted scalar (JSON strings are valid YAML)."""
     return json.dumps(value, ensure_ascii=False)
@@ -694,6 +733,9 @@ class SimulatedSite:
         *,
         speed: float = 1.0,
         weigh_interval_s: float = 0.1,
+        camera_miss_rate: float = 0.05,
+        camera_misread_rate: float = 0.03,
+        camera_seed: int | str | None = None,
     ) -> None:
         if not lanes:
             raise ValueError("a site needs at least one lane")
@@ -711,6 +753,10 @@ class SimulatedSite:
         self.weigh_interval_s = weigh_interval_s
         self.min_dwell_s = max(0.05, 2.5 * poll_ms / 1000)
         """Shortest time any loop state is held, so a poller every poll_ms sees it."""
+        self.camera_miss_rate = camera_miss_rate
+        self.camera_misread_rate = camera_misread_rate
+        """Plate cameras' share of vehicles not read at all, and misread by one character."""
+        self.camera_seed = camera_seed
         self.wait_for_lift_s = 8.0
         """How long run_traffic's vehicles wait at the boom before backing out."""
         self.io = IoModuleSimulator(
@@ -766,6 +812,8 @@ class SimulatedSite:
         self._state = "stopped"
         await self._cancel_trips()
         for lane in self.lanes:
+            if lane.camera is not None:
+                await lane.camera.close()
             if lane.scale is not None:
                 await lane.scale.stop()
             await lane.reader.stop()
@@ -795,6 +843,7 @@ class SimulatedSite:
         *,
         mqtt: str | None = None,
         trust: dict[str, list[str]] | None = None,
+        users: Mapping[str, tuple[str, str]] | None = None,
     ) -> str:
         """The gatectl site YAML (CONTRACT section 1) for this site, once started.
 
@@ -802,7 +851,12 @@ class SimulatedSite:
         needs a real port (the config refuses port 0; see :func:`free_tcp_port`).
         ``token`` None leaves the API without one. Optional extras: ``mqtt`` as
         ``"host:port"`` (client id ``demo-lanepc``), ``trust`` as ``{"customs": [b64...],
-        "park": [...]}``.
+        "park": [...]}``, ``users`` as ``{role: (name, token)}`` (the local API's users,
+        written with the SHA-256 of each token; :data:`DEMO_USERS` has one of each role).
+
+        The lanes' plate cameras (``LaneSpec.plate_camera``) are pointed at
+        ``http://{api_listen}`` with the ``camera`` user's token (the full ``token`` if
+        ``users`` names no camera): they post to the daemon this config is for.
         """
         if self._state != "started":
             raise RuntimeError("start the site first: the config names its ports")
@@ -821,6 +875,14 @@ class SimulatedSite:
         ]
         if token is not None:
             out.append(f"  token: {_q(token)}")
+        if users:
+            out.append("  users:")
+            out += [f"    - {{name: {_q(name)}, role: {role}, token_sha256: {_token_sha256(secret)}}}"
+                    for role, (name, secret) in users.items()]
+        camera_token = users["camera"][1] if users and "camera" in users else token
+        for lane in self.lanes:
+            if lane.camera is not None and camera_token is not None:
+                lane.camera.connect(f"http://{api_listen}", camera_token)
         if mqtt is not None:
             host, _, port = mqtt.rpartition(":")
             out += [
@@ -871,6 +933,8 @@ class SimulatedSite:
             ]
             if spec.kind in GOODS_KINDS:
                 out.append(f"    authority: {AUTHORITY_NAME}")
+            if spec.plate_camera:
+                out.append("    plate_camera: {max_age_ms: 30000}")
             out += [
                 "    open_hours: always",
                 "    card_reader:",

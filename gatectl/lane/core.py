@@ -265,8 +265,16 @@ class LaneCore:
         if lane is not None and lane.hours_open is not None:
             until = datetime.fromisoformat(lane.hours_until) if lane.hours_until else None
             self.hours_order = (lane.hours_open, until, lane.hours_reason)
+        #: Who gave the hours order in force (its ``by``).
+        self.hours_by = lane.hours_by if lane is not None and self.hours_order is not None else ""
         #: An emergency drill is under way: everything journaled meanwhile is marked.
         self.drill = bool(lane.drill) if lane is not None else False
+        #: The drill under way: who started it, their note, and since when (None: not known).
+        self.drill_by = lane.drill_by if lane is not None and self.drill else ""
+        self.drill_note = lane.drill_note if lane is not None and self.drill else ""
+        self.drill_since: datetime | None = (
+            datetime.fromisoformat(lane.drill_since) if lane is not None and self.drill and lane.drill_since else None
+        )
         # The latest plate read: (plate, when, confidence); taken by the passage it names.
         self._plate: tuple[str, datetime, float | None] | None = None
         self.approvals: dict[str, Approval] = {}
@@ -345,14 +353,31 @@ class LaneCore:
                 "vehicles": self.lift.vehicles,
             },
             "hours_order": None
-            if self.hours_order is None
+            if self.hours_order is None or self._order_over(self._now)
             else {
                 "open": self.hours_order[0],
                 "until": self.hours_order[1].isoformat() if self.hours_order[1] else None,
                 "reason": self.hours_order[2],
+                "by": self.hours_by,
             },
-            "drill": self.drill,
+            "drill": None
+            if not self.drill
+            else {
+                "by": self.drill_by,
+                "note": self.drill_note,
+                "since": self.drill_since.isoformat() if self.drill_since else None,
+            },
         }
+
+    def _order_over(self, now: datetime | None) -> bool:
+        """Customs' hours order ran out (its ``until`` passed): the hours apply again."""
+        order = self.hours_order
+        return order is not None and order[1] is not None and now is not None and now >= order[1]
+
+    def open_at(self, now: datetime) -> bool:
+        """Whether the lane releases automatically at ``now`` for some vehicle (on a shared
+        lane: for any of its kinds)."""
+        return self._lane_open(now)
 
     def is_open_at(self, now: datetime, kind: str | None = None) -> bool:
         """R2: whether the lane releases automatically at ``now`` (a passage of ``kind``,
@@ -1354,9 +1379,11 @@ class LaneCore:
         assert self._now is not None
         if event.clear:
             self.hours_order = None
+            self.hours_by = ""
         else:
             assert event.open is not None
             self.hours_order = (event.open, event.until, event.reason)
+            self.hours_by = event.by
         self._emit(ev.HoursOrderedEvent, open=event.open, until=event.until.isoformat() if event.until else None,
                    reason=event.reason, clear=event.clear, source=event.source, by=event.by)
         self._hours_deadline = self._next_hours_change(self._now)
@@ -1368,10 +1395,12 @@ class LaneCore:
         what it journals meanwhile is marked, kept out of the real figures."""
         if event.start and not self.drill:
             self.drill = True
+            self.drill_by, self.drill_note, self.drill_since = event.by, event.note, self._now
             self._emit(ev.DrillStarted, by=event.by, note=event.note)
         elif not event.start and self.drill:
             self._emit(ev.DrillEnded, by=event.by, note=event.note)
             self.drill = False
+            self.drill_by, self.drill_note, self.drill_since = "", "", None
 
     def _on_tick(self, event: Tick) -> None:
         now = self._now

@@ -138,6 +138,13 @@ class LaneRecord:
     hours_reason: str = ""
     #: An emergency drill is under way on the lane.
     drill: bool = False
+    #: Who gave the hours order in force; who started the drill, why and when (ISO time).
+    #: Kept for the lane's view; the journal's ``lanes`` table does not keep them, so after
+    #: a restart they are read back from the order's and the drill's events.
+    hours_by: str = ""
+    drill_by: str = ""
+    drill_note: str = ""
+    drill_since: str | None = None
 
 
 def fold_lane(record: LaneRecord, st: Stamped) -> LaneRecord:
@@ -152,12 +159,12 @@ def fold_lane(record: LaneRecord, st: Stamped) -> LaneRecord:
             return replace(record, spot_hold_next=int(e.remaining), spot_fraction=float(e.fraction))
         case ev.HoursOrderedEvent():
             if e.clear:
-                return replace(record, hours_open=None, hours_until=None, hours_reason="")
-            return replace(record, hours_open=e.open, hours_until=e.until, hours_reason=e.reason)
+                return replace(record, hours_open=None, hours_until=None, hours_reason="", hours_by="")
+            return replace(record, hours_open=e.open, hours_until=e.until, hours_reason=e.reason, hours_by=e.by)
         case ev.DrillStarted():
-            return replace(record, drill=True)
+            return replace(record, drill=True, drill_by=e.by, drill_note=e.note, drill_since=st.ts)
         case ev.DrillEnded():
-            return replace(record, drill=False)
+            return replace(record, drill=False, drill_by="", drill_note="", drill_since=None)
     return record
 
 
