@@ -102,6 +102,10 @@ class LaneState(enum.StrEnum):
 
 S = LaneState
 
+#: Where a remote approval lifts (R17): never while an authority's answer or a lift is
+#: under way, so one passage has one authorisation.
+REMOTE_LIFT_STATES: frozenset[LaneState] = frozenset({S.IDLE, S.PRESENT, S.WEIGHING, S.HELD})
+
 #: Legal state changes. ``_goto`` refuses anything else: a wrong move is a gatectl bug.
 TRANSITIONS: dict[LaneState, frozenset[LaneState]] = {
     S.STARTING: frozenset({S.IDLE, S.PRESENT, S.WEIGHING, S.DECIDING, S.OPEN, S.HELD, S.AUTHORISING}),
@@ -317,7 +321,7 @@ class LaneCore:
         self._out = []
         self._now = now
         handler(self, event)
-        if self.state in (S.IDLE, S.HELD):
+        if self.state in REMOTE_LIFT_STATES:
             self._remote_lift()
         out, self._out = self._out, []
         return out
@@ -1084,8 +1088,9 @@ class LaneCore:
         self._lift_under_approval(fit[0], "panel")
 
     def _remote_lift(self) -> None:
-        """R17: a remote approval lifts once, when the lane is idle or holding a vehicle
-        (for a plate: when that vehicle is the one at the lane)."""
+        """R17: a remote approval lifts once, when the lane is idle, has a vehicle not yet
+        asked about (its card unread or its weight unsettled: often why customs released it
+        remotely) or holds one (for a plate: when that vehicle is the one at the lane)."""
         assert self._now is not None
         for a in list(self.approvals.values()):
             if a.trigger != "remote":
@@ -1095,7 +1100,7 @@ class LaneCore:
                 if a.used == 0:
                     self._emit(ev.ApprovalExpired, approval_id=a.approval_id)
                 continue
-            if self._usable(a) and self.state in (S.IDLE, S.HELD) and self._approval_bars(a) is None:
+            if self._usable(a) and self.state in REMOTE_LIFT_STATES and self._approval_bars(a) is None:
                 self._lift_under_approval(a, "remote")
                 return
 

@@ -127,16 +127,40 @@ def test_r10_without_a_camera_the_guard_checks_the_approvals_plate_by_eye() -> N
     assert [c.reason for c in open_pulses(out)] == ["lift"]
 
 
+def test_r17_a_remote_approval_lifts_a_vehicle_whose_card_was_never_read() -> None:
+    """R17: a vehicle on the arrival loop whose card cannot be read is why customs release
+    it remotely: it lifts at once, not after the card wait has held it."""
+    lane = started(BONDED)
+    lane.set("arrival_loop", True, at(1))
+    assert lane.state is S.PRESENT
+    out = lane.feed(ApprovalAccepted("AP-R", "remote", 1, at(-60), at(3600)), at(2))
+    assert lane.state is S.OPEN and not lane.requests
+    assert [c.reason for c in open_pulses(out)] == ["lift"]
+
+
+def test_r17_a_remote_approval_waits_while_the_authority_is_asked() -> None:
+    """R17, S1: while the release authority is being asked, a remote approval waits: one
+    passage, one authorisation. A hold then lets it lift."""
+    lane = started(BONDED)
+    up_to_deciding(lane, 1)
+    lane.feed(ApprovalAccepted("AP-R", "remote", 1, at(-60), at(3600)), at(5))
+    assert lane.state is S.DECIDING
+    out = lane.decide("hold", at(6))
+    assert [c.reason for c in open_pulses(out)] == ["lift"]
+
+
 def test_r17_a_plate_bound_remote_approval_waits_for_that_vehicle() -> None:
-    """R17: a remote approval for one plate lifts when that vehicle is at the lane, not before."""
+    """R17: a remote approval for one plate lifts when that vehicle is at the lane, not
+    for another one and not before."""
     lane = started(CAMERA)
     approval(lane, "AP-R", trigger="remote", plate="云A12345", t=1)
     assert lane.core.lift is None and lane.state is S.IDLE
-    lane.feed(PlateRead("云A12345"), at(2))
-    lane.set("arrival_loop", True, at(2.1))
-    lane.card(CARD_B, at(3))
-    lane.weight(18000.0, at(3.5))
-    out = lane.decide("hold", at(4))
+    lane.feed(PlateRead("云B77777"), at(2))
+    out = lane.set("arrival_loop", True, at(2.1))
+    assert open_pulses(out) == [] and lane.state is S.PRESENT
+    lane.set("arrival_loop", False, at(5))  # backs out without a card
+    lane.feed(PlateRead("云A12345"), at(8))
+    out = lane.set("arrival_loop", True, at(8.1))
     assert lane.state is S.OPEN and [c.reason for c in open_pulses(out)] == ["lift"]
 
 
