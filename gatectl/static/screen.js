@@ -169,14 +169,18 @@
     if (v.lift && v.lift.outcome === "emergency") footer.push(h("span", { class: "warn" }, "紧急放行中"));
     if (v.lift && v.lift.outcome === "manual") footer.push(h("span", { class: "warn" }, label("outcome", "manual")));
     const direction = v.direction === "in" ? "进区" : v.direction === "out" ? "出区" : "";
-    const drill = v.drill === true;
+    // {by, note, since} while a drill runs (true from an older daemon), null otherwise.
+    const drill = v.drill === true || (v.drill !== null && typeof v.drill === "object");
+    const drillTitle = drill && typeof v.drill === "object"
+      ? `应急处置演练：${v.drill.by || ""}${v.drill.note ? `（${v.drill.note}）` : ""}${v.drill.since ? ` 自 ${fmtTime(v.drill.since)}` : ""}；本通道此时的记录均标为演练`
+      : "应急处置演练：本通道此时的记录均标为演练";
     // A shared lane decides each passage's kind: show it (elsewhere it is the lane's own).
     const passageKind = p.lane_kind && (v.kind === "shared" || p.lane_kind !== v.kind) ? p.lane_kind : null;
     return h("article", { class: `lane${faults.length ? " has-fault" : ""}${drill ? " drill" : ""}`,
       dataset: { lane: v.lane_id, state: v.state } },
       h("header", {},
         h("h3", {}, v.name || v.lane_id),
-        drill ? h("span", { class: "drill-badge", title: "应急处置演练：本通道此时的记录均标为演练" }, word("drill", "演练")) : null,
+        drill ? h("span", { class: "drill-badge", title: drillTitle }, word("drill", "演练")) : null,
         h("span", { class: "lane-id" }, `${v.lane_id} · ${label("kind", v.kind)} · ${direction}`),
         open === true || open === false
           ? h("span", { class: `open-badge ${open ? "is-open" : "is-closed"}`, dataset: { open: open ? "1" : "0" } },
