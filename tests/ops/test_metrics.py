@@ -3,6 +3,8 @@ Prometheus sees after real passages, refusals and a device fault."""
 
 from __future__ import annotations
 
+import asyncio
+
 from datetime import datetime
 
 from e2e.conftest import wait_until
@@ -108,7 +110,13 @@ async def test_holds_refusals_approval_lift_and_device_fault(ops_site: OpsSite) 
     await lane.press("manual_lift")
     await wait_until(lambda: lane.barrier.position == "up")
 
+    # The counters follow the journal's subscribers, which may trail the coil by a group.
     m = await ops.scrape()
+    for _ in range(100):
+        if m.value("gatectl_barrier_lifts_total", lane=LANE, authorisation="approval") == 1:
+            break
+        await asyncio.sleep(0.1)
+        m = await ops.scrape()
     assert m.value("gatectl_passages_total", lane=LANE, outcome="held") == 1
     assert m.value("gatectl_release_decisions_total", lane=LANE, source="authority", decision="hold") == 1
     assert m.value("gatectl_manual_lifts_refused_total", lane=LANE, reason="no_valid_approval") == 1
@@ -124,6 +132,11 @@ async def test_holds_refusals_approval_lift_and_device_fault(ops_site: OpsSite) 
     lane.reader.unplug()
     await wait_until(lambda: "card_reader" in core.faults)
     m = await ops.scrape()
+    for _ in range(100):
+        if m.value("gatectl_alarms_total", lane=LANE, alarm="device_fault") == 1:
+            break
+        await asyncio.sleep(0.1)
+        m = await ops.scrape()
     assert m.value("gatectl_device_health", lane=LANE, device="card_reader") == 2
     assert m.value("gatectl_device_health", lane=LANE, device="weighbridge") == 0
     assert m.value("gatectl_lane_fault", lane=LANE, device="card_reader") == 1
