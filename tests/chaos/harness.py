@@ -370,7 +370,9 @@ def lift_problems(recorder: CoilRecorder, authorisations: list[dict], events: li
                                 f"{ev['authorisation']} spent, with no barrier.lifted of its own")
                 continue
             if i in matched:
-                problems.append(f"{lane}: barrier.lifted seq {ev['seq']} ({ev['reason']}, "
+                what = ("the unrecorded lift of authorisation.committed" if ev.get("unrecorded")
+                        else "barrier.lifted")
+                problems.append(f"{lane}: {what} seq {ev['seq']} ({ev['reason']}, "
                                 f"{ev['authorisation']}) gave two open edges, at {matched[i]:.3f} and {edge.t:.3f}")
                 continue
             matched[i] = edge.t
