@@ -22,7 +22,9 @@ The path of one input, with no step going back up:
    the core next, before any other input; the core's commands for it are carried out the
    same way (a loop, not a recursion);
 5. pulses and release requests start as tasks; their outcome (a failed pulse, the
-   authority's answer) comes back as an input through step 1.
+   authority's answer) comes back as an input through step 1. An open pulse that is not
+   the lift of a just-committed authorisation (a safety reverse) first waits, bounded, for
+   the step's events to be committed: its ``barrier.lifted`` is the only record of it.
 """
 
 from __future__ import annotations
@@ -64,6 +66,25 @@ log = structlog.get_logger("gatectl.runtime")
 
 #: Authorisations that are the lane's own list decisions (their latency is "local").
 LIST_DECISIONS = frozenset({"whitelist", "staff_card"})
+
+
+#: How long an open pulse that must be recorded first waits for that commit at most.
+RECORD_FIRST_WAIT_S = 0.1
+
+
+def _record_first(cmd: Pulse) -> bool:
+    """S1 after a crash: every energising of the open coil must be attributable from the
+    journal. A lift's is: its authorisation was committed before the coil (S6), and
+    recovery holds it spent. Any other open pulse (a safety reverse, S2) has nothing
+    durable before it but its own ``barrier.lifted``, so that record is committed before
+    the coil; a kill between the coil write and a later commit would leave an edge the
+    journal cannot explain."""
+    return cmd.coil == "open" and cmd.reason != "lift"
+
+
+def _retrieved(f: asyncio.Future) -> None:
+    if not f.cancelled():
+        f.exception()  # a failed commit is the step's to report, not this wait's
 
 
 class CoilError(Exception):
@@ -299,14 +320,18 @@ class LaneRuntime:
                 actions.append(cmd)
         pulses = [cmd for cmd in actions if isinstance(cmd, Pulse)]
         for cmd in pulses:
-            timing = lifting if cmd.coil == "open" and cmd.reason == "lift" else None
-            self._spawn(self._pulse(cmd, timing), "pulse")
+            if not _record_first(cmd):
+                timing = lifting if cmd.coil == "open" and cmd.reason == "lift" else None
+                self._spawn(self._pulse(cmd, timing), "pulse")
         if entries or outbox:
             # Handed over before the pulse task runs (``barrier.lifted`` before its coil
             # edge); the journal wakes its writer when the loop next turns, after the pulse
             # task has put its frame on the wire. The lift waits for nothing but its
             # authorisation (S6).
             self._recorded = self.journal.append(self.lane_id, entries, outbox=outbox)
+        for cmd in pulses:
+            if _record_first(cmd):
+                self._spawn(self._pulse(cmd, None, after=self._recorded), "pulse")
         if pulses:
             # The coil write goes on the wire before the rest of the step (the display, the
             # lane's view): one turn of the loop lets the pulse task run to its first real
@@ -369,7 +394,8 @@ class LaneRuntime:
         """The loop's monotonic clock (virtual in tests)."""
         return asyncio.get_running_loop().time()
 
-    async def _pulse(self, cmd: Pulse, decided: tuple[float, str] | None) -> None:
+    async def _pulse(self, cmd: Pulse, decided: tuple[float, str] | None,
+                     after: concurrent.futures.Future | None = None) -> None:
         on_energised = None
         if decided is not None and self.on_decision is not None:
             on_decision = self.on_decision
@@ -379,6 +405,14 @@ class LaneRuntime:
 
         # One coil at a time per barrier: open and close must never be energised together.
         async with self._pulse_lock:
+            if after is not None:
+                # Its record first (``_record_first``): committing since the step handed it
+                # over, also while a close pulse held the lock. Bounded, so a failing or
+                # stalled journal never keeps a safety reverse from the coil (S2 comes
+                # first; the record then follows when the journal can).
+                record = asyncio.wrap_future(after)
+                record.add_done_callback(_retrieved)
+                await asyncio.wait((record,), timeout=RECORD_FIRST_WAIT_S)
             try:
                 await self.coils.pulse(cmd.coil, on_energised=on_energised)
             except CoilError as exc:

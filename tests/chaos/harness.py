@@ -140,6 +140,28 @@ class CoilRecorder:
                 left.append((lane.id, coil))
         return left
 
+    def cut_by_kills(self, kills: Iterable[float]) -> list[tuple[CoilWrite, CoilWrite | None]]:
+        """Coil switch-ons whose writer a kill ended before the coil's next write: each
+        with that next write (None: none yet). A write the daemon sent just before its kill
+        may reach the module after it (a slow module: in flight for up to 150 ms); it is
+        still the dead daemon's, as no write of the restarted one came between (that one's
+        first write to a coil is always "off")."""
+        kills = sorted(kills)
+        by_coil: dict[tuple[str, str], list[CoilWrite]] = {}
+        for w in self.writes:
+            by_coil.setdefault((w.lane, w.coil), []).append(w)
+        out = []
+        for writes in by_coil.values():
+            for i, w in enumerate(writes):
+                if not w.value or (i and writes[i - 1].value):
+                    continue
+                before = writes[i - 1].t if i else float("-inf")
+                nxt = writes[i + 1] if i + 1 < len(writes) else None
+                until = nxt.t if nxt is not None else float("inf")
+                if any(before < k < until for k in kills):
+                    out.append((w, nxt))
+        return out
+
     def energised_now(self) -> list[tuple[str, str]]:
         return [(lane.id, coil) for addr, (lane, coil) in self._coils.items() if self.sim.io.coil(addr)]
 
@@ -274,18 +296,53 @@ def _t(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
+def unrecorded_lifts(events: list[dict], kills: Iterable[float]) -> list[dict]:
+    """Lifts whose ``barrier.lifted`` a kill may have taken: the lift's record is committed
+    after its coil write (the authorisation, committed before it, is what makes the lift
+    attributable, S6), so a kill right after the write loses it (and a kill just before
+    the write leaves the same journal, with no edge). One counts only where the journal
+    itself shows it: the lane's very next event after the ``authorisation.committed`` is
+    the restarted daemon's ``lane.recovered`` naming that authorisation (the life that
+    committed it journaled nothing more), a kill lies between the two, and no
+    ``barrier.lifted`` anywhere names it. Returned as stand-ins for the lost records, ``ts``
+    the decision's, valid for one edge before the recovery and none after it."""
+    kills = sorted(kills)
+    lifted = {(e["authorisation"]["kind"], e["authorisation"]["id"]) for e in events
+              if e["type"] == "barrier.lifted" and e.get("reason") == "lift"}
+    by_lane: dict[str, list[dict]] = {}
+    for e in events:
+        by_lane.setdefault(e["lane_id"], []).append(e)
+    out = []
+    for lane_events in by_lane.values():
+        lane_events.sort(key=lambda e: e["seq"])
+        for committed, after in zip(lane_events, lane_events[1:]):
+            if committed["type"] != "authorisation.committed" or after["type"] != "lane.recovered":
+                continue
+            auth = committed["authorisation"]
+            if (after.get("authorisation") != auth or (auth["kind"], auth["id"]) in lifted
+                    or not any(_t(committed["ts"]) <= k <= _t(after["ts"]) for k in kills)):
+                continue
+            out.append({**committed, "type": "barrier.lifted", "reason": "lift", "unrecorded": True,
+                        "until": _t(after["ts"])})
+    return out
+
+
 def lift_problems(recorder: CoilRecorder, authorisations: list[dict], events: list[dict],
-                  stats: dict | None = None) -> list[str]:
+                  stats: dict | None = None, kills: Iterable[float] = ()) -> list[str]:
     """S1, S6 from both sides of the wire.
 
     At the simulator, every open-coil rising edge is the effect of the lane's latest
     ``barrier.lifted`` journaled before it, and no journaled lift gives two edges (a double
     lift), no edge has none (a lift the journal does not know). A ``barrier.lifted`` is
-    journaled before its pulse starts (its ``ts`` is taken before it in any case), so the
-    latest one before an edge is the one that caused it. Lifts with reason ``lift`` must each
-    name their own authorisation, committed (the row and its ``authorisation.committed``
-    event) before the edge; ``safety_reverse`` re-raises the lift in progress (S2).
-    ``stats`` (if given) gets the edges by reason and the authorisations that lifted."""
+    handed to the journal before its pulse starts (its ``ts`` is taken before it in any
+    case), so the latest one before an edge is the one that caused it. A safety reverse's
+    is committed before its coil; a lift's follows its coil, so a kill (``kills``) can take
+    it: then the lift is known by its authorisation (``unrecorded_lifts``) and counts for
+    one edge before the restarted daemon's recovery, as a record would. Lifts with reason
+    ``lift`` must each name their own authorisation, committed (the row and its
+    ``authorisation.committed`` event) before the edge; ``safety_reverse`` re-raises the
+    lift in progress (S2). ``stats`` (if given) gets the edges by reason, the
+    authorisations that lifted and the lift records a kill took."""
     problems = []
     by_reason: Counter = Counter()
     lifted_auths: set[tuple[str, str]] = set()
@@ -293,6 +350,9 @@ def lift_problems(recorder: CoilRecorder, authorisations: list[dict], events: li
     for e in events:
         if e["type"] == "barrier.lifted":
             lifted_by_lane.setdefault(e["lane_id"], []).append(e)
+    unrecorded_edges = 0
+    for e in unrecorded_lifts(events, kills):
+        lifted_by_lane.setdefault(e["lane_id"], []).append(e)
     auth_at = {(a["kind"], a["auth_id"]): _t(a["committed_at"]) for a in authorisations}
     for lane in sorted({w.lane for w in recorder.writes} | set(lifted_by_lane)):
         lifted = sorted(lifted_by_lane.get(lane, []), key=lambda e: _t(e["ts"]))
@@ -305,12 +365,19 @@ def lift_problems(recorder: CoilRecorder, authorisations: list[dict], events: li
                 continue
             i = before[-1]
             ev = lifted[i]
+            if ev.get("unrecorded") and edge.t > ev["until"]:
+                problems.append(f"{lane}: open edge at {edge.t:.3f} after the recovery that held "
+                                f"{ev['authorisation']} spent, with no barrier.lifted of its own")
+                continue
             if i in matched:
-                problems.append(f"{lane}: barrier.lifted seq {ev['seq']} ({ev['reason']}, "
+                what = ("the unrecorded lift of authorisation.committed" if ev.get("unrecorded")
+                        else "barrier.lifted")
+                problems.append(f"{lane}: {what} seq {ev['seq']} ({ev['reason']}, "
                                 f"{ev['authorisation']}) gave two open edges, at {matched[i]:.3f} and {edge.t:.3f}")
                 continue
             matched[i] = edge.t
             by_reason[ev["reason"]] += 1
+            unrecorded_edges += bool(ev.get("unrecorded"))
             if ev["reason"] == "lift":
                 auth = (ev["authorisation"]["kind"], ev["authorisation"]["id"])
                 lifted_auths.add(auth)
@@ -331,6 +398,7 @@ def lift_problems(recorder: CoilRecorder, authorisations: list[dict], events: li
     if stats is not None:
         stats["open_edges_by_reason"] = dict(by_reason)
         stats["distinct_authorisations_lifting"] = len(lifted_auths)
+        stats["lift_edges_whose_record_a_kill_took"] = unrecorded_edges
     return problems
 
 

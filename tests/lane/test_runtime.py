@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 from gatectl.lane.core import LaneCore, LaneRules, LaneState
 from gatectl.lane.inputs import CardRead, DeviceRecovered, WeightStable
-from gatectl.lane.runtime import CardRegistry, LaneRuntime
+from gatectl.lane.runtime import RECORD_FIRST_WAIT_S, CardRegistry, LaneRuntime
 from virtual import MemoryCoils, MemoryJournal, ScriptedAuthority, run_virtual, site_clock
 
 TZ = ZoneInfo("Asia/Shanghai")
@@ -203,6 +203,72 @@ def test_s2_a_vehicle_under_the_boom_just_after_the_close_pulse_makes_it_rise_ag
         await rig.stop()
 
     play(scenario)
+
+
+async def _reverse_under_a_falling_boom(rig: Rig, before=lambda: None) -> float:
+    """Lift, drive through, and a second vehicle on the safety loop once the close pulse
+    is over and the boom is coming down (``before()`` just before); when the safety loop
+    was occupied."""
+    rig.start()
+    await rig.arrive()
+    await rig.until(lambda: rig.inputs["barrier_up"])
+    await rig.drive_through()
+    await rig.until(lambda: rig.coils.pulses("close"))
+    closed = rig.coils.pulses("close")[0]
+    await asyncio.sleep(closed + 0.5 - asyncio.get_running_loop().time())
+    assert not rig.inputs["barrier_down"], "the boom is still coming down"
+    before()
+    rig.poll(safety_loop=True)
+    return asyncio.get_running_loop().time()
+
+
+def test_s1_s2_a_safety_reverse_is_journaled_before_its_coil() -> None:
+    """S1 after a crash: the open coil energised for a safety reverse (S2) is attributable
+    from the journal. It has no authorisation committed before it, so its own
+    ``barrier.lifted`` is committed first (50 ms a commit here); a kill between the coil
+    write and that commit would have left an edge the journal cannot explain."""
+
+    async def scenario() -> None:
+        rig = Rig(commit_s=0.05)
+        occupied = await _reverse_under_a_falling_boom(rig)
+
+        def lifted_commits() -> list[float]:
+            return [t for t, type_ in rig.journal.commits if type_ == "barrier.lifted"]
+
+        await rig.until(lambda: len(rig.coils.pulses("open")) == 2 and len(lifted_commits()) == 2)
+        reverse, recorded = rig.coils.pulses("open")[1], lifted_commits()[1]
+        assert [e["reason"] for e in rig.journal.events("barrier.lifted")] == ["lift", "safety_reverse"]
+        assert occupied < recorded <= reverse
+        await rig.stop()
+
+    play(scenario)
+
+
+def test_s2_a_stalled_or_failing_journal_delays_a_safety_reverse_by_a_bounded_wait_only() -> None:
+    """S2 before the record: a journal that does not commit (a stalled disk) or refuses
+    the write keeps the reverse's coil waiting at most ``RECORD_FIRST_WAIT_S``."""
+
+    async def scenario(broken: bool) -> None:
+        rig = Rig()
+
+        def disk() -> None:
+            if broken:
+                rig.journal.broken, rig.journal.commit_s = True, 0.06
+            else:
+                rig.journal.commit_s = 30.0
+
+        occupied = await _reverse_under_a_falling_boom(rig, before=disk)
+        await rig.until(lambda: len(rig.coils.pulses("open")) == 2)
+        waited = rig.coils.pulses("open")[1] - occupied - rig.coils.write_s
+        if broken:
+            assert abs(waited - 0.06) < 1e-6, waited  # the refusal ends the wait
+        else:
+            assert abs(waited - RECORD_FIRST_WAIT_S) < 1e-6, waited
+        rig.task.cancel()
+        await asyncio.gather(rig.task, return_exceptions=True)
+
+    play(lambda: scenario(broken=False))
+    play(lambda: scenario(broken=True))
 
 
 def test_s5_r3_an_authority_that_never_answers_holds_the_vehicle_at_the_deadline() -> None:
