@@ -170,6 +170,7 @@ class Central:
         self._acks: list[int] = []
         self._ack_client: Any = None
         self._ack_timer: asyncio.TimerHandle | None = None
+        self._subscribing = False
         self._topics: dict[str, tuple[str, str] | None] = {}  # events topic -> (prefix, lane)
         self.gap_interval = gap_interval
         self.state_interval = state_interval
@@ -316,8 +317,14 @@ class Central:
             started = time.monotonic()
             try:
                 async with self._client() as client:
-                    for topic in self.subscriptions():
-                        await client.subscribe(topic, qos=1)
+                    # One SUBSCRIBE for all. A persistent session's backlog flows at once; its
+                    # acknowledgements wait until the SUBACK is in (the broker then pauses at
+                    # its in-flight window), or a large backlog can hold the SUBACK back past
+                    # the timeout.
+                    self._subscribing = True
+                    await client.subscribe([(topic, 1) for topic in self.subscriptions()])
+                    self._subscribing = False
+                    self._flush_acks()
                     self.mqtt_connected = True
                     self._client_now = client
                     self.counters["mqtt_connects"] += 1
@@ -439,7 +446,7 @@ class Central:
         if self._ack_timer is not None:
             self._ack_timer.cancel()
             self._ack_timer = None
-        if not self._acks or self.queue.qsize() >= self.queue_max:
+        if not self._acks or self._subscribing or self.queue.qsize() >= self.queue_max:
             return
         paho_client, mids = self._ack_client, self._acks
         self._acks = []
