@@ -175,20 +175,6 @@ class Store:
                     agg[2] = ts
                 agg[3].append(ev)
         lanes = sorted(per_lane)
-        # One statement, rows in (site, lane) order: it locks the lane rows in one order in
-        # every instance, and hands back what the walk and the fold start from.
-        rows = conn.execute(
-            "INSERT INTO lanes AS l (site_id, lane_id, prefix, max_seq, stored, last_event_at)"
-            " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[],"
-            " %s::timestamptz[]) ORDER BY 1, 2"
-            " ON CONFLICT (site_id, lane_id) DO UPDATE SET"
-            " prefix = excluded.prefix, max_seq = greatest(l.max_seq, excluded.max_seq),"
-            " stored = l.stored + excluded.stored,"
-            " last_event_at = greatest(l.last_event_at, excluded.last_event_at)"
-            " RETURNING site_id, lane_id, contiguous_seq, folded_seq, stored",
-            ([k[0] for k in lanes], [k[1] for k in lanes], [prefixes.get(k) for k in lanes],
-             [per_lane[k][1] for k in lanes], [per_lane[k][0] for k in lanes], [per_lane[k][2] for k in lanes]),
-        ).fetchall()
         site_last: dict[str, tuple[str, datetime]] = {}  # prefix -> (site, last event)
         for key, agg in per_lane.items():
             prefix = prefixes.get(key)
@@ -196,13 +182,29 @@ class Store:
                 last = site_last.get(prefix, (key[0], agg[2]))[1]
                 site_last[prefix] = (key[0], max(last, agg[2]))
         order = sorted(site_last)
-        conn.execute(
-            "INSERT INTO sites AS s (prefix, site_id, last_event_at)"
-            " SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) ORDER BY 1 ON CONFLICT (prefix)"
-            " DO UPDATE SET last_event_at = greatest(s.last_event_at, excluded.last_event_at),"
-            " site_id = coalesce(s.site_id, excluded.site_id)",
-            (order, [site_last[p][0] for p in order], [site_last[p][1] for p in order]),
-        )
+        with conn.pipeline():  # both upserts in one round trip
+            # One statement, rows in (site, lane) order: it locks the lane rows in one order
+            # in every instance, and hands back what the walk and the fold start from.
+            lanes_cur = conn.execute(
+                "INSERT INTO lanes AS l (site_id, lane_id, prefix, max_seq, stored, last_event_at)"
+                " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[],"
+                " %s::timestamptz[]) ORDER BY 1, 2"
+                " ON CONFLICT (site_id, lane_id) DO UPDATE SET"
+                " prefix = excluded.prefix, max_seq = greatest(l.max_seq, excluded.max_seq),"
+                " stored = l.stored + excluded.stored,"
+                " last_event_at = greatest(l.last_event_at, excluded.last_event_at)"
+                " RETURNING site_id, lane_id, contiguous_seq, folded_seq, stored",
+                ([k[0] for k in lanes], [k[1] for k in lanes], [prefixes.get(k) for k in lanes],
+                 [per_lane[k][1] for k in lanes], [per_lane[k][0] for k in lanes], [per_lane[k][2] for k in lanes]),
+            )
+            conn.execute(
+                "INSERT INTO sites AS s (prefix, site_id, last_event_at)"
+                " SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) ORDER BY 1 ON CONFLICT (prefix)"
+                " DO UPDATE SET last_event_at = greatest(s.last_event_at, excluded.last_event_at),"
+                " site_id = coalesce(s.site_id, excluded.site_id)",
+                (order, [site_last[p][0] for p in order], [site_last[p][1] for p in order]),
+            )
+            rows = lanes_cur.fetchall()
         fresh = {k: sorted(agg[3], key=_by_seq) for k, agg in per_lane.items() if k not in doubtful}
         self._advance(conn, rows, fresh, result)
 
@@ -256,10 +258,10 @@ class Store:
         spans = {k: (folded[k], contig[k]) for k in sorted(contig) if contig[k] > folded[k]}
         # Bodies in memory stand for the table only where it holds one event per seq and
         # nothing beyond: then this batch's events of the span are all the span holds.
-        self._fold(conn, spans, {k: v for k, v in fresh.items() if counts.get(k) == contig.get(k)}, result)
         moved = sorted(k for k in contig if contig[k] > start[k] or k in spans)
+        update = None
         if moved:
-            conn.execute(
+            update = (
                 "UPDATE lanes l SET contiguous_seq = greatest(l.contiguous_seq, t.c),"
                 " folded_seq = greatest(l.folded_seq, t.f),"
                 " replay_progress_at = CASE WHEN l.replay_to IS NULL OR t.c = l.contiguous_seq"
@@ -269,11 +271,13 @@ class Store:
                 ([k[0] for k in moved], [k[1] for k in moved], [contig[k] for k in moved],
                  [max(folded[k], contig[k]) if k in spans else folded[k] for k in moved]),
             )
+        self._fold(conn, spans, {k: v for k, v in fresh.items() if counts.get(k) == contig.get(k)}, result, update)
 
     # ------------------------------------------------------------------ projection
 
     def _fold(self, conn: psycopg.Connection, spans: dict[tuple[str, str], tuple[int, int]],
-              fresh: dict[tuple[str, str], list[Incoming]], result: IngestResult) -> None:
+              fresh: dict[tuple[str, str], list[Incoming]], result: IngestResult,
+              update: tuple[str, tuple] | None = None) -> None:
         """Fold each lane's events ``(folded_seq, contiguous_seq]`` in seq order; every lane
         of the batch in the same few statements (a round trip per lane would cost more
         than the whole insert).
@@ -285,6 +289,8 @@ class Store:
         from gatectl.central.project import fold_events, record_from_json, record_json
 
         if not spans:
+            if update is not None:
+                conn.execute(*update)
             return
         records: dict[tuple[str, str], Any] = {}
         cold = [k for k, (lo, _) in spans.items() if self._resume.get(k, (None,))[0] != lo]
@@ -344,22 +350,33 @@ class Store:
                     touched_all[pid] = (k[0], r)
                 lifted += [b for b in lane_bodies if b.get("type") == "barrier.lifted"]
                 pos[k] = upto[k]
-        if touched_all:
-            conn.cursor().executemany(
-                "INSERT INTO passages (passage_id, site_id, lane_id, opened_seq, opened_at, closed_at, card,"
-                " auth_kind, auth_id, outcome, record) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (passage_id) DO UPDATE SET closed_at = excluded.closed_at, card = excluded.card,"
-                " auth_kind = excluded.auth_kind, auth_id = excluded.auth_id, outcome = excluded.outcome,"
-                " record = excluded.record",
-                [(r.passage_id, si, r.lane_id, r.opened_seq, r.opened_at, r.closed_at, r.card, r.auth_kind,
-                  r.auth_id, r.outcome, Jsonb(record_json(r))) for si, r in touched_all.values()],
-            )
-            self._card_alarms(conn, [(si, r) for si, r in touched_all.values() if r.card], result)
-        self._lifts(conn, lifted, result)
+        # The writes and the two alarm look-ups in one round trip (pipeline mode): the
+        # server runs them in order, so the look-ups see the rows written before them.
+        with conn.pipeline():
+            if touched_all:
+                conn.cursor().executemany(
+                    "INSERT INTO passages (passage_id, site_id, lane_id, opened_seq, opened_at, closed_at, card,"
+                    " auth_kind, auth_id, outcome, record) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT (passage_id) DO UPDATE SET closed_at = excluded.closed_at, card = excluded.card,"
+                    " auth_kind = excluded.auth_kind, auth_id = excluded.auth_id, outcome = excluded.outcome,"
+                    " record = excluded.record",
+                    [(r.passage_id, si, r.lane_id, r.opened_seq, r.opened_at, r.closed_at, r.card, r.auth_kind,
+                      r.auth_id, r.outcome, Jsonb(record_json(r))) for si, r in touched_all.values()],
+                )
+            if update is not None:
+                conn.execute(*update)
+            lifts = self._lifts_send(conn, lifted)
+            cards = self._cards_send(conn, [(si, r) for si, r in touched_all.values() if r.card])
+            shared = lifts.fetchall() if lifts is not None else []
+            pairs = cards.fetchall() if cards is not None else []
+        self._lifts_finish(conn, shared, result)
+        self._cards_finish(conn, pairs, result)
         for k in spans:
             self._resume[k] = (spans[k][1], records[k])
 
-    def _lifts(self, conn: psycopg.Connection, bodies: list[dict], result: IngestResult) -> None:
+    def _lifts_send(self, conn: psycopg.Connection, bodies: list[dict]) -> psycopg.Cursor | None:
+        """Record the lifts of zone-unique authorisations; the cursor of the look-up for
+        those lifted on more than one site."""
         rows = []
         for body in bodies:
             auth = body.get("authorisation")
@@ -367,16 +384,19 @@ class Store:
                 rows.append((auth["kind"], str(auth["id"]), body["site_id"], body["lane_id"], body["event_id"],
                              body["ts"]))
         if not rows:
-            return
+            return None
         conn.cursor().executemany(
             "INSERT INTO lifts (auth_kind, auth_id, site_id, lane_id, event_id, ts) VALUES (%s, %s, %s, %s, %s, %s)"
             " ON CONFLICT DO NOTHING", rows)
         keys = sorted({(r[0], r[1]) for r in rows})
-        shared = conn.execute(
+        return conn.execute(
             "SELECT l.auth_kind, l.auth_id, array_agg(DISTINCT l.site_id) FROM lifts l"
             " JOIN unnest(%s::text[], %s::text[]) AS t(k, i) ON l.auth_kind = t.k AND l.auth_id = t.i"
             " GROUP BY l.auth_kind, l.auth_id HAVING count(DISTINCT l.site_id) > 1",
-            ([k for k, _ in keys], [i for _, i in keys])).fetchall()
+            ([k for k, _ in keys], [i for _, i in keys]))
+
+    def _lifts_finish(self, conn: psycopg.Connection, shared: list[tuple], result: IngestResult) -> None:
+        """``instruction_replay``: one release instruction or approval lifted on two sites."""
         for kind, ident, _sites in shared:
             others = conn.execute(
                 "SELECT site_id, lane_id, event_id::text, ts FROM lifts WHERE auth_kind = %s AND auth_id = %s"
@@ -387,11 +407,12 @@ class Store:
             self._raise(conn, f"instruction_replay:{kind}:{ident}", "instruction_replay",
                         sorted({r[0] for r in others}), detail, result)
 
-    def _card_alarms(self, conn: psycopg.Connection, passages: list[tuple[str, Any]], result: IngestResult) -> None:
-        """``card_on_two_lanes``: a card in passages of two sites whose times overlap."""
+    def _cards_send(self, conn: psycopg.Connection, passages: list[tuple[str, Any]]) -> psycopg.Cursor | None:
+        """The look-up for ``card_on_two_lanes``: a card in passages of two sites whose
+        times overlap."""
         if not passages:
-            return
-        rows = conn.execute(
+            return None
+        return conn.execute(
             "SELECT t.pid, t.site_id, t.lane_id, t.card, p.passage_id, p.site_id, p.lane_id"
             " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[])"
             " AS t(pid, site_id, lane_id, card, opened_at, closed_at)"
@@ -400,7 +421,9 @@ class Store:
             " AND coalesce(p.closed_at, 'infinity'::timestamptz) > t.opened_at",
             ([r.passage_id for _, r in passages], [si for si, _ in passages], [r.lane_id for _, r in passages],
              [r.card for _, r in passages], [r.opened_at for _, r in passages], [r.closed_at for _, r in passages]),
-        ).fetchall()
+        )
+
+    def _cards_finish(self, conn: psycopg.Connection, rows: list[tuple], result: IngestResult) -> None:
         for pid, site_id, lane_id, card, other_pid, other_site, other_lane in rows:
             pair = sorted([(site_id, lane_id, pid), (other_site, other_lane, other_pid)])
             detail = {"card": card, "passages": [{"site_id": s, "lane_id": ln, "passage_id": p} for s, ln, p in pair]}
