@@ -364,7 +364,8 @@ async def sustained(work: Path, pg: TempPostgres, port: int, rate: float, second
                               "contiguous": contiguous, "load": os.getloadavg()[0]})
             d = out[name][-1]
             print(f"sustained {name} round {r + 1}: {d['rate']:.0f} events/s published, lag p50 "
-                  f"{d['lag_p50_s']:.3f} s p99 {d['lag_p99_s']:.3f} s, load {d['load']:.1f}", file=sys.stderr, flush=True)
+                  f"{d['lag_p50_s']:.3f} s p99 {d['lag_p99_s']:.3f} s, load {d['load']:.1f}",
+                  file=sys.stderr, flush=True)
     return out
 
 

@@ -9,11 +9,13 @@ One ``Central`` per process. Its tasks:
   ``shared_group``: instances share the events) and, never shared, ``P/lanes/+/state``
   and ``P/status`` (retained: every instance keeps the whole zone's view). Each event is
   checked (JSON object, bounded size, uuid ``event_id``, ``seq`` ≥ 1, ``site_id``, the
-  topic's ``lane_id``, ``type``, ``ts`` with offset); junk is counted per reason and logged
-  at a bounded rate, never stored. Good events go to a bounded queue (``queue_max``):
-  when the store falls behind, the reader waits, TCP pushes back, and the broker keeps
-  the rest: memory stays bounded whatever the backlog.
-- **writer**: takes up to ``batch_max`` events at once from the queue and stores them in
+  topic's ``lane_id``, ``type``, ``ts`` with offset) inside paho's callback; junk is
+  counted per reason and logged at a bounded rate, never stored. Good events go to the
+  inbox; acknowledgements go out in groups, and are held while the inbox holds
+  ``queue_max``: the broker then stops at its in-flight window and keeps the rest, so
+  memory stays bounded whatever the backlog.
+- **writer**: takes what arrived while the last transaction ran (at most ``batch_max``:
+  batches grow with the load, a lone event waits for nothing) and stores it in
   one transaction (``Store.ingest``) in the database thread. A failing database keeps the
   batch and retries with backoff (one ERROR per outage); a batch PostgreSQL refuses as data
   (not as an outage) is stored event by event, and the refused ones are counted as junk.
@@ -582,7 +584,8 @@ class Central:
             self._zone_alarm(alarm)
         for ev in batch:
             if ev.type == "alarm.raised":
-                self._emit("alarm", {"source": "lane", "event": ev.data if ev.data is not None else json.loads(ev.body)})
+                body = ev.data if ev.data is not None else json.loads(ev.body)
+                self._emit("alarm", {"source": "lane", "event": body})
 
     # ------------------------------------------------------------------ gaps and states
 
