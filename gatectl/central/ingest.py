@@ -9,11 +9,13 @@ One ``Central`` per process. Its tasks:
   ``shared_group``: instances share the events) and, never shared, ``P/lanes/+/state``
   and ``P/status`` (retained: every instance keeps the whole zone's view). Each event is
   checked (JSON object, bounded size, uuid ``event_id``, ``seq`` ≥ 1, ``site_id``, the
-  topic's ``lane_id``, ``type``, ``ts`` with offset); junk is counted per reason and logged
-  at a bounded rate, never stored. Good events go to a bounded queue (``queue_max``):
-  when the store falls behind, the reader waits, TCP pushes back, and the broker keeps
-  the rest: memory stays bounded whatever the backlog.
-- **writer**: takes up to ``batch_max`` events at once from the queue and stores them in
+  topic's ``lane_id``, ``type``, ``ts`` with offset) inside paho's callback; junk is
+  counted per reason and logged at a bounded rate, never stored. Good events go to the
+  inbox; acknowledgements go out in groups, and are held while the inbox holds
+  ``queue_max``: the broker then stops at its in-flight window and keeps the rest, so
+  memory stays bounded whatever the backlog.
+- **writer**: takes what arrived while the last transaction ran (at most ``batch_max``:
+  batches grow with the load, a lone event waits for nothing) and stores it in
   one transaction (``Store.ingest``) in the database thread. A failing database keeps the
   batch and retries with backoff (one ERROR per outage); a batch PostgreSQL refuses as data
   (not as an outage) is stored event by event, and the refused ones are counted as junk.
@@ -64,6 +66,11 @@ _STATE = re.compile(r"^(?P<prefix>.+)/lanes/(?P<lane>[^/]+)/state$")
 _STATUS = re.compile(r"^(?P<prefix>.+)/status$")
 _SITE_ID = re.compile(r"^[a-z0-9-]{1,64}$")
 SITE_LANE = "_site"
+#: Acknowledgements are sent in groups of this many, or after this delay: one wake-up of
+#: the socket writer for several. Below a broker's in-flight window per client
+#: (Mosquitto: max_inflight_messages, 20 by default), so it never waits for them.
+ACK_EVERY = 8
+ACK_DELAY_S = 0.002
 
 
 class Junk(ValueError):
@@ -104,7 +111,7 @@ def parse_event(prefix: str, lane: str, payload: bytes, received: float) -> Inco
         raise Junk("invalid", "type must be a short string")
     if ts.tzinfo is None:
         raise Junk("invalid", "ts must carry its UTC offset")
-    return Incoming(event_id, ts, site_id, lane_id, seq, type_, text, prefix, received)
+    return Incoming(event_id, ts, site_id, lane_id, seq, type_, text, prefix, received, body)
 
 
 class _RateLog:
@@ -124,6 +131,32 @@ class _RateLog:
             self._suppressed[key] += 1
 
 
+class _Inbox:
+    """Events read and not yet stored, in arrival order; bounded by the acknowledgements
+    (see ``Central._ack``), not by refusing: a message the broker sent is never dropped."""
+
+    def __init__(self) -> None:
+        self.events: list[Incoming] = []
+        self.ready = asyncio.Event()
+
+    def put(self, ev: Incoming) -> None:
+        self.events.append(ev)
+        self.ready.set()
+
+    def take(self, most: int) -> list[Incoming]:
+        batch = self.events[:most]
+        del self.events[:most]
+        if not self.events:
+            self.ready.clear()
+        return batch
+
+    def qsize(self) -> int:
+        return len(self.events)
+
+    def empty(self) -> bool:
+        return not self.events
+
+
 class Central:
     """Ingest, gap repair, lane states and zone alarms for one instance. See the module."""
 
@@ -132,7 +165,15 @@ class Central:
         self.config = config
         self.store = Store(config.database.url)
         self.db = ThreadPoolExecutor(1, thread_name_prefix="gatectl-central-db")
-        self.queue: asyncio.Queue[Incoming] = asyncio.Queue(maxsize=config.ingest.queue_max)
+        self.queue = _Inbox()
+        self.queue_max = config.ingest.queue_max
+        # Acknowledgements not sent yet: (paho client, mid). Sent in groups (one wake-up of
+        # the socket writer for several), and held while the inbox is full.
+        self._acks: list[int] = []
+        self._ack_client: Any = None
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self._subscribing = False
+        self._topics: dict[str, tuple[str, str] | None] = {}  # events topic -> (prefix, lane)
         self.gap_interval = gap_interval
         self.state_interval = state_interval
         self.backoff_initial = backoff_initial
@@ -213,9 +254,7 @@ class Central:
 
     async def _drain_on_stop(self) -> None:
         """Store what was read already (briefly): a clean stop loses nothing it can keep."""
-        batch = []
-        while not self.queue.empty():
-            batch.append(self.queue.get_nowait())
+        batch = self.queue.take(len(self.queue.events))
         if batch:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(5):
@@ -242,7 +281,28 @@ class Central:
         # acknowledgements, a message is acknowledged once it is in the bounded queue, so a
         # store that falls behind stops the acknowledgements, and the broker (at most its
         # max_inflight_messages unacknowledged) stops sending: memory stays bounded.
-        client._client.manual_ack_set(True)  # noqa: SLF001 - aiomqtt 2 has no option for it
+        paho = client._client  # noqa: SLF001 - aiomqtt 2 has no option for what follows
+        paho.manual_ack_set(True)
+        # Events take a short way: checked and put in the inbox inside paho's callback, not
+        # converted to aiomqtt messages and handed through its queue one task per message
+        # (that and a socket-writer wake-up per acknowledgement cost more than the rest of
+        # ingest). States and statuses go aiomqtt's way.
+        generic = paho.on_message
+
+        def on_message(paho_client: Any, userdata: Any, message: Any) -> None:
+            try:
+                handled = self._on_event(paho_client, message)
+            except Exception:  # noqa: BLE001 - one odd message must not stop ingest
+                self.junk["internal_error"] += 1
+                log.exception("message not handled", topic=message.topic)
+                self._ack(paho_client, message)
+                return
+            if not handled:
+                generic(paho_client, userdata, message)
+
+        paho.on_message = on_message
+        # A persistent session delivers at once, before the subscriptions are renewed.
+        self._acks, self._ack_client = [], paho
         return client
 
     def subscriptions(self) -> list[str]:
@@ -259,8 +319,14 @@ class Central:
             started = time.monotonic()
             try:
                 async with self._client() as client:
-                    for topic in self.subscriptions():
-                        await client.subscribe(topic, qos=1)
+                    # One SUBSCRIBE for all. A persistent session's backlog flows at once; its
+                    # acknowledgements wait until the SUBACK is in (the broker then pauses at
+                    # its in-flight window), or a large backlog can hold the SUBACK back past
+                    # the timeout.
+                    self._subscribing = True
+                    await client.subscribe([(topic, 1) for topic in self.subscriptions()])
+                    self._subscribing = False
+                    self._flush_acks()
                     self.mqtt_connected = True
                     self._client_now = client
                     self.counters["mqtt_connects"] += 1
@@ -291,6 +357,9 @@ class Central:
             finally:
                 self.mqtt_connected = False
                 self._client_now = None
+                # Unacknowledged mids belong to that connection; the broker sends those
+                # messages again on the next (persistent session) or they come by replay.
+                self._acks, self._ack_client = [], None
             if time.monotonic() - started > 10:
                 backoff = self.backoff_initial
             await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
@@ -327,32 +396,70 @@ class Central:
         except asyncio.QueueFull:
             self.counters["outbound_dropped"] += 1
 
+    def _on_event(self, paho_client: Any, message: Any) -> bool:
+        """An event from paho's callback (the event loop's thread): checked, put in the
+        inbox, its acknowledgement queued. False: not an events topic."""
+        topic = message.topic
+        where = self._topics.get(topic, False)
+        if where is False:
+            m = _EVENTS.match(topic) or _SITE_EVENTS.match(topic)
+            where = None if m is None else (m["prefix"], m.groupdict().get("lane") or SITE_LANE)
+            if len(self._topics) >= 100_000:
+                self._topics.clear()  # bounded whatever topics arrive
+            self._topics[topic] = where
+        if where is None:
+            return False
+        prefix, lane = where
+        self.counters["received"] += 1
+        try:
+            ev = parse_event(prefix, lane, message.payload, time.time())
+        except Junk as exc:
+            self.junk[exc.reason] += 1
+            self._ratelog.warning(f"junk:{exc.reason}", "event refused", topic=topic, reason=exc.reason,
+                                  message=str(exc))
+            self._ack(paho_client, message)
+            return True
+        known = self.prefix_site.get(prefix)
+        if known is None:
+            self.prefix_site[prefix] = ev.site_id
+        elif known != ev.site_id:
+            self.junk["wrong_site"] += 1
+            self._ratelog.warning("junk:wrong_site", "event refused", topic=topic, reason="wrong_site",
+                                  message=f"site {ev.site_id!r} on the prefix of site {known!r}")
+            self._ack(paho_client, message)
+            return True
+        self.queue.put(ev)
+        self._ack(paho_client, message)
+        return True
+
+    def _ack(self, paho_client: Any, message: Any) -> None:
+        if message.qos == 0 or paho_client is not self._ack_client:
+            return
+        self._acks.append(message.mid)
+        if len(self._acks) >= ACK_EVERY:
+            self._flush_acks()
+        elif self._ack_timer is None:
+            self._ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY_S, self._flush_acks)
+
+    def _flush_acks(self) -> None:
+        """Send the queued acknowledgements, unless the inbox is full: then they wait for
+        the writer to take a batch, the broker (at most its in-flight window unacknowledged
+        per client) stops sending, and memory stays bounded whatever the backlog."""
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        if not self._acks or self._subscribing or self.queue.qsize() >= self.queue_max:
+            return
+        paho_client, mids = self._ack_client, self._acks
+        self._acks = []
+        if paho_client is None:
+            return
+        for mid in mids:
+            paho_client.ack(mid, 1)
+
     async def _on_message(self, message: aiomqtt.Message) -> None:
         topic = message.topic.value
         payload = message.payload if isinstance(message.payload, bytes) else str(message.payload or "").encode()
-        now = time.time()
-        m = _EVENTS.match(topic) or _SITE_EVENTS.match(topic)
-        if m is not None:
-            lane = m.groupdict().get("lane") or SITE_LANE
-            prefix = m["prefix"]
-            self.counters["received"] += 1
-            try:
-                ev = parse_event(prefix, lane, payload, now)
-            except Junk as exc:
-                self.junk[exc.reason] += 1
-                self._ratelog.warning(f"junk:{exc.reason}", "event refused", topic=topic, reason=exc.reason,
-                                      message=str(exc))
-                return
-            known = self.prefix_site.get(prefix)
-            if known is None:
-                self.prefix_site[prefix] = ev.site_id
-            elif known != ev.site_id:
-                self.junk["wrong_site"] += 1
-                self._ratelog.warning("junk:wrong_site", "event refused", topic=topic, reason="wrong_site",
-                                      message=f"site {ev.site_id!r} on the prefix of site {known!r}")
-                return
-            await self.queue.put(ev)
-            return
         m = _STATE.match(topic)
         if m is not None:
             self._on_state(m["prefix"], m["lane"], payload)
@@ -417,10 +524,11 @@ class Central:
     async def _writer(self) -> None:
         batch_max = self.config.ingest.batch_max
         while True:
-            first = await self.queue.get()
-            batch = [first]
-            while len(batch) < batch_max and not self.queue.empty():
-                batch.append(self.queue.get_nowait())
+            await self.queue.ready.wait()
+            # Whatever arrived while the last transaction ran is the next batch: batches
+            # grow with the load, and a lone event waits for nothing.
+            batch = self.queue.take(batch_max)
+            self._flush_acks()  # room again in the inbox
             await self._store_batch(batch)
 
     async def _store_batch(self, batch: list[Incoming]) -> None:
@@ -476,7 +584,8 @@ class Central:
             self._zone_alarm(alarm)
         for ev in batch:
             if ev.type == "alarm.raised":
-                self._emit("alarm", {"source": "lane", "event": json.loads(ev.body)})
+                body = ev.data if ev.data is not None else json.loads(ev.body)
+                self._emit("alarm", {"source": "lane", "event": body})
 
     # ------------------------------------------------------------------ gaps and states
 

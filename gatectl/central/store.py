@@ -60,6 +60,7 @@ class Incoming:
     body: str
     prefix: str
     received: float = 0.0  # time.time() when read from the broker
+    data: dict | None = None  # the body parsed on receipt (folded from, never parsed again)
 
 
 @dataclass
@@ -141,62 +142,95 @@ class Store:
                 for ev in batch:
                     cp.write_row((ev.event_id, ev.ts, ev.site_id, ev.lane_id, ev.seq, ev.type, ev.body))
             # Ordered by key, so two instances inserting overlapping batches wait on each
-            # other in one order and never deadlock.
+            # other in one order and never deadlock. What comes back is what is new.
             cur.execute(
                 "INSERT INTO events (event_id, ts, site_id, lane_id, seq, type, body)"
                 " SELECT DISTINCT ON (event_id, ts) event_id, ts, site_id, lane_id, seq, type, body FROM staging"
-                " ORDER BY event_id, ts ON CONFLICT DO NOTHING RETURNING site_id, lane_id, seq, ts"
+                " ORDER BY event_id, ts ON CONFLICT DO NOTHING RETURNING event_id::text, ts"
             )
             new = cur.fetchall()
         result.stored = len(new)
         result.duplicates = len(batch) - len(new)
-        prefixes = {(ev.site_id, ev.lane_id): ev.prefix for ev in batch}
-        per_lane: dict[tuple[str, str], list] = {}
-        for site_id, lane_id, seq, ts in new:
-            agg = per_lane.setdefault((site_id, lane_id), [0, 0, ts])
-            agg[0] += 1
-            agg[1] = max(agg[1], seq)
-            agg[2] = max(agg[2], ts)
-        if not per_lane:
+        if not new:
             return
+        by_id: dict[str, Incoming] = {}
+        doubtful: set[tuple[str, str]] = set()  # lanes whose stored bodies must be read back
+        for ev in batch:
+            seen = by_id.setdefault(ev.event_id, ev)
+            if seen is not ev and (seen.body != ev.body or seen.ts != ev.ts):
+                doubtful.add((ev.site_id, ev.lane_id))  # one id, two contents: trust only the table
+        prefixes = {(ev.site_id, ev.lane_id): ev.prefix for ev in batch}
+        per_lane: dict[tuple[str, str], list] = {}  # lane -> [count, max seq, last ts, new events]
+        for event_id, ts in new:
+            ev = by_id[event_id]
+            key = (ev.site_id, ev.lane_id)
+            agg = per_lane.get(key)
+            if agg is None:
+                per_lane[key] = [1, ev.seq, ts, [ev]]
+            else:
+                agg[0] += 1
+                if ev.seq > agg[1]:
+                    agg[1] = ev.seq
+                if ts > agg[2]:
+                    agg[2] = ts
+                agg[3].append(ev)
         lanes = sorted(per_lane)
-        with conn.cursor() as cur:
-            cur.executemany(
+        site_last: dict[str, tuple[str, datetime]] = {}  # prefix -> (site, last event)
+        for key, agg in per_lane.items():
+            prefix = prefixes.get(key)
+            if prefix is not None:
+                last = site_last.get(prefix, (key[0], agg[2]))[1]
+                site_last[prefix] = (key[0], max(last, agg[2]))
+        order = sorted(site_last)
+        with conn.pipeline():  # both upserts in one round trip
+            # One statement, rows in (site, lane) order: it locks the lane rows in one order
+            # in every instance, and hands back what the walk and the fold start from.
+            lanes_cur = conn.execute(
                 "INSERT INTO lanes AS l (site_id, lane_id, prefix, max_seq, stored, last_event_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (site_id, lane_id) DO UPDATE SET"
+                " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[],"
+                " %s::timestamptz[]) ORDER BY 1, 2"
+                " ON CONFLICT (site_id, lane_id) DO UPDATE SET"
                 " prefix = excluded.prefix, max_seq = greatest(l.max_seq, excluded.max_seq),"
                 " stored = l.stored + excluded.stored,"
-                " last_event_at = greatest(l.last_event_at, excluded.last_event_at)",
-                [(s, ln, prefixes.get((s, ln)), per_lane[(s, ln)][1], per_lane[(s, ln)][0], per_lane[(s, ln)][2])
-                 for s, ln in lanes],
+                " last_event_at = greatest(l.last_event_at, excluded.last_event_at)"
+                " RETURNING site_id, lane_id, contiguous_seq, folded_seq, stored",
+                ([k[0] for k in lanes], [k[1] for k in lanes], [prefixes.get(k) for k in lanes],
+                 [per_lane[k][1] for k in lanes], [per_lane[k][0] for k in lanes], [per_lane[k][2] for k in lanes]),
             )
-            site_last: dict[str, tuple[str, datetime]] = {}  # prefix -> (site, last event)
-            for key, agg in per_lane.items():
-                prefix = prefixes.get(key)
-                if prefix is not None:
-                    last = site_last.get(prefix, (key[0], agg[2]))[1]
-                    site_last[prefix] = (key[0], max(last, agg[2]))
-            cur.executemany(
-                "INSERT INTO sites AS s (prefix, site_id, last_event_at) VALUES (%s, %s, %s) ON CONFLICT (prefix)"
+            conn.execute(
+                "INSERT INTO sites AS s (prefix, site_id, last_event_at)"
+                " SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) ORDER BY 1 ON CONFLICT (prefix)"
                 " DO UPDATE SET last_event_at = greatest(s.last_event_at, excluded.last_event_at),"
                 " site_id = coalesce(s.site_id, excluded.site_id)",
-                [(p, site, last) for p, (site, last) in sorted(site_last.items())],
+                (order, [site_last[p][0] for p in order], [site_last[p][1] for p in order]),
             )
-        self._advance(conn, lanes, result)
+            rows = lanes_cur.fetchall()
+        fresh = {k: sorted(agg[3], key=_by_seq) for k, agg in per_lane.items() if k not in doubtful}
+        self._advance(conn, rows, fresh, result)
 
-    def _advance(self, conn: psycopg.Connection, lanes: list[tuple[str, str]], result: IngestResult) -> None:
-        """Walk contiguous_seq up, fold what became contiguous, raise zone alarms."""
-        sites = [s for s, _ in lanes]
-        ids = [ln for _, ln in lanes]
-        rows = conn.execute(
-            "SELECT l.site_id, l.lane_id, l.contiguous_seq, l.folded_seq FROM lanes l"
-            " JOIN unnest(%s::text[], %s::text[]) AS t(site_id, lane_id) USING (site_id, lane_id)",
-            (sites, ids),
-        ).fetchall()
-        contig = {(s, ln): c for s, ln, c, _ in rows}
-        folded = {(s, ln): f for s, ln, _, f in rows}
-        moved: set[tuple[str, str]] = set()
-        todo = list(contig)
+    def _advance(self, conn: psycopg.Connection, rows: list[tuple], fresh: dict[tuple[str, str], list[Incoming]],
+                 result: IngestResult) -> None:
+        """Walk contiguous_seq up, fold what became contiguous, raise zone alarms.
+
+        The walk starts in memory over the batch's own new seqs; only a lane whose count of
+        stored events says more lie beyond (out-of-order arrivals, another instance's
+        events) is walked further in the table."""
+        contig: dict[tuple[str, str], int] = {}
+        start: dict[tuple[str, str], int] = {}
+        folded: dict[tuple[str, str], int] = {}
+        counts: dict[tuple[str, str], int] = {}
+        todo: list[tuple[str, str]] = []
+        for s, ln, c, f, stored in rows:
+            key = (s, ln)
+            start[key], folded[key], counts[key] = c, f, stored
+            for ev in fresh.get(key, ()):
+                if ev.seq == c + 1:
+                    c = ev.seq
+                elif ev.seq > c + 1:
+                    break
+            contig[key] = c
+            if stored != c:  # every seq up to c is stored: stored > c means some lie beyond
+                todo.append(key)
         while todo:
             found = conn.execute(
                 "SELECT e.site_id, e.lane_id, e.seq FROM unnest(%s::text[], %s::text[], %s::bigint[])"
@@ -209,37 +243,54 @@ class Store:
             for s, ln, seq in found:
                 by_lane.setdefault((s, ln), []).append(seq)
             for key, seqs in by_lane.items():
-                c = contig[key]
+                c = c0 = contig[key]
                 for seq in seqs:
                     if seq == c + 1:
                         c = seq
                     elif seq > c + 1:
                         break
-                if c > contig[key]:
-                    moved.add(key)
-                    if c == contig[key] + WALK_WINDOW:
+                if c > c0:
+                    if c == c0 + WALK_WINDOW:
                         full.append(key)  # the whole window was contiguous: look further
                     contig[key] = c
             todo = full
-        if moved:
-            conn.cursor().executemany(
-                "UPDATE lanes SET contiguous_seq = %s, replay_progress_at = CASE WHEN replay_to IS NULL"
-                " THEN replay_progress_at ELSE now() END WHERE site_id = %s AND lane_id = %s",
-                [(contig[k], k[0], k[1]) for k in sorted(moved)],
-            )
         result.lanes = dict(contig)
-        self._fold(conn, {k: (folded[k], contig[k]) for k in sorted(contig) if contig[k] > folded[k]}, result)
+        spans = {k: (folded[k], contig[k]) for k in sorted(contig) if contig[k] > folded[k]}
+        # Bodies in memory stand for the table only where it holds one event per seq and
+        # nothing beyond: then this batch's events of the span are all the span holds.
+        moved = sorted(k for k in contig if contig[k] > start[k] or k in spans)
+        update = None
+        if moved:
+            update = (
+                "UPDATE lanes l SET contiguous_seq = greatest(l.contiguous_seq, t.c),"
+                " folded_seq = greatest(l.folded_seq, t.f),"
+                " replay_progress_at = CASE WHEN l.replay_to IS NULL OR t.c = l.contiguous_seq"
+                " THEN l.replay_progress_at ELSE now() END"
+                " FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[]) AS t(site_id, lane_id, c, f)"
+                " WHERE l.site_id = t.site_id AND l.lane_id = t.lane_id",
+                ([k[0] for k in moved], [k[1] for k in moved], [contig[k] for k in moved],
+                 [max(folded[k], contig[k]) if k in spans else folded[k] for k in moved]),
+            )
+        self._fold(conn, spans, {k: v for k, v in fresh.items() if counts.get(k) == contig.get(k)}, result, update)
 
     # ------------------------------------------------------------------ projection
 
     def _fold(self, conn: psycopg.Connection, spans: dict[tuple[str, str], tuple[int, int]],
-              result: IngestResult) -> None:
+              fresh: dict[tuple[str, str], list[Incoming]], result: IngestResult,
+              update: tuple[str, tuple] | None = None) -> None:
         """Fold each lane's events ``(folded_seq, contiguous_seq]`` in seq order; every lane
         of the batch in the same few statements (a round trip per lane would cost more
-        than the whole insert)."""
+        than the whole insert).
+
+        When this batch itself stored exactly those seqs (the usual case: a lane's events
+        arriving in order), they are folded from the bodies parsed on receipt; otherwise
+        (a gap just filled, events stored by another instance or an earlier batch) the
+        span is read back from the table."""
         from gatectl.central.project import fold_events, record_from_json, record_json
 
         if not spans:
+            if update is not None:
+                conn.execute(*update)
             return
         records: dict[tuple[str, str], Any] = {}
         cold = [k for k, (lo, _) in spans.items() if self._resume.get(k, (None,))[0] != lo]
@@ -259,6 +310,22 @@ class Store:
         touched_all: dict[str, tuple[str, Any]] = {}
         lifted: list[dict] = []
         pos = {k: lo for k, (lo, _) in spans.items()}
+        for k, (lo, hi) in spans.items():
+            evs = fresh.get(k)
+            if not evs or evs[0].seq != lo + 1 or len(evs) < hi - lo or evs[hi - lo - 1].seq != hi:
+                continue
+            evs = evs[:hi - lo]  # sorted, distinct by id: first and last seq right means no holes or repeats
+            if any(ev.data is None for ev in evs) or len({ev.seq for ev in evs}) != hi - lo:
+                continue
+            lane_bodies = [ev.data for ev in evs]
+            record, touched, problems = fold_events(records[k], lane_bodies)
+            records[k] = record
+            if problems:
+                result.fold_problems.extend(f"{k[0]}/{k[1]}: {p}" for p in problems)
+            for pid, r in touched.items():
+                touched_all[pid] = (k[0], r)
+            lifted += [b for b in lane_bodies if b.get("type") == "barrier.lifted"]
+            pos[k] = hi
         while True:
             todo = [k for k in spans if pos[k] < spans[k][1]]
             if not todo:
@@ -283,24 +350,33 @@ class Store:
                     touched_all[pid] = (k[0], r)
                 lifted += [b for b in lane_bodies if b.get("type") == "barrier.lifted"]
                 pos[k] = upto[k]
-        if touched_all:
-            conn.cursor().executemany(
-                "INSERT INTO passages (passage_id, site_id, lane_id, opened_seq, opened_at, closed_at, card,"
-                " auth_kind, auth_id, outcome, record) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (passage_id) DO UPDATE SET closed_at = excluded.closed_at, card = excluded.card,"
-                " auth_kind = excluded.auth_kind, auth_id = excluded.auth_id, outcome = excluded.outcome,"
-                " record = excluded.record",
-                [(r.passage_id, si, r.lane_id, r.opened_seq, r.opened_at, r.closed_at, r.card, r.auth_kind,
-                  r.auth_id, r.outcome, Jsonb(record_json(r))) for si, r in touched_all.values()],
-            )
-            self._card_alarms(conn, [(si, r) for si, r in touched_all.values() if r.card], result)
-        self._lifts(conn, lifted, result)
-        conn.cursor().executemany("UPDATE lanes SET folded_seq = %s WHERE site_id = %s AND lane_id = %s",
-                                  [(spans[k][1], k[0], k[1]) for k in spans])
+        # The writes and the two alarm look-ups in one round trip (pipeline mode): the
+        # server runs them in order, so the look-ups see the rows written before them.
+        with conn.pipeline():
+            if touched_all:
+                conn.cursor().executemany(
+                    "INSERT INTO passages (passage_id, site_id, lane_id, opened_seq, opened_at, closed_at, card,"
+                    " auth_kind, auth_id, outcome, record) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT (passage_id) DO UPDATE SET closed_at = excluded.closed_at, card = excluded.card,"
+                    " auth_kind = excluded.auth_kind, auth_id = excluded.auth_id, outcome = excluded.outcome,"
+                    " record = excluded.record",
+                    [(r.passage_id, si, r.lane_id, r.opened_seq, r.opened_at, r.closed_at, r.card, r.auth_kind,
+                      r.auth_id, r.outcome, Jsonb(record_json(r))) for si, r in touched_all.values()],
+                )
+            if update is not None:
+                conn.execute(*update)
+            lifts = self._lifts_send(conn, lifted)
+            cards = self._cards_send(conn, [(si, r) for si, r in touched_all.values() if r.card])
+            shared = lifts.fetchall() if lifts is not None else []
+            pairs = cards.fetchall() if cards is not None else []
+        self._lifts_finish(conn, shared, result)
+        self._cards_finish(conn, pairs, result)
         for k in spans:
             self._resume[k] = (spans[k][1], records[k])
 
-    def _lifts(self, conn: psycopg.Connection, bodies: list[dict], result: IngestResult) -> None:
+    def _lifts_send(self, conn: psycopg.Connection, bodies: list[dict]) -> psycopg.Cursor | None:
+        """Record the lifts of zone-unique authorisations; the cursor of the look-up for
+        those lifted on more than one site."""
         rows = []
         for body in bodies:
             auth = body.get("authorisation")
@@ -308,16 +384,19 @@ class Store:
                 rows.append((auth["kind"], str(auth["id"]), body["site_id"], body["lane_id"], body["event_id"],
                              body["ts"]))
         if not rows:
-            return
+            return None
         conn.cursor().executemany(
             "INSERT INTO lifts (auth_kind, auth_id, site_id, lane_id, event_id, ts) VALUES (%s, %s, %s, %s, %s, %s)"
             " ON CONFLICT DO NOTHING", rows)
         keys = sorted({(r[0], r[1]) for r in rows})
-        shared = conn.execute(
+        return conn.execute(
             "SELECT l.auth_kind, l.auth_id, array_agg(DISTINCT l.site_id) FROM lifts l"
             " JOIN unnest(%s::text[], %s::text[]) AS t(k, i) ON l.auth_kind = t.k AND l.auth_id = t.i"
             " GROUP BY l.auth_kind, l.auth_id HAVING count(DISTINCT l.site_id) > 1",
-            ([k for k, _ in keys], [i for _, i in keys])).fetchall()
+            ([k for k, _ in keys], [i for _, i in keys]))
+
+    def _lifts_finish(self, conn: psycopg.Connection, shared: list[tuple], result: IngestResult) -> None:
+        """``instruction_replay``: one release instruction or approval lifted on two sites."""
         for kind, ident, _sites in shared:
             others = conn.execute(
                 "SELECT site_id, lane_id, event_id::text, ts FROM lifts WHERE auth_kind = %s AND auth_id = %s"
@@ -328,11 +407,12 @@ class Store:
             self._raise(conn, f"instruction_replay:{kind}:{ident}", "instruction_replay",
                         sorted({r[0] for r in others}), detail, result)
 
-    def _card_alarms(self, conn: psycopg.Connection, passages: list[tuple[str, Any]], result: IngestResult) -> None:
-        """``card_on_two_lanes``: a card in passages of two sites whose times overlap."""
+    def _cards_send(self, conn: psycopg.Connection, passages: list[tuple[str, Any]]) -> psycopg.Cursor | None:
+        """The look-up for ``card_on_two_lanes``: a card in passages of two sites whose
+        times overlap."""
         if not passages:
-            return
-        rows = conn.execute(
+            return None
+        return conn.execute(
             "SELECT t.pid, t.site_id, t.lane_id, t.card, p.passage_id, p.site_id, p.lane_id"
             " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[])"
             " AS t(pid, site_id, lane_id, card, opened_at, closed_at)"
@@ -341,7 +421,9 @@ class Store:
             " AND coalesce(p.closed_at, 'infinity'::timestamptz) > t.opened_at",
             ([r.passage_id for _, r in passages], [si for si, _ in passages], [r.lane_id for _, r in passages],
              [r.card for _, r in passages], [r.opened_at for _, r in passages], [r.closed_at for _, r in passages]),
-        ).fetchall()
+        )
+
+    def _cards_finish(self, conn: psycopg.Connection, rows: list[tuple], result: IngestResult) -> None:
         for pid, site_id, lane_id, card, other_pid, other_site, other_lane in rows:
             pair = sorted([(site_id, lane_id, pid), (other_site, other_lane, other_pid)])
             detail = {"card": card, "passages": [{"site_id": s, "lane_id": ln, "passage_id": p} for s, ln, p in pair]}
@@ -438,6 +520,10 @@ class Store:
                     " replays = replays + 1 WHERE site_id = %s AND lane_id = %s", (start, end, site, lane))
                 out.append(ReplayRequest(prefix, site, lane, start, end))
         return out
+
+
+def _by_seq(ev: Incoming) -> int:
+    return ev.seq
 
 
 def zone_alarm_json(alarm_id: str, alarm: str, sites: list[str], raised_at: datetime,
