@@ -13,17 +13,8 @@ Who owns what:
   authorisation: its future resolves once the transaction holding it is durable, and
   only then does the lane pulse the coil (S6: this is the one place that proves it).
   Everything the writer finds queued when it wakes is committed as one group, in one
-  transaction, whatever lane it came from (group commit: the writer never
-  waits for a timer while an authorisation waits). Only a group holding an authorisation
-  (or a durable job) waits for its fsync; a group of plain events is committed without
-  one (``synchronous=NORMAL``) and becomes durable with the next fsync of the write-ahead
-  log, which covers every commit before it: the next authorisation's, or the writer's own
-  within ``SYNC_WITHIN_S``. So an authorisation waits behind other lanes' plain commits
-  (fractions of a millisecond), never behind their fsyncs. Their futures resolve, and
-  subscribers (MQTT, the records) hear of them, only once they are durable; the API's
-  readers, on connections of their own, may see them that moment earlier. A process
-  kill loses none of them (the operating system has the pages); only a power cut within
-  that moment can. What was committed is projected
+  transaction with one fsync, whatever lane it came from (group commit: the writer never
+  waits for a timer while an authorisation waits). What was committed is projected
   (records) and told to subscribers afterwards, once no append waits and the writer has
   been idle for ``PROJECT_AFTER_S`` (a lane resuming after its authorisation has the
   interpreter to itself meanwhile), or at the latest after ``PROJECT_WITHIN_S``. The
@@ -81,10 +72,6 @@ PROJECT_AFTER_S = 0.002
 #: writer projects before it commits more (subscribers never fall far behind a busy journal).
 PROJECT_BACKLOG = 512
 PROJECT_WITHIN_S = 0.05
-#: A group with no authorisation in it is committed without its own fsync; it becomes
-#: durable with the next group that holds one (every commit is appended to the one
-#: write-ahead log, so that group's fsync covers it), or within this long at most.
-SYNC_WITHIN_S = 0.1
 #: How often the checkpoint thread copies the write-ahead log into the database file.
 CHECKPOINT_EVERY_S = 1.0
 #: Threads reading the journal for the service side, and how long the reader rests
@@ -447,7 +434,6 @@ class Journal:
             self._db = _open(self.path)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._sync_mode = "FULL"
             self._prepare(existed)
         except sqlite3.DatabaseError as exc:
             raise JournalRefused(f"cannot open the journal {self.path}: {exc}") from exc
@@ -468,11 +454,6 @@ class Journal:
         self._subscribers: list[Callable[[list[Stamped]], None]] = []
         # Committed, not yet projected nor told to subscribers (the writer's thread only).
         self._unprojected: list[Stamped] = []
-        # Committed without an fsync: the futures to resolve and the events to project once
-        # the write-ahead log is synced, and when the first of them was committed.
-        self._unsynced: list[tuple[concurrent.futures.Future, list[Stamped]]] = []
-        self._unsynced_written: list[Stamped] = []
-        self._unsynced_at: float | None = None
         self._unprojected_at = 0.0
         self._projectors: list[Callable[[WriteTx, list[Stamped]], None]] = []
         self._health_callbacks: list[Callable[[bool, str], None]] = []
@@ -481,7 +462,6 @@ class Journal:
         self.groups = 0
         self.group_appends = 0
         self.jobs_run = 0
-        self.syncs = 0  # fsyncs of the write-ahead log (commits with synchronous=FULL, and sync())
 
     # ------------------------------------------------------------------ opening
 
@@ -714,13 +694,7 @@ class Journal:
         one job, in that order of priority. True once stopped and drained."""
         with self._cond:
             while not (self._appends or self._jobs or self._stopping or self._unprojected):
-                if self._unsynced_at is None:
-                    self._cond.wait()
-                    continue
-                left = self._unsynced_at + SYNC_WITHIN_S - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(timeout=left)
+                self._cond.wait()
             if self._unprojected and not (self._appends or self._jobs or self._stopping):
                 # Something was just committed: a lane waited for it (an authorisation:
                 # its coil write comes next) or will soon append again (a release request
@@ -730,17 +704,10 @@ class Journal:
             overdue = self._unprojected and (len(self._unprojected) >= PROJECT_BACKLOG or
                                              time.monotonic() - self._unprojected_at >= PROJECT_WITHIN_S)
             appends = bool(self._appends) and not overdue
-            sync = not appends and self._unsynced_at is not None and (
-                self._stopping or time.monotonic() - self._unsynced_at >= SYNC_WITHIN_S)
-            project = not appends and not sync and bool(self._unprojected)
-            job = None if appends or sync or project or not self._jobs else self._jobs.popleft()
-            if not appends and not sync and not project and job is None:
-                if self._unsynced_at is not None:
-                    return False  # not due yet: the next round waits for it
+            project = not appends and bool(self._unprojected)
+            job = None if appends or project or not self._jobs else self._jobs.popleft()
+            if not appends and not project and job is None:
                 return True  # stopping, and everything queued is done
-        if sync:
-            self._sync_unsynced()
-            return False
         if project:
             self._flush_projection()
             return False
@@ -764,8 +731,6 @@ class Journal:
         return False
 
     def _fail_pending(self, exc: Exception) -> None:
-        if self._unsynced_at is not None:
-            self._sync_unsynced()  # committed before the failures: durable if the disk lets them
         with self._cond:
             items, self._appends = list(self._appends), deque()
             jobs, self._jobs = list(self._jobs), deque()
@@ -776,8 +741,7 @@ class Journal:
 
     def _commit_group(self, limit: int | None = None) -> None:
         """Commit everything queued now (or the first ``limit`` appends) in one
-        transaction for all lanes: with an fsync if it holds an authorisation (or the
-        plain groups before it are due), without one otherwise."""
+        transaction: one fsync for all lanes."""
         with self._cond:
             group = list(self._appends)[:limit]
         if not group:
@@ -785,50 +749,29 @@ class Journal:
         db = self._db
         tx = WriteTx(self, db)
         outcome: dict[int, BaseException] = {}
-        # Durable now: a group with an authorisation (S6: its future resolves after the
-        # fsync), any write without the writer thread, or one that is due anyway.
-        durable = self._thread is None or any(item.authorisation is not None for item in group) or (
-            self._unsynced_at is not None and time.monotonic() - self._unsynced_at >= SYNC_WITHIN_S)
         try:
-            self._synchronous(durable)
-            self._commit_items(db, tx, group, outcome)
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for i, item in enumerate(group):
+                    for entry in item.entries:
+                        tx.append(item.lane_id, entry.event, entry.ts)
+                    tx.outbox(item.lane_id, item.outbox)
+                    if item.authorisation is not None:
+                        replay = self._consume(tx, item)
+                        if replay is not None:
+                            outcome[i] = replay
+                tx.flush()
+                db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise
         except (sqlite3.Error, OSError) as exc:
             self._group_failed(group, exc)
             return
         except Exception as exc:  # noqa: BLE001 - an event that cannot be written at all
             self._poisoned(group, exc)
             return
-        self._committed(tx, group, outcome, durable)
-
-    def _synchronous(self, durable: bool) -> None:
-        """Set the write connection for the next commit: FULL (fsync before COMMIT
-        returns) or NORMAL (no fsync). Set before every write, never assumed."""
-        mode = "FULL" if durable else "NORMAL"
-        if self._sync_mode != mode:
-            self._db.execute(f"PRAGMA synchronous={mode}")
-            self._sync_mode = mode
-
-    def _commit_items(self, db: sqlite3.Connection, tx: WriteTx, group: list[_Append],
-                      outcome: dict[int, BaseException]) -> None:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for i, item in enumerate(group):
-                for entry in item.entries:
-                    tx.append(item.lane_id, entry.event, entry.ts)
-                tx.outbox(item.lane_id, item.outbox)
-                if item.authorisation is not None:
-                    replay = self._consume(tx, item)
-                    if replay is not None:
-                        outcome[i] = replay
-            tx.flush()
-            db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            raise
-
-    def _committed(self, tx: WriteTx, group: list[_Append], outcome: dict[int, BaseException],
-                   durable: bool) -> None:
         tx._keep()
         with self._cond:
             for _ in group:
@@ -842,15 +785,6 @@ class Journal:
         for i, item in enumerate(group):
             n = len(item.entries) + (1 if item.authorisation is not None and i not in outcome else 0)
             per_item[i] = [next(written) for _ in range(n)]
-        if not durable:
-            # Held until the write-ahead log is synced (the next authorisation's group, or
-            # within SYNC_WITHIN_S): nobody hears of an event that a power cut could undo.
-            if self._unsynced_at is None:
-                self._unsynced_at = time.monotonic()
-            self._unsynced += [(item.future, per_item[i]) for i, item in enumerate(group)]
-            self._unsynced_written += tx.written
-            return
-        self.syncs += 1
         # The lanes first: an authorisation's lane pulses the coil while the rest follows.
         for i, item in enumerate(group):
             if i in outcome:
@@ -860,49 +794,11 @@ class Journal:
         if self._thread is None:
             self._deliver(self._project(tx.written))
             return
-        self._synced()
-        self._hold_for_projection(tx.written)
-
-    def _hold_for_projection(self, written: list[Stamped]) -> None:
         # Projected and told to subscribers once nothing is waiting to be committed: a
         # commit never waits behind a projection.
-        if not written:
-            return
         if not self._unprojected:
             self._unprojected_at = time.monotonic()
-        self._unprojected.extend(written)
-
-    def _synced(self) -> None:
-        """The write-ahead log was just fsynced: every commit before is durable."""
-        held, self._unsynced = self._unsynced, []
-        written, self._unsynced_written = self._unsynced_written, []
-        self._unsynced_at = None
-        for future, result in held:
-            _settle(future, result)
-        # Ahead of whatever the fsync's own commit wrote: subscribers hear in commit order.
-        if written:
-            if not self._unprojected:
-                self._unprojected_at = time.monotonic()
-            self._unprojected[:0] = written
-
-    def _sync_unsynced(self) -> None:
-        """The writer's own fsync, for plain groups no authorisation came to cover."""
-        try:
-            self.sync()
-        except OSError as exc:
-            # The disk refused the fsync: what was held may not survive a power cut.
-            reason = f"journal sync failed: {exc}"
-            log.error("journal sync failed", error=str(exc), pending=len(self._unsynced))
-            self._health(False, reason)
-            held, self._unsynced = self._unsynced, []
-            self._unsynced_at = None
-            for future, _ in held:
-                _settle(future, error=JournalError(reason))
-            written, self._unsynced_written = self._unsynced_written, []
-            self._hold_for_projection(written)
-            return
-        self.syncs += 1
-        self._synced()
+        self._unprojected.extend(tx.written)
 
     def _flush_projection(self) -> None:
         written, self._unprojected = self._unprojected, []
@@ -1008,10 +904,16 @@ class Journal:
         db = self._db
         tx = WriteTx(self, db)
         try:
-            self._synchronous(job.durable)
-            with self._tx(db):
-                result = job.fn(tx)
-                tx.flush()
+            if not job.durable:
+                db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with self._tx(db):
+                    result = job.fn(tx)
+                    tx.flush()
+            finally:
+                if not job.durable:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("PRAGMA synchronous=FULL")
         except BaseException as exc:  # noqa: BLE001 - the job's caller gets it
             if isinstance(exc, sqlite3.Error):
                 exc = JournalError(f"journal write failed: {exc}")
@@ -1020,16 +922,6 @@ class Journal:
         tx._keep()
         self.jobs_run += 1
         _settle(job.future, result)
-        if job.durable:
-            self.syncs += 1
-            if self._unsynced_at is not None:
-                # Its fsync covered the plain groups before it: they go first.
-                self._synced()
-                self._flush_projection()
-        elif self._unsynced_at is not None:
-            # Behind the plain groups still waiting for their fsync, in commit order.
-            self._unsynced_written += tx.written
-            return
         if tx.written:
             self._deliver(self._project(tx.written))
 
