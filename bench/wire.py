@@ -11,7 +11,9 @@ Python process gets, so that neither side's figure carries a simulator's own wor
   idle) was written.
 - :class:`WireIoModule`, a Modbus TCP IO module speaking just what a lane needs
   (function 2, read discrete inputs; function 5, write one coil; 1 and 15 for good
-  measure), timing each request when its PDU arrives, before it is decoded. Barriers
+  measure), timing each request when its PDU arrives: the kernel's receive time of the
+  segment (``SO_TIMESTAMPNS``, read with ``recvmsg``), so neither this process's loop
+  nor its share of the CPU delays the stamp. Barriers
   (:class:`simulators.io_module.Barrier`) move on its coils, so vehicles can pass.
 - :class:`WireSite`, a :class:`simulators.site.SimulatedSite` whose IO module and
   authority are these two; the card readers (stx-hex-xor) and weighing indicators
@@ -30,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import socket
 import struct
 import time
 from pathlib import Path
@@ -47,10 +50,12 @@ _MAX_BODY = 64 * 1024
 
 
 class WireIoModule(SimulatedUnit):
-    """A Modbus TCP IO module on a plain asyncio server (see the module docstring).
+    """A Modbus TCP IO module on plain non-blocking sockets in the asyncio loop (see the
+    module docstring).
 
     ``coil_writes`` holds ``(time.monotonic(), address, value)`` per coil write, the time
-    taken as its frame arrived; ``requests`` counts requests by function code.
+    its frame arrived (the kernel's receive time, on Linux); ``requests`` counts requests
+    by function code.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, unit: int = 1, inputs: int = 16,
@@ -59,21 +64,32 @@ class WireIoModule(SimulatedUnit):
         self.host = host
         self.port = port
         self.requests: dict[int, int] = {}
-        self._server: asyncio.AbstractServer | None = None
-        self._connections: set[asyncio.Transport] = set()
+        self._listener: socket.socket | None = None
+        self._connections: set[_ModbusConnection] = set()
+        #: Reads timed by the kernel (``SO_TIMESTAMPNS``); 0 if the platform has none.
+        self.frames_timed = 0
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _ModbusConnection(self), self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
+        self._listener = socket.create_server((self.host, self.port))
+        self._listener.setblocking(False)
+        self.port = self._listener.getsockname()[1]
+        asyncio.get_running_loop().add_reader(self._listener.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        try:
+            sock, _addr = self._listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        _ModbusConnection(self, sock)
 
     async def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-            for transport in list(self._connections):
-                transport.close()
-            await server.wait_closed()
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            asyncio.get_running_loop().remove_reader(listener.fileno())
+            listener.close()
+        for conn in list(self._connections):
+            conn.close()
 
     def serve(self, frame: bytes, arrived: float) -> bytes:
         """The answer to one request frame (MBAP header included)."""
@@ -122,36 +138,111 @@ class WireIoModule(SimulatedUnit):
             hook(address, value)
 
 
-class _ModbusConnection(asyncio.Protocol):
-    def __init__(self, module: WireIoModule) -> None:
+#: ``SO_TIMESTAMPNS`` (Linux; the socket module does not name it): every read of the
+#: socket carries the kernel's receive time of its data.
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_TIMESPEC = struct.Struct("@qq")
+
+
+def kernel_arrival(ancillary: list[tuple[int, int, bytes]]) -> float | None:
+    """The kernel's receive time of a read (``SO_TIMESTAMPNS``) on ``time.monotonic()``'s
+    clock, or None if the read carried none. The kernel stamps on the realtime clock; the
+    two clocks' offset is taken now, a few microseconds after the read."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
+            sec, nsec = _TIMESPEC.unpack_from(data)
+            return sec + nsec / 1e9 - (time.time() - time.monotonic())
+    return None
+
+
+class _ModbusConnection:
+    """One client of the module, read with ``recvmsg`` so that each request is timed by
+    the kernel when it arrived, not when this process's loop got round to it: with many
+    lanes the bench's own loop (32 lanes' card readers, indicators and vehicles) is busy,
+    and a stamp taken in ``data_received`` would charge its delays to whoever wrote the
+    coil."""
+
+    def __init__(self, module: WireIoModule, sock: socket.socket) -> None:
         self.module = module
+        self.sock = sock
         self.buf = b""
-        self.transport: asyncio.Transport | None = None
+        self.out = b""
+        self.loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            self.kernel_stamps = True
+        except OSError:  # pragma: no cover - not Linux: the loop's time, as before
+            self.kernel_stamps = False
+        module._connections.add(self)
+        self.loop.add_reader(sock.fileno(), self._readable)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.module._connections.add(self.transport)  # type: ignore[arg-type]
+    def close(self) -> None:
+        if self.sock.fileno() >= 0:
+            self.loop.remove_reader(self.sock.fileno())
+            if self.out:
+                self.loop.remove_writer(self.sock.fileno())
+            self.sock.close()
+        self.module._connections.discard(self)
 
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self.module._connections.discard(self.transport)  # type: ignore[arg-type]
-
-    def data_received(self, data: bytes) -> None:
-        arrived = time.monotonic()
+    def _readable(self) -> None:
+        try:
+            data, ancillary, _flags, _addr = self.sock.recvmsg(65536, socket.CMSG_SPACE(_TIMESPEC.size))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        if not data:
+            self.close()
+            return
+        arrived = kernel_arrival(ancillary) if self.kernel_stamps else None
+        if arrived is None:
+            arrived = time.monotonic()
+        else:
+            self.module.frames_timed += 1
         self.buf += data
         out = []
         while len(self.buf) >= 7:
             length = struct.unpack_from(">H", self.buf, 4)[0]
             end = 6 + length
             if length < 2 or length > 260:
-                assert self.transport is not None
-                self.transport.close()
+                self.close()
                 return
             if len(self.buf) < end:
                 break
             frame, self.buf = self.buf[:end], self.buf[end:]
             out.append(self.module.serve(frame, arrived))
-        if out and self.transport is not None:
-            self.transport.write(b"".join(out))
+        if out:
+            self._send(b"".join(out))
+
+    def _send(self, data: bytes) -> None:
+        if self.out:
+            self.out += data
+            return
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.close()
+            return
+        if sent < len(data):
+            self.out = data[sent:]
+            self.loop.add_writer(self.sock.fileno(), self._writable)
+
+    def _writable(self) -> None:
+        try:
+            sent = self.sock.send(self.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        self.out = self.out[sent:]
+        if not self.out:
+            self.loop.remove_writer(self.sock.fileno())
 
 
 # ------------------------------------------------------------------ the authority

@@ -715,8 +715,9 @@ async def events(request: web.Request) -> web.Response:
     journal = site.journal
 
     def page(db) -> bytes:
-        bodies = [body for _, _, body in journal.event_rows(q.lane, q.since_seq, q.limit, db=db)]
-        return ('{"events":[' + ",".join(bodies) + "]}").encode()
+        # The stored bytes joined with the interpreter's lock released: joining and
+        # encoding 10 000 bodies as text held it for tens of milliseconds, the lanes' too.
+        return journal.events_page(q.lane, q.since_seq, q.limit, db=db)
 
     return web.Response(body=await journal.read(page), content_type="application/json")
 

@@ -170,6 +170,8 @@ class LaneRuntime:
         # authority's answer in -> the open coil on.
         self._answered: dict[str, float] = {}
         self._recorded: concurrent.futures.Future | None = None
+        #: Display texts of a step that ended in an authorisation, shown after its answer.
+        self._held_texts: list[str] = []
         self.steps = 0
 
     # ------------------------------------------------------------------ inputs
@@ -337,6 +339,8 @@ class LaneRuntime:
             # lane's view): one turn of the loop lets the pulse task run to its first real
             # wait, the IO module's answer.
             await asyncio.sleep(0)
+        if self._held_texts and answer is None:
+            shown[:0], self._held_texts = self._held_texts, []
         self._show(shown)
         for cmd in actions:
             if isinstance(cmd, RequestRelease):
@@ -353,7 +357,11 @@ class LaneRuntime:
         """S6: the authorisation is durable before any coil moves, or nothing moves."""
         future = self.journal.append(self.lane_id, entries, authorisation=cmd, outbox=outbox)
         self._recorded = None  # answered below; what follows is the step's to record
-        self._show(shown)  # while the journal commits, not between the commit and the coil
+        # Shown after the coil write of the step that follows (``_carry_out``): logging
+        # them now would hold the interpreter while the journal writer needs it for the
+        # commit, and logging them after the commit would hold up the coil.
+        self._held_texts += shown
+        shown.clear()
         try:
             await asyncio.wrap_future(future)
         except AuthorisationReplay as exc:
