@@ -21,7 +21,8 @@ async def test_contract8_guard_logs_in_and_acknowledges_an_alarm_in_their_own_na
     await page.click("#token-button")
     await page.fill("#token-input", "not-a-token")
     await page.click("#token-save")
-    await page.wait_for_function("document.querySelector('#token-status').textContent.includes('403')")
+    # A locator, not wait_for_function: the screen's CSP forbids eval, which that may need.
+    await page.locator("#token-status", has_text="403").wait_for()
     assert await page.evaluate("sessionStorage.getItem('gatectl.token')") is None
     await page.fill("#token-input", token)
     await page.click("#token-save")
