@@ -501,7 +501,9 @@ def _require_aware(now: datetime) -> None:
         raise ValueError("now must be a datetime with a UTC offset")
 
 
-def _public_keys(keys: Iterable[bytes | str], role: str) -> list[tuple[bytes, Ed25519PublicKey]]:
+def public_keys(keys: Iterable[bytes | str], role: str) -> list[tuple[bytes, Ed25519PublicKey]]:
+    """``(raw, key)`` of each trusted Ed25519 public key (base64 text or raw bytes) of
+    ``trust.{role}``; ValueError naming the role for one that is not a key."""
     out = []
     for key in keys:
         try:
@@ -512,7 +514,7 @@ def _public_keys(keys: Iterable[bytes | str], role: str) -> list[tuple[bytes, Ed
     return out
 
 
-def _verifies(key: Ed25519PublicKey, sig: bytes, message: bytes) -> bool:
+def verifies(key: Ed25519PublicKey, sig: bytes, message: bytes) -> bool:
     try:
         key.verify(sig, message)
     except InvalidSignature:
@@ -525,7 +527,7 @@ def _b64s(raw: bytes) -> str:
 
 
 def _check_signatures(approval: Approval, message: bytes, trust: TrustLike) -> tuple[Signer, ...]:
-    trusted = {"customs": _public_keys(trust.customs, "customs"), "park": _public_keys(trust.park, "park")}
+    trusted = {"customs": public_keys(trust.customs, "customs"), "park": public_keys(trust.park, "park")}
     signers: list[Signer] = []
     for i, entry in enumerate(approval.signatures):
         field = f"signatures[{i}]"
@@ -541,7 +543,7 @@ def _check_signatures(approval: Approval, message: bytes, trust: TrustLike) -> t
                 field=field,
             )
         sig = entry.sig_bytes
-        hit = next((raw for raw, key in keys if _verifies(key, sig, message)), None)
+        hit = next((raw for raw, key in keys if verifies(key, sig, message)), None)
         if hit is not None:
             signer = Signer(role, _b64s(hit))
             if signer not in signers:
@@ -562,7 +564,7 @@ def _check_signatures(approval: Approval, message: bytes, trust: TrustLike) -> t
                 message_zh=f"{label_zh}校验失败：审批单在签名后被修改",
                 field=field,
             )
-        if any(_verifies(key, sig, message) for _, key in trusted[other]):
+        if any(verifies(key, sig, message) for _, key in trusted[other]):
             raise ApprovalRefused(
                 "unknown_key",
                 f"{label} is by a trust.{other} key, not a trust.{role} key",
@@ -706,7 +708,7 @@ def sign(obj: Mapping[str, Any], role: str, private_key: Ed25519PrivateKey) -> d
             return False
         if entry.key is not None:
             return entry.key_bytes == base64.b64decode(key_b64)
-        return _verifies(public, entry.sig_bytes, message)
+        return verifies(public, entry.sig_bytes, message)
 
     kept = [raw for raw, entry in zip(doc.get("signatures", []), approval.signatures) if not same_signer(entry)]
     sig = _b64s(private_key.sign(message))

@@ -36,11 +36,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Final, Literal
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from gatectl.approvals import MAX_SIGNATURES, SignatureEntry, signing_bytes
+from gatectl.approvals import (
+    MAX_SIGNATURES,
+    SignatureEntry,
+    public_keys,
+    signing_bytes,
+    verifies,
+)
 from gatectl.limits import (
     AwareTime,
     FreeText,
@@ -196,22 +200,6 @@ def is_signed_command(body: Mapping[str, Any]) -> bool:
     return "command" in body or "signatures" in body
 
 
-def _keys(trusted: Iterable[bytes | str]) -> list[tuple[bytes, Ed25519PublicKey]]:
-    out = []
-    for key in trusted:
-        raw = base64.b64decode(key, validate=True) if isinstance(key, str) else bytes(key)
-        out.append((raw, Ed25519PublicKey.from_public_bytes(raw)))
-    return out
-
-
-def _verifies(key: Ed25519PublicKey, sig: bytes, message: bytes) -> bool:
-    try:
-        key.verify(sig, message)
-    except InvalidSignature:
-        return False
-    return True
-
-
 def verify_command(
     raw: bytes | str | Mapping[str, Any],
     *,
@@ -251,14 +239,14 @@ def verify_command(
     except ValidationError as exc:
         raise CommandRefused("malformed", validation_message(exc)) from None
 
-    trusted = _keys(trust_customs)
+    trusted = public_keys(trust_customs, "customs")
     signers: list[str] = []
     for i, entry in enumerate(command.signatures):
         if entry.role != "customs":
             raise CommandRefused("unknown_key", f"signature {i + 1} is by role {entry.role}: commands are customs'")
         if not trusted:
             raise CommandRefused("unknown_key", "no trust.customs keys are configured: no command can be checked")
-        hit = next((raw_key for raw_key, key in trusted if _verifies(key, entry.sig_bytes, message)), None)
+        hit = next((raw_key for raw_key, key in trusted if verifies(key, entry.sig_bytes, message)), None)
         if hit is None:
             hint = entry.key_bytes
             if hint is not None and hint not in {raw_key for raw_key, _ in trusted}:
