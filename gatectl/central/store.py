@@ -310,6 +310,18 @@ class Store:
         touched_all: dict[str, tuple[str, Any]] = {}
         lifted: list[dict] = []
         pos = {k: lo for k, (lo, _) in spans.items()}
+
+        def fold_lane(k: tuple[str, str], lane_bodies: list[dict], upto: int) -> None:
+            """Fold one lane's next contiguous bodies, up to seq ``upto``."""
+            record, touched, problems = fold_events(records[k], lane_bodies)
+            records[k] = record
+            if problems:
+                result.fold_problems.extend(f"{k[0]}/{k[1]}: {p}" for p in problems)
+            for pid, r in touched.items():
+                touched_all[pid] = (k[0], r)
+            lifted.extend(b for b in lane_bodies if b.get("type") == "barrier.lifted")
+            pos[k] = upto
+
         for k, (lo, hi) in spans.items():
             evs = fresh.get(k)
             if not evs or evs[0].seq != lo + 1 or len(evs) < hi - lo or evs[hi - lo - 1].seq != hi:
@@ -317,15 +329,7 @@ class Store:
             evs = evs[:hi - lo]  # sorted, distinct by id: first and last seq right means no holes or repeats
             if any(ev.data is None for ev in evs) or len({ev.seq for ev in evs}) != hi - lo:
                 continue
-            lane_bodies = [ev.data for ev in evs]
-            record, touched, problems = fold_events(records[k], lane_bodies)
-            records[k] = record
-            if problems:
-                result.fold_problems.extend(f"{k[0]}/{k[1]}: {p}" for p in problems)
-            for pid, r in touched.items():
-                touched_all[pid] = (k[0], r)
-            lifted += [b for b in lane_bodies if b.get("type") == "barrier.lifted"]
-            pos[k] = hi
+            fold_lane(k, [ev.data for ev in evs], hi)
         while True:
             todo = [k for k in spans if pos[k] < spans[k][1]]
             if not todo:
@@ -341,15 +345,7 @@ class Store:
             for si, ln, body in rows:
                 bodies.setdefault((si, ln), []).append(body)
             for k in todo:
-                lane_bodies = bodies.get(k, [])
-                record, touched, problems = fold_events(records[k], lane_bodies)
-                records[k] = record
-                if problems:
-                    result.fold_problems.extend(f"{k[0]}/{k[1]}: {p}" for p in problems)
-                for pid, r in touched.items():
-                    touched_all[pid] = (k[0], r)
-                lifted += [b for b in lane_bodies if b.get("type") == "barrier.lifted"]
-                pos[k] = upto[k]
+                fold_lane(k, bodies.get(k, []), upto[k])
         # The writes and the two alarm look-ups in one round trip (pipeline mode): the
         # server runs them in order, so the look-ups see the rows written before them.
         with conn.pipeline():
