@@ -337,6 +337,8 @@ class _Append:
     authorisation: Authorising | None
     outbox: list[OutboxItem]
     future: concurrent.futures.Future
+    #: Until when (monotonic) the writer may hold these for the lane's next append; 0: commit now.
+    hold_until: float = 0.0
 
 
 @dataclass(slots=True)
@@ -631,6 +633,7 @@ class Journal:
         *,
         authorisation: Authorising | None = None,
         outbox: Iterable[OutboxItem] = (),
+        linger: float = 0.0,
     ) -> concurrent.futures.Future:
         """Queue ``entries`` (and, if given, the authorisation's consumption after them).
 
@@ -638,8 +641,16 @@ class Journal:
         ``synchronous=FULL``: durable. With an authorisation it raises
         ``AuthorisationReplay`` if that was consumed before (the entries are still
         journaled) or ``JournalError`` if the journal could not record it (then the entries
-        stay queued for the next group). Thread-safe; never blocks."""
-        item = _Append(lane_id, list(entries), authorisation, list(outbox), concurrent.futures.Future())
+        stay queued for the next group). Thread-safe; never blocks.
+
+        ``linger`` (seconds, plain entries only): the writer may hold these that long for
+        an append that is about to follow, so both share one commit. A lane's release
+        request lingers for the answer's authorisation: otherwise the authorisation, which
+        the coil waits for, often arrives while the request's own fsync is in flight and
+        waits for that one first. Any append that does not linger commits what lingers
+        with it at once."""
+        item = _Append(lane_id, list(entries), authorisation, list(outbox), concurrent.futures.Future(),
+                       time.monotonic() + linger if linger > 0 and authorisation is None else 0.0)
         if self._thread is None:
             self._appends.append(item)
             self._commit_group()
@@ -701,9 +712,15 @@ class Journal:
                 # is followed by the answer's authorisation). Leave them the interpreter
                 # for a moment; an append or a job ends the wait.
                 self._cond.wait(timeout=PROJECT_AFTER_S)
+            held = self._held_for()
+            if held > 0 and not self._unprojected and not self._jobs:
+                # Only lingering appends: wait for what they linger for (an append ends
+                # the wait), then look again.
+                self._cond.wait(timeout=held)
+                return False
             overdue = self._unprojected and (len(self._unprojected) >= PROJECT_BACKLOG or
                                              time.monotonic() - self._unprojected_at >= PROJECT_WITHIN_S)
-            appends = bool(self._appends) and not overdue
+            appends = bool(self._appends) and not overdue and held <= 0
             project = not appends and bool(self._unprojected)
             job = None if appends or project or not self._jobs else self._jobs.popleft()
             if not appends and not project and job is None:
@@ -729,6 +746,13 @@ class Journal:
                     return True
                 self._cond.wait(timeout=1.0)
         return False
+
+    def _held_for(self) -> float:
+        """How long the queued appends may still wait (0: commit them now). Under the lock."""
+        if self._stopping or not self._appends:
+            return 0.0
+        until = min(item.hold_until for item in self._appends)
+        return max(0.0, until - time.monotonic()) if until else 0.0
 
     def _fail_pending(self, exc: Exception) -> None:
         with self._cond:

@@ -70,6 +70,10 @@ LIST_DECISIONS = frozenset({"whitelist", "staff_card"})
 
 #: How long an open pulse that must be recorded first waits for that commit at most.
 RECORD_FIRST_WAIT_S = 0.1
+#: How long a release request's events may wait in the journal for the answer, so that
+#: a quick release commits them with its authorisation in one fsync instead of waiting
+#: for theirs first. Also how late they can reach the screen and MQTT at most.
+REQUEST_LINGER_S = 0.05
 
 
 def _record_first(cmd: Pulse) -> bool:
@@ -97,7 +101,7 @@ class CoilError(Exception):
 
 class JournalPort(Protocol):
     def append(self, lane_id: str, entries: Any, *, authorisation: Any = None,
-               outbox: Any = ()) -> concurrent.futures.Future: ...
+               outbox: Any = (), linger: float = 0.0) -> concurrent.futures.Future: ...
 
 
 class CoilsPort(Protocol):
@@ -329,8 +333,11 @@ class LaneRuntime:
             # Handed over before the pulse task runs (``barrier.lifted`` before its coil
             # edge); the journal wakes its writer when the loop next turns, after the pulse
             # task has put its frame on the wire. The lift waits for nothing but its
-            # authorisation (S6).
-            self._recorded = self.journal.append(self.lane_id, entries, outbox=outbox)
+            # authorisation (S6). A release request's events linger for its answer, unless
+            # a pulse of this step waits for them.
+            linger = REQUEST_LINGER_S if any(isinstance(c, RequestRelease) for c in actions) and not any(
+                _record_first(c) for c in pulses) else 0.0
+            self._recorded = self.journal.append(self.lane_id, entries, outbox=outbox, linger=linger)
         for cmd in pulses:
             if _record_first(cmd):
                 self._spawn(self._pulse(cmd, None, after=self._recorded), "pulse")

@@ -256,3 +256,40 @@ def test_an_append_that_can_never_be_written_is_refused_alone(tmp_path: Path) ->
         assert [s.seq for s in j.append("A", [opened("P4")]).result(timeout=10)] == [3]
     finally:
         j.close()
+
+
+def test_s6_a_lingering_request_commits_with_the_authorisation_that_follows(tmp_path: Path) -> None:
+    """S6 with one fsync: plain entries appended with ``linger`` wait in the writer for the
+    lane's next append, and commit with the authorisation in one transaction, in order.
+    Meanwhile the writer still runs jobs."""
+    j = Journal(tmp_path / "gatectl.db", "SITE")
+    j.start()
+    try:
+        groups = j.groups
+        requested = j.append("A", [Entry(ev.ReleaseRequested(request_id="r1", card="C1"), NOW)], linger=60.0)
+        assert j.run(lambda tx: "ran").result(timeout=10) == "ran"
+        assert not requested.done() and j.groups == groups
+        authorised = j.append("A", [Entry(ev.AuthorityDecision(request_id="r1", decision="release",
+                                                               instruction_id="CMD-1"), NOW)],
+                              authorisation=commit("CMD-1", "P1"))
+        assert [s.type for s in authorised.result(timeout=10)] == ["release.decided", "authorisation.committed"]
+        assert [s.type for s in requested.result(timeout=10)] == ["release.requested"]
+        assert j.groups == groups + 1
+        assert [b["type"] for b in j.events("A")] == ["release.requested", "release.decided", "authorisation.committed"]
+    finally:
+        j.close()
+
+
+def test_a_lingering_append_commits_alone_after_its_linger_or_at_close(tmp_path: Path) -> None:
+    """Nothing follows: the lingering entries commit once their linger is over; a journal
+    closing commits whatever still lingers."""
+    j = Journal(tmp_path / "gatectl.db", "SITE")
+    j.start()
+    try:
+        alone = j.append("A", [opened("P1")], linger=0.05)
+        assert [s.seq for s in alone.result(timeout=10)] == [1]
+        last = j.append("A", [opened("P2")], linger=60.0)
+    finally:
+        j.close()
+    assert [s.seq for s in last.result(timeout=0)] == [2]
+    assert [b["passage_id"] for b in Journal(tmp_path / "gatectl.db", "SITE").events("A")] == ["P1", "P2"]

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 from gatectl.lane.core import LaneCore, LaneRules, LaneState
 from gatectl.lane.inputs import CardRead, DeviceRecovered, WeightStable
-from gatectl.lane.runtime import RECORD_FIRST_WAIT_S, CardRegistry, LaneRuntime
+from gatectl.lane.runtime import RECORD_FIRST_WAIT_S, REQUEST_LINGER_S, CardRegistry, LaneRuntime
 from virtual import MemoryCoils, MemoryJournal, ScriptedAuthority, run_virtual, site_clock
 
 TZ = ZoneInfo("Asia/Shanghai")
@@ -295,6 +295,7 @@ def test_decision_latency_is_the_answer_to_the_coil_commit_included() -> None:
 
     async def scenario() -> None:
         rig = Rig(commit_s=0.02)
+        rig.authority.answer_s = 0.2  # the request's events were committed long before
         rig.start()
         await rig.arrive()
         await rig.until(lambda: rig.decisions)
@@ -382,5 +383,50 @@ def test_s7_a_restarted_runtime_never_lifts_a_spent_authorisation_again() -> Non
         await asyncio.sleep(3)
         assert again.coils.pulses("open") == []
         await again.stop()
+
+    play(scenario)
+
+
+def test_s6_a_quick_release_commits_its_request_with_its_authorisation_in_one_commit() -> None:
+    """S6 at the cost of one commit: the release request's events linger in the journal
+    for the answer, so an authority answering within a commit's time does not make the
+    authorisation wait for the request's own commit first. The authorisation is still
+    committed before the coil, and the request's events with it, in order."""
+
+    async def scenario() -> None:
+        rig = Rig(commit_s=0.02)
+        rig.authority.answer_s = 0.005
+        rig.start()
+        await rig.arrive()
+        await rig.until(lambda: rig.decisions)
+        (_, seconds), = rig.decisions
+        assert 0.021 <= seconds <= 0.024  # one commit, not the request's and then its own
+        assert rig.journal.joined == 1
+        committed = dict((t, at) for at, t in rig.journal.commits)
+        assert committed["release.requested"] == committed["authorisation.committed"]
+        assert rig.journal.types().index("release.requested") < rig.journal.types().index("authorisation.committed")
+        await rig.stop()
+
+    play(scenario)
+
+
+def test_a_slow_answer_does_not_keep_the_request_from_the_journal_beyond_the_linger() -> None:
+    """The request's events wait for the answer at most ``REQUEST_LINGER_S``: with an
+    authority that takes a second they are committed on their own, long before it."""
+
+    async def scenario() -> None:
+        rig = Rig(commit_s=0.02)
+        rig.authority.answer_s = 1.0
+        rig.start()
+        await rig.arrive()
+        await rig.until(lambda: rig.authority.asked)
+        asked_at = asyncio.get_running_loop().time()
+        await rig.until(lambda: "release.requested" in rig.journal.types())
+        committed = dict((t, at) for at, t in rig.journal.commits)
+        assert committed["release.requested"] <= asked_at + REQUEST_LINGER_S + 0.02 + 0.011
+        assert "authorisation.committed" not in committed
+        await rig.until(lambda: rig.decisions)
+        assert rig.journal.joined == 0
+        await rig.stop()
 
     play(scenario)

@@ -92,16 +92,36 @@ class MemoryJournal:
     #: (virtual time committed, type) of every event, for ordering checks.
     commits: list[tuple[float, str]] = field(default_factory=list)
     _busy_until: float = 0.0
+    #: Lingering appends not yet given a commit: (lane, entries, future).
+    _held: list = field(default_factory=list)
+    #: How many commits carried lingering appends along with another append.
+    joined: int = 0
 
-    def append(self, lane_id: str, entries, *, authorisation=None, outbox=()) -> concurrent.futures.Future:
+    def append(self, lane_id: str, entries, *, authorisation=None, outbox=(), linger=0.0) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
         loop = asyncio.get_running_loop()
         entries = list(entries)
+        if linger > 0 and authorisation is None:
+            # Held until the next append (committed with it) or ``linger`` at most.
+            self._held.append((lane_id, entries, None, future))
+            loop.call_at(loop.time() + linger, self._release_held)
+            return future
+        group, self._held = self._held, []
+        self.joined += bool(group)
+        self._schedule(group + [(lane_id, entries, authorisation, future)])
+        return future
+
+    def _release_held(self) -> None:
+        group, self._held = self._held, []
+        if group:
+            self._schedule(group)
+
+    def _schedule(self, group: list) -> None:
         # One commit after another, each taking commit_s (one fsync per group).
+        loop = asyncio.get_running_loop()
         at = max(loop.time(), self._busy_until) + self.commit_s
         self._busy_until = at
-        loop.call_at(at, self._commit, lane_id, entries, authorisation, future)
-        return future
+        loop.call_at(at, lambda: [self._commit(*item) for item in group])
 
     def _commit(self, lane_id: str, entries, authorisation, future) -> None:
         now = asyncio.get_running_loop().time()
