@@ -44,7 +44,7 @@ async def run_daemon(config, stop: asyncio.Event | None = None) -> int:
     runner = await start_api(site, *setups)
     log.info("started", site=config.site.id, lanes=[lane.id for lane in config.lanes], api=config.local_api.listen)
     try:
-        await site.run(stop)
+        await site.run(stop, freeze_heap=True)
     finally:
         await runner.cleanup()
         log.info("stopped")

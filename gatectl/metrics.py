@@ -26,6 +26,7 @@ Wiring: ``metrics = Metrics(site)`` then ``start_api(site, metrics.setup_routes)
 
 from __future__ import annotations
 
+import gc
 import re
 import time
 from collections.abc import Iterable, Iterator
@@ -311,6 +312,10 @@ class SiteCollector(Collector):
         ready = GaugeMetricFamily("gatectl_site_ready", "1 once every lane runs (as /api/v1/health says).")
         ready.add_metric([], 1.0 if site.running else 0.0)
         yield ready
+        frozen = GaugeMetricFamily("gatectl_gc_frozen_objects",
+                                   "Objects of start-up left out of garbage collection (gatectl run).")
+        frozen.add_metric([], float(gc.get_freeze_count()))
+        yield frozen
         yield from self._lanes()
         yield from self._io_modules()
         yield from self._outbox()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import gc
 import sys
 import threading
 import time
@@ -80,6 +81,11 @@ RESTART_BACKOFF_S = (1.0, 30.0)
 #: wake-up, and a reader thread paging through the journal takes and releases it at
 #: every row, so it rarely falls free by itself (``docs/performance.md``, bench 8).
 SWITCH_INTERVAL_S = 0.0005
+#: After start-up, what was built so far (modules, config, drivers, the API) leaves the
+#: cyclic garbage collector's view, at these times after the start (s): a full collection
+#: stops every thread, the control loop's too, for as long as it walks every object, and
+#: with the start-up heap in view that was 20-90 ms (``docs/performance.md``).
+FREEZE_HEAP_AFTER_S = (0.0, 5.0)
 
 
 async def cancel_all(tasks) -> None:
@@ -591,16 +597,20 @@ class Site:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, RESTART_BACKOFF_S[1])
 
-    async def run(self, stop: asyncio.Event, started: Callable[[], None] | None = None) -> None:
+    async def run(self, stop: asyncio.Event, started: Callable[[], None] | None = None, *,
+                  freeze_heap: bool = False) -> None:
+        """Run until ``stop``. ``freeze_heap``: the process is this site's alone (``gatectl
+        run``), so what start-up built may leave the garbage collector's view for good
+        (``FREEZE_HEAP_AFTER_S``); a process that builds and drops sites must not."""
         self._service_loop = asyncio.get_running_loop()
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(min(switch_interval, SWITCH_INTERVAL_S))
         try:
-            await self._run(stop, started)
+            await self._run(stop, started, freeze_heap)
         finally:
             sys.setswitchinterval(switch_interval)
 
-    async def _run(self, stop: asyncio.Event, started: Callable[[], None] | None) -> None:
+    async def _run(self, stop: asyncio.Event, started: Callable[[], None] | None, freeze_heap: bool) -> None:
         self.journal.start()
         self.control.start(self._control_main)
         jobs = [(s.run, f"outbox:{t}") for t, s in self.outbox.items()]
@@ -611,6 +621,9 @@ class Site:
         control_done = asyncio.ensure_future(self._wait_control())
         if started is not None:
             started()
+        if freeze_heap:
+            for after in FREEZE_HEAP_AFTER_S:
+                asyncio.get_running_loop().call_later(after, gc.freeze)
         stopper = asyncio.create_task(stop.wait())
         try:
             await asyncio.wait([stopper, control_done], return_when=asyncio.FIRST_COMPLETED)
