@@ -677,7 +677,11 @@ class Journal:
 
     def write(self, lane_id: str, entries: Iterable[Pending], **kw: Any) -> list[Stamped]:
         """``append`` and wait for it (the CLI, tests, jobs outside the lanes)."""
-        return self.append(lane_id, entries, **kw).result()
+        future = self.append(lane_id, entries, **kw)
+        # The caller blocks, its event loop too if it has one: the writer cannot wait
+        # for that loop to turn before it wakes.
+        self._wake()
+        return future.result()
 
     def run(self, fn: Callable[[WriteTx], T], *, durable: bool = True) -> concurrent.futures.Future:
         """Run a write job in its own transaction on the writer's connection; the future

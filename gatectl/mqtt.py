@@ -479,12 +479,13 @@ class MqttLink:
         client = self._client()
         await client.__aenter__()
         try:
-            self._up()
             await client.subscribe(self.approvals_topic, qos=1)
             await client.subscribe(self.spot_checks_topic, qos=1)
             await client.subscribe(self.lane_hours_topic, qos=1)
             await client.subscribe(self.replay_topic, qos=1)
             await client.publish(self.status_topic, b"online", qos=1, retain=True)
+            # Connected once it listens: a command sent from then on reaches the lane.
+            self._up()
             await self._serve(client)
         except asyncio.CancelledError:
             # A clean stop: say so ourselves, the will is only for a crash.
