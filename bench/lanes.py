@@ -128,6 +128,7 @@ async def one_run(n: int, window_s: float, workdir: Path, idle_s: float = 5.0, w
     lat = [x for lane in sim.lanes
            for x in decision_latencies([a for a in sim.authority.sent if a[1] == lane.id], sim.coil_writes(lane),
                                        {lane.id: lane.open_coil}, t0, t1)]
+    ahead = requests_ahead(sim, t0, t1)
     return {
         "lanes": n,
         "wiring": wiring,
@@ -143,8 +144,38 @@ async def one_run(n: int, window_s: float, workdir: Path, idle_s: float = 5.0, w
         "daemon_rss_mb": rss,
         "daemon_hwm_mb": hwm,
         "latencies_ms": [x * 1000 for x in lat],
+        "polls_ahead": ahead["polls"],
+        "writes_ahead": ahead["writes"],
         "limits": limits,
     }
+
+
+def requests_ahead(sim, t0: float, t1: float) -> dict[str, list[int]]:  # type: ignore[no-untyped-def]
+    """Per release answered in ``[t0, t1)``: how many polls (function 2) and other coil
+    writes (function 5) the lane's IO module served after the answer left the authority
+    and before the lift's open coil write. Counts, not times: what the lift queued
+    behind on the line, whatever the machine's load did to the durations."""
+    import bisect
+
+    out: dict[str, list[int]] = {"polls": [], "writes": []}
+    for lane in sim.lanes:
+        line = lane.io.line
+        times = [t for t, _ in line]
+        ons = sorted(t for t, address, value in lane.io.coil_writes if value and address == lane.open_coil)
+        for t, lane_id, _rid, decision in sim.authority.sent:
+            if lane_id != lane.id or decision != "release" or not t0 <= t < t1:
+                continue
+            k = bisect.bisect_right(ons, t)
+            if k == len(ons):
+                continue
+            # The lift's own write is the last request at its arrival time or before.
+            lo, hi = bisect.bisect_right(times, t), bisect.bisect_right(times, ons[k])
+            between = [fc for _, fc in line[lo:hi]]
+            if between and between[-1] == 5:
+                between = between[:-1]
+            out["polls"].append(sum(1 for fc in between if fc == 2))
+            out["writes"].append(sum(1 for fc in between if fc == 5))
+    return out
 
 
 async def run(quick: bool, workdir: Path) -> Report:
@@ -195,6 +226,8 @@ async def run(quick: bool, workdir: Path) -> Report:
                 "simulators_cpu_share": [round(x["simulators_cpu_share"], 4) for x in by[n]],
                 "p50_ms": pct([v for x in by[n] for v in x["latencies_ms"]], 50),
                 "p99_ms": p99[n],
+                "polls_ahead_of_lift": ahead_summary(by[n], "polls_ahead"),
+                "writes_ahead_of_lift": ahead_summary(by[n], "writes_ahead"),
                 "samples": sum(len(x["latencies_ms"]) for x in by[n]),
                 "daemon_rss_mb": max(x["daemon_rss_mb"] for x in by[n]),
                 "other_outcomes": sum(x["other_outcomes"] for x in by[n]),
@@ -210,6 +243,8 @@ async def run(quick: bool, workdir: Path) -> Report:
                 "simulators_cpu_share": [round(x["simulators_cpu_share"], 4) for x in own[n]],
                 "p50_ms": pct([v for x in own[n] for v in x["latencies_ms"]], 50),
                 "p99_ms": p99_own[n],
+                "polls_ahead_of_lift": ahead_summary(own[n], "polls_ahead"),
+                "writes_ahead_of_lift": ahead_summary(own[n], "writes_ahead"),
                 "samples": sum(len(x["latencies_ms"]) for x in own[n]),
                 "other_outcomes": sum(x["other_outcomes"] for x in own[n]),
                 "limits": own[n][-1]["limits"],
@@ -229,6 +264,15 @@ async def run(quick: bool, workdir: Path) -> Report:
         + " (a p99 over fewer than 100 samples is close to the maximum)"
     )
     return rep
+
+
+def ahead_summary(runs: list[dict], key: str) -> dict[str, float]:
+    """Mean and maximum of a per-lift count over runs, and the share of lifts above 0."""
+    values = [v for x in runs for v in x[key]]
+    if not values:
+        return {}
+    return {"mean": round(sum(values) / len(values), 3), "max": max(values),
+            "share_above_0": round(sum(1 for v in values if v) / len(values), 3)}
 
 
 def main() -> None:

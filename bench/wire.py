@@ -55,7 +55,8 @@ class WireIoModule(SimulatedUnit):
 
     ``coil_writes`` holds ``(time.monotonic(), address, value)`` per coil write, the time
     its frame arrived (the kernel's receive time, on Linux); ``requests`` counts requests
-    by function code.
+    by function code; ``line`` holds ``(arrived, function code)`` of every request, in
+    the order served.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, unit: int = 1, inputs: int = 16,
@@ -64,6 +65,7 @@ class WireIoModule(SimulatedUnit):
         self.host = host
         self.port = port
         self.requests: dict[int, int] = {}
+        self.line: list[tuple[float, int]] = []
         self._listener: socket.socket | None = None
         self._connections: set[_ModbusConnection] = set()
         #: Reads timed by the kernel (``SO_TIMESTAMPNS``); 0 if the platform has none.
@@ -97,6 +99,7 @@ class WireIoModule(SimulatedUnit):
         pdu = frame[7:]
         fc = pdu[0]
         self.requests[fc] = self.requests.get(fc, 0) + 1
+        self.line.append((arrived, fc))
         if unit != self.unit:
             return b""  # nobody at that unit id: no answer, as on the line
         try:
