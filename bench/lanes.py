@@ -5,6 +5,11 @@ The simulators run in this process (one IO module with 8 inputs and 2 coils per 
 64 ptys for 32 lanes; the http-json authority); ``gatectl run --config`` runs in its own
 process, so its CPU time (``/proc/<pid>/task/*/schedstat``) holds none of the simulators' work.
 
+Two wirings: every lane on the one shared IO module (the harder case: every lane's coil
+writes and the module's polls take turns on one connection), and, as many sites are
+wired, an IO module per lane (4, 16 and 32 lanes; each module its own TCP server and
+connection). The one-lane run is the baseline of both.
+
 Traffic: every lane drives released lorries through, one after another with a random gap
 (``run_traffic``'s 2-6 s divided by the speed) and from a random start, so the lanes do
 not move in lockstep (each lane has its own cards, so S8 never holds one for being open
@@ -43,6 +48,8 @@ from bench.decision import make_sim, start_daemon, write_config
 from simulators.site import TRAFFIC_GAP_S, LaneSpec, Vehicle
 
 COUNTS = (1, 4, 16, 32)
+WIRINGS = ("shared", "per_lane")
+"""One IO module for every lane; one IO module per lane."""
 CARDS_PER_LANE = 4
 
 
@@ -60,9 +67,10 @@ def fleet(index: int) -> list[Vehicle]:
     ]
 
 
-async def one_run(n: int, window_s: float, workdir: Path, idle_s: float = 5.0) -> dict:
+async def one_run(n: int, window_s: float, workdir: Path, idle_s: float = 5.0, wiring: str = "shared") -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
-    sim = make_sim(workdir / "sim", specs(n), travel_s=0.2, poll_ms=50, speed=10.0, weigh_interval_s=0.1)
+    sim = make_sim(workdir / "sim", specs(n), travel_s=0.2, poll_ms=50, speed=10.0, weigh_interval_s=0.1,
+                   module_per_lane=wiring == "per_lane")
     await sim.start()
     d = None
     tasks: list[asyncio.Task] = []
@@ -105,7 +113,8 @@ async def one_run(n: int, window_s: float, workdir: Path, idle_s: float = 5.0) -
             "ptys_in_use_system": int(Path("/proc/sys/kernel/pty/nr").read_text()),
             "pty_max": int(Path("/proc/sys/kernel/pty/max").read_text()),
             "daemon_open_fds": len(os.listdir(f"/proc/{d.pid}/fd")),
-            "io_inputs": len(sim.io._inputs),
+            "io_inputs": sum(len(m._inputs) for m in sim.io_modules().values()),
+            "io_modules": len(sim.io_modules()),
         }
     finally:
         for t in tasks:
@@ -116,10 +125,13 @@ async def one_run(n: int, window_s: float, workdir: Path, idle_s: float = 5.0) -
         await sim.stop()
     outcomes = [o for t, _, o in done if t0 <= t < t1]
     passed = sum(1 for o in outcomes if o == "passed")
-    lat = decision_latencies(sim.authority.sent, sim.io.coil_writes, {lane.id: lane.open_coil for lane in sim.lanes},
-                             t0, t1)
+    lat = [x for lane in sim.lanes
+           for x in decision_latencies([a for a in sim.authority.sent if a[1] == lane.id], sim.coil_writes(lane),
+                                       {lane.id: lane.open_coil}, t0, t1)]
+    ahead = requests_ahead(sim, t0, t1)
     return {
         "lanes": n,
+        "wiring": wiring,
         "window_s": t1 - t0,
         "passages": passed,
         "other_outcomes": len(outcomes) - passed,
@@ -132,21 +144,54 @@ async def one_run(n: int, window_s: float, workdir: Path, idle_s: float = 5.0) -
         "daemon_rss_mb": rss,
         "daemon_hwm_mb": hwm,
         "latencies_ms": [x * 1000 for x in lat],
+        "polls_ahead": ahead["polls"],
+        "writes_ahead": ahead["writes"],
         "limits": limits,
     }
+
+
+def requests_ahead(sim, t0: float, t1: float) -> dict[str, list[int]]:  # type: ignore[no-untyped-def]
+    """Per release answered in ``[t0, t1)``: how many polls (function 2) and other coil
+    writes (function 5) the lane's IO module served after the answer left the authority
+    and before the lift's open coil write. Counts, not times: what the lift queued
+    behind on the line, whatever the machine's load did to the durations."""
+    import bisect
+
+    out: dict[str, list[int]] = {"polls": [], "writes": []}
+    for lane in sim.lanes:
+        line = lane.io.line
+        times = [t for t, _ in line]
+        ons = sorted(t for t, address, value in lane.io.coil_writes if value and address == lane.open_coil)
+        for t, lane_id, _rid, decision in sim.authority.sent:
+            if lane_id != lane.id or decision != "release" or not t0 <= t < t1:
+                continue
+            k = bisect.bisect_right(ons, t)
+            if k == len(ons):
+                continue
+            # The lift's own write is the last request at its arrival time or before.
+            lo, hi = bisect.bisect_right(times, t), bisect.bisect_right(times, ons[k])
+            between = [fc for _, fc in line[lo:hi]]
+            if between and between[-1] == 5:
+                between = between[:-1]
+            out["polls"].append(sum(1 for fc in between if fc == 2))
+            out["writes"].append(sum(1 for fc in between if fc == 5))
+    return out
 
 
 async def run(quick: bool, workdir: Path) -> Report:
     rounds, window = (1, 15.0) if quick else (3, 30.0)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     runs: list[dict] = []
+    plan = [("shared", n) for n in COUNTS] + [("per_lane", n) for n in COUNTS[1:]]
     for r in range(rounds):
-        for n in COUNTS if r % 2 == 0 else tuple(reversed(COUNTS)):
+        for wiring, n in plan if r % 2 == 0 else reversed(plan):
             # One lane decides ~0.4 times a second: a longer window gives its p99 (the
             # baseline of the others) enough samples to mean something.
-            runs.append(await one_run(n, window * (3 if n == 1 else 1), workdir / f"r{r}-l{n}"))
+            runs.append(await one_run(n, window * (3 if n == 1 else 1), workdir / f"r{r}-{wiring}-l{n}",
+                                      wiring=wiring))
     rep = Report("lanes", "2. lanes per process (CPU per passage, p99 decision latency)")
-    by = {n: [x for x in runs if x["lanes"] == n] for n in COUNTS}
+    by = {n: [x for x in runs if x["lanes"] == n and x["wiring"] == "shared"] for n in COUNTS}
+    own = {n: [x for x in runs if x["lanes"] == n and x["wiring"] == "per_lane"] for n in COUNTS[1:]}
     cpu = {n: median(x["daemon_cpu_ms_per_passage"] for x in by[n]) for n in COUNTS}
     marginal = {n: median(x["marginal_cpu_ms_per_passage"] for x in by[n]) for n in COUNTS}
     p99 = {n: pct([v for x in by[n] for v in x["latencies_ms"]], 99) for n in COUNTS}
@@ -166,6 +211,10 @@ async def run(quick: bool, workdir: Path) -> Report:
         rep.rows.append(row)
     for n in COUNTS[1:]:
         rep.rows.append(ratio_row("2 lanes", f"p99 decision latency, {n} lanes (vs 1)", "ms", p99[n], p99[1], 2.0))
+    p99_own = {n: pct([v for x in own[n] for v in x["latencies_ms"]], 99) for n in COUNTS[1:]}
+    for n in COUNTS[1:]:
+        rep.rows.append(ratio_row("2 lanes", f"p99 decision latency, {n} lanes, an IO module each (vs 1)", "ms",
+                                  p99_own[n], p99[1], 2.0))
     rep.details = {
         "per_lanes": {
             n: {
@@ -177,12 +226,30 @@ async def run(quick: bool, workdir: Path) -> Report:
                 "simulators_cpu_share": [round(x["simulators_cpu_share"], 4) for x in by[n]],
                 "p50_ms": pct([v for x in by[n] for v in x["latencies_ms"]], 50),
                 "p99_ms": p99[n],
+                "polls_ahead_of_lift": ahead_summary(by[n], "polls_ahead"),
+                "writes_ahead_of_lift": ahead_summary(by[n], "writes_ahead"),
                 "samples": sum(len(x["latencies_ms"]) for x in by[n]),
                 "daemon_rss_mb": max(x["daemon_rss_mb"] for x in by[n]),
                 "other_outcomes": sum(x["other_outcomes"] for x in by[n]),
                 "limits": by[n][-1]["limits"],
             }
             for n in COUNTS
+        },
+        "per_lanes_module_each": {
+            n: {
+                "passages": [x["passages"] for x in own[n]],
+                "cpu_ms_per_passage": [round(x["daemon_cpu_ms_per_passage"], 2) for x in own[n]],
+                "daemon_cpu_share": [round(x["daemon_cpu_share"], 4) for x in own[n]],
+                "simulators_cpu_share": [round(x["simulators_cpu_share"], 4) for x in own[n]],
+                "p50_ms": pct([v for x in own[n] for v in x["latencies_ms"]], 50),
+                "p99_ms": p99_own[n],
+                "polls_ahead_of_lift": ahead_summary(own[n], "polls_ahead"),
+                "writes_ahead_of_lift": ahead_summary(own[n], "writes_ahead"),
+                "samples": sum(len(x["latencies_ms"]) for x in own[n]),
+                "other_outcomes": sum(x["other_outcomes"] for x in own[n]),
+                "limits": own[n][-1]["limits"],
+            }
+            for n in COUNTS[1:]
         },
         "rounds": rounds,
         "window_s": window,
@@ -192,9 +259,20 @@ async def run(quick: bool, workdir: Path) -> Report:
         f"{rounds} round(s) of {window:g} s windows per lane count ({3 * window:g} s for 1 lane); CPU is the daemon "
         "process only (the simulators run in the bench's own process; their share in details); latency samples "
         + ", ".join(f"{n} lanes {sum(len(x['latencies_ms']) for x in by[n])}" for n in COUNTS)
+        + "; an IO module each: "
+        + ", ".join(f"{n} lanes {sum(len(x['latencies_ms']) for x in own[n])}" for n in COUNTS[1:])
         + " (a p99 over fewer than 100 samples is close to the maximum)"
     )
     return rep
+
+
+def ahead_summary(runs: list[dict], key: str) -> dict[str, float]:
+    """Mean and maximum of a per-lift count over runs, and the share of lifts above 0."""
+    values = [v for x in runs for v in x[key]]
+    if not values:
+        return {}
+    return {"mean": round(sum(values) / len(values), 3), "max": max(values),
+            "share_above_0": round(sum(1 for v in values if v) / len(values), 3)}
 
 
 def main() -> None:

@@ -55,7 +55,8 @@ class WireIoModule(SimulatedUnit):
 
     ``coil_writes`` holds ``(time.monotonic(), address, value)`` per coil write, the time
     its frame arrived (the kernel's receive time, on Linux); ``requests`` counts requests
-    by function code.
+    by function code; ``line`` holds ``(arrived, function code)`` of every request, in
+    the order served.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, unit: int = 1, inputs: int = 16,
@@ -64,6 +65,7 @@ class WireIoModule(SimulatedUnit):
         self.host = host
         self.port = port
         self.requests: dict[int, int] = {}
+        self.line: list[tuple[float, int]] = []
         self._listener: socket.socket | None = None
         self._connections: set[_ModbusConnection] = set()
         #: Reads timed by the kernel (``SO_TIMESTAMPNS``); 0 if the platform has none.
@@ -97,6 +99,7 @@ class WireIoModule(SimulatedUnit):
         pdu = frame[7:]
         fc = pdu[0]
         self.requests[fc] = self.requests.get(fc, 0) + 1
+        self.line.append((arrived, fc))
         if unit != self.unit:
             return b""  # nobody at that unit id: no answer, as on the line
         try:
@@ -361,16 +364,41 @@ class _HttpConnection(asyncio.Protocol):
 
 class WireSite(SimulatedSite):
     """``SimulatedSite`` with :class:`WireIoModule` and :class:`WireAuthority` in place of
-    the pymodbus and aiohttp simulators; card readers, indicators and vehicles as ever."""
+    the pymodbus and aiohttp simulators; card readers, indicators and vehicles as ever.
 
-    def __init__(self, workdir: Path, lanes, **kw: Any) -> None:  # type: ignore[no-untyped-def]
+    ``module_per_lane``: every lane on an IO module of its own (``io1``, ``io2``, ...,
+    each its own TCP server, so its own connection and bus in the daemon), as many sites
+    are wired, instead of every lane on the one ``io1``.
+    """
+
+    def __init__(self, workdir: Path, lanes, *, module_per_lane: bool = False,  # type: ignore[no-untyped-def]
+                 **kw: Any) -> None:
+        self.modules: dict[str, WireIoModule] | None = None
         super().__init__(workdir, lanes, **kw)
-        self.io = WireIoModule("127.0.0.1", 0, unit=1, inputs=INPUTS_PER_LANE * len(self.specs),
-                               coils=COILS_PER_LANE * len(self.specs))  # type: ignore[assignment]
+        if module_per_lane:
+            self.modules = {f"io{i + 1}": WireIoModule("127.0.0.1", 0, unit=1, inputs=INPUTS_PER_LANE,
+                                                       coils=COILS_PER_LANE) for i in range(len(self.specs))}
+        else:
+            self.modules = {"io1": WireIoModule("127.0.0.1", 0, unit=1, inputs=INPUTS_PER_LANE * len(self.specs),
+                                                coils=COILS_PER_LANE * len(self.specs))}
+        self.io = next(iter(self.modules.values()))  # type: ignore[assignment]
         self.authority = WireAuthority("127.0.0.1", 0)  # type: ignore[assignment]
-        # The lanes again, wired to this IO module (their readers and indicators are new,
+        # The lanes again, wired to these IO modules (their readers and indicators are new,
         # on the same links; the first ones were never started).
         self.lanes = [SimLane(self, i, spec) for i, spec in enumerate(self.specs)]
+
+    def lane_wiring(self, index: int) -> tuple[SimulatedUnit, str, int, int]:
+        if self.modules is None or len(self.modules) == 1:  # (the first lanes, never used; or io1)
+            return super().lane_wiring(index)
+        name = f"io{index + 1}"
+        return self.modules[name], name, 0, 0
+
+    def io_modules(self) -> dict[str, SimulatedUnit]:
+        return dict(self.modules or {})
+
+    def coil_writes(self, lane: SimLane) -> list[tuple[float, int, bool]]:
+        """The coil writes of ``lane``'s IO module (every lane's, on a shared one)."""
+        return lane.io.coil_writes
 
 
 __all__ = ["WireAuthority", "WireIoModule", "WireSite"]

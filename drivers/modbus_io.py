@@ -4,9 +4,9 @@ Two layers, following Home Assistant's Modbus hub (STYLE.md section 4):
 
 - A *bus* is one physical line: ``ModbusTcpBus`` (one TCP connection, e.g. to a gateway
   with several units behind it) or ``ModbusRtuBus`` (one RS-485 serial port). It owns the
-  pymodbus client and the one ``asyncio.Lock`` that every request on the line, and the
-  quiet pause after it, runs under; it opens and reopens the line itself. It raises typed
-  errors and knows nothing about health.
+  pymodbus client and the one ``BusTurns`` that every request on the line, and the
+  quiet pause after it, takes its turn from; it opens and reopens the line itself. It
+  raises typed errors and knows nothing about health.
 - An ``IoModule`` is *one unit on a bus*: its poll loop, health, counters and coil
   pulses. It reports facts through ``on_inputs`` / ``on_health`` and decides nothing.
   Several modules (different unit ids) share one bus.
@@ -44,9 +44,15 @@ lost, on a protocol error, or after ``DEAD_LINE_AFTER`` requests in a row that n
 answered (a half-open TCP connection, a wedged USB adapter). A single unit that stops
 answering does *not* drop the line: the other units on it are still talking.
 
+Whose turn it is on a shared line (``BusTurns``): one request at a time, as with a
+lock, but a coil write (a barrier's lift, a safety reverse, a close) goes before every
+poll waiting for the line, so it waits at most for the request already on the wire
+(and other coil writes), not behind the polls of every module on the line. Polls are
+never starved: a poll that has waited longer than its module's poll interval goes next.
+
 One dead unit must not stall the bus (home-assistant/core#72495, #110013): each request
 waits at most ``request_timeout_s`` (CONTRACT 2.3: 1 s), so another module waits at most
-one timeout plus the quiet pause for the lock; and after ``SUSPECT_AFTER`` missed
+one timeout plus the quiet pause for its turn; and after ``SUSPECT_AFTER`` missed
 requests in a row a unit is *suspect* and polled only every ``suspect_poll_ms``, so the
 loop detectors on the other units stay live. Its first answer brings it back to the
 normal rate.
@@ -75,8 +81,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import math
 import random
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, Literal
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -89,6 +97,7 @@ from drivers.health import Health
 __all__ = [
     "BusKey",
     "BusRegistry",
+    "BusTurns",
     "IoModule",
     "IoModuleError",
     "IoModuleExceptionResponse",
@@ -122,6 +131,8 @@ BusKey = tuple[Any, ...]
 """``("tcp", host, port)`` or ``("rtu", port)``: one key per physical line."""
 
 Call = Callable[[Any], Awaitable[ModbusPDU]]
+Turn = Literal["write", "poll"]
+"""What a request on a bus is, for ``BusTurns``: a coil write or an input poll."""
 
 
 def tcp_bus_key(host: str, port: int) -> BusKey:
@@ -159,13 +170,88 @@ class IoModuleExceptionResponse(IoModuleError):
         self.code = code
 
 
+class BusTurns:
+    """Whose turn it is on one line: one holder at a time, coil writes before polls.
+
+    Like an ``asyncio.Lock``, except for who is served next when the holder lets go:
+    the oldest waiting coil write, then the oldest waiting poll (first come, first
+    served within each kind). A poll that has waited past its ``patience_s`` (its
+    module's poll interval) goes next, before the writes, so a stream of writes delays
+    the loop detectors' polls by about one interval, never starves them; but not two
+    such polls in a row while a write waits, so on a line too slow for its polls a
+    write still waits for one poll at most. Nothing is taken from the holder: a
+    request on the wire finishes first.
+    """
+
+    def __init__(self) -> None:
+        self._held = False
+        self._jumped = False  # the last turn went to an overdue poll ahead of a write
+        # (future resolved when it is this waiter's turn, loop time after which a poll is overdue)
+        self._queues: dict[Turn, deque[tuple[asyncio.Future[None], float]]] = {
+            "write": deque(),
+            "poll": deque(),
+        }
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    @property
+    def waiting(self) -> dict[Turn, int]:
+        """How many requests of each kind wait for their turn."""
+        return {kind: len(queue) for kind, queue in self._queues.items()}
+
+    @contextlib.asynccontextmanager
+    async def turn(self, kind: Turn, patience_s: float | None = None) -> AsyncIterator[None]:
+        """Wait for a turn on the line (``patience_s``: polls only), hold it in the block."""
+        await self._acquire(kind, patience_s)
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _acquire(self, kind: Turn, patience_s: float | None) -> None:
+        if not self._held:  # nobody waits while the line is free: handing over keeps it held
+            self._held = True
+            return
+        loop = asyncio.get_running_loop()
+        overdue_at = loop.time() + patience_s if kind == "poll" and patience_s is not None else math.inf
+        waiter = (loop.create_future(), overdue_at)
+        queue = self._queues[kind]
+        queue.append(waiter)
+        try:
+            await waiter[0]
+        except asyncio.CancelledError:
+            if waiter[0].done() and not waiter[0].cancelled():
+                self._release()  # the turn came with the cancellation: pass it on
+            elif waiter in queue:
+                queue.remove(waiter)
+            raise
+
+    def _release(self) -> None:
+        writes, polls = self._queues["write"], self._queues["poll"]
+        while writes or polls:
+            overdue = bool(polls) and polls[0][1] <= asyncio.get_running_loop().time()
+            # An overdue poll goes before waiting writes, but never twice in a row: on a
+            # line too slow for its polls every poll is overdue, and writes must still go.
+            jump = overdue and not self._jumped
+            future = writes.popleft()[0] if writes and not jump else polls.popleft()[0]
+            # A waiter cancelled since it queued (its task has not run yet) is skipped.
+            if not future.done():
+                self._jumped = jump and bool(writes)
+                future.set_result(None)  # still held: it is the waiter's now
+                return
+        self._held = False
+
+
 class ModbusBus:
-    """One physical Modbus line: a pymodbus client and the lock every request runs under.
+    """One physical Modbus line: a pymodbus client and the turns every request waits for.
 
     Subclasses say how to build the client (``_new_client``) and describe the line
-    (``key``, ``where``). Every request and the ``quiet_ms`` pause after it run under
-    ``lock``, so requests on one line never interleave, and a slow RS-485 device has
-    time to turn the line around before the next frame.
+    (``key``, ``where``). Every request and the ``quiet_ms`` pause after it run in a
+    turn of ``turns``, so requests on one line never interleave, and a slow RS-485
+    device has time to turn the line around before the next frame; coil writes get
+    their turn before waiting polls.
     """
 
     COUNTERS = ("requests", "timeouts", "connects", "connect_failures", "drops")
@@ -178,7 +264,7 @@ class ModbusBus:
         self.request_timeout_s = request_timeout_s
         self.quiet_s = quiet_ms / 1000
         self.name = name
-        self.lock = asyncio.Lock()
+        self.turns = BusTurns()
         self._client: Any = None
         self._closed_because = "not connected yet"
         self._in_error = False  # the line is down and that was logged
@@ -227,7 +313,7 @@ class ModbusBus:
         """
         if self.connected:
             return
-        async with self.lock:
+        async with self.turns.turn("write"):
             if self._client is not None:
                 if self._client.connected:
                     return
@@ -239,7 +325,7 @@ class ModbusBus:
 
     async def connect(self) -> None:
         """Open a fresh connection now (closing any old one); raise ``IoModuleError`` on failure."""
-        async with self.lock:
+        async with self.turns.turn("write"):
             self._shut_down = False
             self._close("reconnecting")
             await self._open_locked()
@@ -317,15 +403,20 @@ class ModbusBus:
 
     # ------------------------------------------------------------------ requests
 
-    async def execute(self, call: Call, what: str) -> ModbusPDU:
-        """Run one request under the bus lock and the request timeout, then pause quietly.
+    async def execute(
+        self, call: Call, what: str, *, kind: Turn = "write", patience_s: float | None = None
+    ) -> ModbusPDU:
+        """Run one request in its turn on the line and under the request timeout, then
+        pause quietly.
 
+        ``kind`` says whose turn comes first (``BusTurns``): a ``"write"`` before any
+        waiting ``"poll"``, unless that poll has waited more than ``patience_s``.
         ``what`` names the request (unit and address) and starts every error reason.
         Never opens the line: a request on a closed line fails with "not connected".
         A timeout leaves the line open (the other units on it may be fine) unless no
         unit has answered ``DEAD_LINE_AFTER`` requests in a row.
         """
-        async with self.lock:
+        async with self.turns.turn(kind, patience_s):
             client = self._client
             if client is None:
                 raise IoModuleError(f"{what}: not connected ({self._closed_because})")
@@ -338,7 +429,7 @@ class ModbusBus:
                 response = await self._send_locked(client, call, what)
             finally:
                 if self.quiet_s > 0:
-                    # Inter-frame gap under the lock, answered or not: the next frame
+                    # Inter-frame gap within the turn, answered or not: the next frame
                     # must not run into a slow device's late answer or line turnaround.
                     await asyncio.sleep(self.quiet_s)
         if response.isError():
@@ -409,7 +500,7 @@ class ModbusTcpBus(ModbusBus):
 class ModbusRtuBus(ModbusBus):
     """One RS-485 line on a serial port, Modbus RTU framing, 8 data bits.
 
-    ``quiet_ms`` is the pause after every request, under the lock, before the next
+    ``quiet_ms`` is the pause after every request, within its turn, before the next
     frame goes out (Home Assistant pauses 30 ms on serial lines).
     """
 
@@ -707,6 +798,7 @@ class IoModule:
         response = await self._request(
             lambda c: c.read_discrete_inputs(address=0, count=n, device_id=self.unit),
             f"read discrete inputs 0-{n - 1}",
+            kind="poll",
         )
         bits = list(response.bits)
         if len(bits) < n:
@@ -850,9 +942,12 @@ class IoModule:
 
     # ------------------------------------------------------------------ requests
 
-    async def _request(self, call: Call, what: str) -> Any:
+    async def _request(self, call: Call, what: str, kind: Turn = "write") -> Any:
         try:
-            response = await self.bus.execute(call, f"unit {self.unit} {what}")
+            # A poll that waited one interval for the line is overdue: it goes next.
+            response = await self.bus.execute(
+                call, f"unit {self.unit} {what}", kind=kind, patience_s=self._poll_s
+            )
         except IoModuleTimeout:
             self._counters["timeouts"] += 1
             self._misses += 1

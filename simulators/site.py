@@ -51,7 +51,7 @@ from typing import Final, Literal
 
 from simulators.authority_http import HttpAuthoritySimulator
 from simulators.card_reader import CardReaderSimulator
-from simulators.io_module import Barrier, IoModuleSimulator
+from simulators.io_module import Barrier, IoModuleSimulator, SimulatedUnit
 from simulators.plate_camera import PlateCameraSimulator
 from simulators.weighbridge import WeighbridgeSimulator
 
@@ -350,7 +350,7 @@ class SimLane:
         self.site = site
         self.index = index
         self.spec = spec
-        self.io = site.io
+        self.io, self.module, self._first_input, first_coil = site.lane_wiring(index)
         # Behind symlinks, as udev names adapters: tests can unplug and replug them.
         (site.workdir / "dev").mkdir(parents=True, exist_ok=True)
         self.reader = CardReaderSimulator(spec.card_format, link=site.workdir / "dev" / f"{spec.id}-reader")
@@ -361,9 +361,9 @@ class SimLane:
             if spec.weigh_format is not None
             else None
         )
-        self.open_coil = COILS_PER_LANE * index
-        self.close_coil = COILS_PER_LANE * index + 1
-        self.barrier: Barrier = site.io.add_barrier(
+        self.open_coil = first_coil
+        self.close_coil = first_coil + 1
+        self.barrier: Barrier = self.io.add_barrier(
             open_coil=self.open_coil,
             close_coil=self.close_coil,
             up_input=self.input_address("barrier_up"),
@@ -390,20 +390,21 @@ class SimLane:
         return self.spec.id
 
     def input_address(self, role: str) -> int:
-        """Discrete input address of ``role`` (one of :data:`LANE_INPUTS`) on ``io1``."""
+        """Discrete input address of ``role`` (one of :data:`LANE_INPUTS`) on the lane's
+        IO module (``io1`` unless the site wires lanes otherwise)."""
         if role not in LANE_INPUTS:
             raise ValueError(f"unknown input {role!r}; one of {LANE_INPUTS}")
-        return INPUTS_PER_LANE * self.index + LANE_INPUTS.index(role)
+        return self._first_input + LANE_INPUTS.index(role)
 
     def points(self) -> dict[str, str]:
         """The config's ``points`` for this lane (``io1:di:N`` / ``io1:coil:N``)."""
         points = {
-            role: f"{IO_MODULE_NAME}:di:{self.input_address(role)}"
+            role: f"{self.module}:di:{self.input_address(role)}"
             for role in LANE_INPUTS
             if role != "exit_loop" or self.spec.exit_loop
         }
-        points["barrier_open"] = f"{IO_MODULE_NAME}:coil:{self.open_coil}"
-        points["barrier_close"] = f"{IO_MODULE_NAME}:coil:{self.close_coil}"
+        points["barrier_open"] = f"{self.module}:coil:{self.open_coil}"
+        points["barrier_close"] = f"{self.module}:coil:{self.close_coil}"
         return points
 
     @property
@@ -770,6 +771,16 @@ class SimulatedSite:
         self._trip_tasks: set[asyncio.Task[None]] = set()
         self._state: Literal["new", "started", "stopped"] = "new"
 
+    def lane_wiring(self, index: int) -> tuple[SimulatedUnit, str, int, int]:
+        """Where lane ``index`` is wired: its IO module, that module's name in the config,
+        and the lane's first discrete input and first coil on it. Here every lane is on
+        ``io1``, :data:`INPUTS_PER_LANE` inputs and :data:`COILS_PER_LANE` coils each."""
+        return self.io, IO_MODULE_NAME, INPUTS_PER_LANE * index, COILS_PER_LANE * index
+
+    def io_modules(self) -> dict[str, SimulatedUnit]:
+        """Every IO module of the site by its config name (each serving on its own port)."""
+        return {IO_MODULE_NAME: self.io}
+
     # ------------------------------------------------------------------ lifecycle
 
     @property
@@ -783,7 +794,8 @@ class SimulatedSite:
         self._state = "started"
         try:
             self.workdir.mkdir(parents=True, exist_ok=True)
-            await self.io.start()
+            for module in self.io_modules().values():
+                await module.start()  # type: ignore[attr-defined]
             await self.authority.start()
             for lane in self.lanes:
                 await lane.reader.start()
@@ -818,7 +830,8 @@ class SimulatedSite:
                 await lane.scale.stop()
             await lane.reader.stop()
         await self.authority.stop()
-        await self.io.stop()
+        for module in self.io_modules().values():
+            await module.stop()  # type: ignore[attr-defined]
 
     async def __aenter__(self) -> SimulatedSite:
         await self.start()
@@ -906,12 +919,17 @@ class SimulatedSite:
             "    timeout_ms: 3000",
             "",
             "io_modules:",
-            f"  {IO_MODULE_NAME}:",
-            "    protocol: modbus-tcp",
-            f"    host: {_q(self.io.host)}",
-            f"    port: {self.io.port}",
-            f"    unit: {self.io.unit}",
-            f"    poll_ms: {self.poll_ms}",
+        ]
+        for name, module in self.io_modules().items():
+            out += [
+                f"  {name}:",
+                "    protocol: modbus-tcp",
+                f"    host: {_q(module.host)}",  # type: ignore[attr-defined]
+                f"    port: {module.port}",  # type: ignore[attr-defined]
+                f"    unit: {module.unit}",
+                f"    poll_ms: {self.poll_ms}",
+            ]
+        out += [
             "",
             "administrative_vehicles:",
         ]

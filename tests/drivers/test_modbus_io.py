@@ -1,8 +1,9 @@
 """IoModule against the IO module simulator, over real Modbus TCP on 127.0.0.1.
 
 Requirement ids: S5 (an IO module that stops answering is a device fault, the lane
-fails closed) and CONTRACT 2.3 (function 2 reads, function 5 writes, a pulse is on,
-pulse_ms, off; no answer within 1 s is a device fault).
+fails closed), S2 (a safety reverse, like every coil write, goes before the polls
+waiting for a shared line) and CONTRACT 2.3 (function 2 reads, function 5 writes, a
+pulse is on, pulse_ms, off; no answer within 1 s is a device fault).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from drivers.health import Health
-from drivers.modbus_io import BusRegistry, IoModule, IoModuleError, IoModuleExceptionResponse
+from drivers.modbus_io import BusRegistry, BusTurns, IoModule, IoModuleError, IoModuleExceptionResponse
 from simulators.io_module import IoModuleSimulator
 
 UNIT = 7
@@ -383,3 +384,161 @@ async def test_a_module_with_its_own_connection_closes_it_when_stopped(io: Runni
     assert io.module.bus.connected
     await io.stop()
     assert not io.module.bus.connected
+
+
+# ------------------------------------------------------------------ turns on a shared line
+
+
+async def test_s2_bus_turns_serve_writes_first_fifo_within_each_kind() -> None:
+    """The holder keeps its turn; then every waiting write in arrival order, then the polls."""
+    turns = BusTurns()
+    order: list[str] = []
+
+    async def request(name: str, kind: str) -> None:
+        async with turns.turn(kind, patience_s=60.0):  # type: ignore[arg-type]
+            order.append(name)
+            await asyncio.sleep(0)
+
+    async with turns.turn("poll"):
+        tasks = [
+            asyncio.create_task(request(name, kind))
+            for name, kind in [("p1", "poll"), ("w1", "write"), ("p2", "poll"), ("w2", "write")]
+        ]
+        await until(lambda: turns.waiting == {"write": 2, "poll": 2})
+        order.append("holder")
+    await asyncio.gather(*tasks)
+    assert order == ["holder", "w1", "w2", "p1", "p2"]
+    assert not turns.held and turns.waiting == {"write": 0, "poll": 0}
+
+
+async def test_bus_turns_an_overdue_poll_goes_before_waiting_writes_but_not_two_in_a_row() -> None:
+    """A poll that waited past its patience (here none at all) is served next, then a write."""
+    turns = BusTurns()
+    order: list[str] = []
+
+    async def request(name: str, kind: str, patience_s: float) -> None:
+        async with turns.turn(kind, patience_s):  # type: ignore[arg-type]
+            order.append(name)
+
+    async with turns.turn("write"):
+        tasks = [
+            asyncio.create_task(request(name, kind, 0.0))
+            for name, kind in [("w1", "write"), ("p1", "poll"), ("p2", "poll"), ("w2", "write"), ("p3", "poll")]
+        ]
+        await until(lambda: turns.waiting == {"write": 2, "poll": 3})
+    await asyncio.gather(*tasks)
+    # Overdue polls and waiting writes take turns: a write waits for one such poll at most.
+    assert order == ["p1", "w1", "p2", "w2", "p3"]
+
+
+async def test_bus_turns_a_cancelled_waiter_leaves_and_a_cancelled_turn_is_passed_on() -> None:
+    turns = BusTurns()
+    order: list[str] = []
+
+    async def request(name: str, kind: str) -> None:
+        async with turns.turn(kind):  # type: ignore[arg-type]
+            order.append(name)
+
+    async with turns.turn("poll"):
+        gone = asyncio.create_task(request("gone", "write"))
+        granted = asyncio.create_task(request("granted", "write"))
+        last = asyncio.create_task(request("last", "poll"))
+        await until(lambda: turns.waiting == {"write": 2, "poll": 1})
+        gone.cancel()
+        await asyncio.gather(gone, return_exceptions=True)
+        assert turns.waiting == {"write": 1, "poll": 1}
+    # The turn is handed to "granted"; cancelled before it runs, it must hand it on.
+    granted.cancel()
+    await asyncio.gather(granted, last, return_exceptions=True)
+    assert order == ["last"]
+    assert not turns.held
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[IoModuleSimulator]:
+    """A TCP gateway with six slow units behind it (each answer takes 20 ms), so that
+    the polls of modules polling together wait for the line."""
+    s = IoModuleSimulator(unit=UNIT, inputs=16, coils=16)
+    for k in range(1, 6):
+        s.add_unit(UNIT + k)
+    for unit in s.units.values():
+        unit.latency_s = 0.02
+    await s.start()
+    yield s
+    await s.stop()
+
+
+def requests(sim: IoModuleSimulator, since: int = 0) -> list[tuple[int, int]]:
+    """(unit, function code) of every request the server served, from ``since`` on."""
+    return [(u, fc) for _, kind, u, fc in sim.traffic[since:] if kind == "request"]
+
+
+async def test_s2_a_coil_write_goes_before_the_polls_waiting_on_a_shared_line(
+    gateway: IoModuleSimulator,
+) -> None:
+    """S2 and the lift's latency with many lanes on one line: a coil write waits for
+    the request on the wire at most, not for every module's poll queued before it."""
+    registry = BusRegistry(request_timeout_s=1.0)
+    bus = registry.tcp("127.0.0.1", gateway.port)
+    recs = {unit: Recorder() for unit in gateway.units}
+    # Polled every second, all at once: six polls of 20 ms, none of them overdue.
+    modules = {
+        unit: IoModule.on_bus(f"io{unit}", bus, unit, 1000, 16, rec.on_inputs, rec.on_health)
+        for unit, rec in recs.items()
+    }
+    tasks = [asyncio.create_task(m.run()) for m in modules.values()]
+    try:
+        await until(lambda: all(m.health is Health.OK for m in modules.values()))
+        for _ in range(2):
+            await until(lambda: bus.turns.waiting["poll"] >= 4)
+            mark = len(gateway.traffic)  # no await between the count and the write's request
+            await modules[UNIT].write_coil(3, True)
+            served = requests(gateway, mark)
+            write_at = served.index((UNIT, 5))
+            # Before the write: at most the poll that held the line when it asked.
+            assert len(served[:write_at]) <= 1, served
+            await modules[UNIT].write_coil(3, False)
+        # And the polls that waited were served after it: every module still reads.
+        mark = len(gateway.traffic)
+        await until(lambda: {u for u, fc in requests(gateway, mark) if fc == 2} == set(gateway.units))
+        assert all(rec.healths == [Health.OK] for rec in recs.values())
+        assert gateway.overlaps == 0
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        registry.close_all()
+
+
+async def test_polls_are_not_starved_by_coil_writes_that_never_stop(gateway: IoModuleSimulator) -> None:
+    """Three writers keep a write waiting for the line at every moment; the poll, overdue
+    after one interval, still gets its turns between their writes."""
+    registry = BusRegistry(request_timeout_s=1.0)
+    bus = registry.tcp("127.0.0.1", gateway.port)
+    rec = Recorder()
+    poller = IoModule.on_bus("io-poll", bus, UNIT, 10, 16, rec.on_inputs, rec.on_health)
+    writer = IoModule.on_bus("io-write", bus, UNIT + 1, 10, 16, Recorder().on_inputs, Recorder().on_health)
+
+    async def write_forever(address: int) -> None:
+        value = True
+        while True:
+            await writer.write_coil(address, value)
+            value = not value
+
+    poll_task = asyncio.create_task(poller.run())
+    await until(lambda: poller.health is Health.OK)
+    mark = len(gateway.traffic)
+    writers = [asyncio.create_task(write_forever(a)) for a in range(3)]
+    try:
+        await until(lambda: bus.turns.waiting["write"] >= 2)
+        await until(lambda: sum(1 for u, fc in requests(gateway, mark) if (u, fc) == (UNIT, 2)) >= 5)
+        served = requests(gateway, mark)
+        polls = [i for i, (u, fc) in enumerate(served) if (u, fc) == (UNIT, 2)]
+        # The writes went on meanwhile: between the polls on the line, writes too.
+        assert all(served[a + 1:b] for a, b in zip(polls, polls[1:]))
+        assert all(fc == 5 for u, fc in served if u == UNIT + 1)
+    finally:
+        for task in [*writers, poll_task]:
+            task.cancel()
+        await asyncio.gather(*writers, poll_task, return_exceptions=True)
+        registry.close_all()
