@@ -101,6 +101,9 @@ class Store:
         schema.migrate(conn)
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS staging (event_id uuid, ts timestamptz, site_id text,"
                      " lane_id text, seq bigint, type text, body jsonb) ON COMMIT DELETE ROWS")
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS passage_staging (passage_id text, site_id text, lane_id text,"
+                     " opened_seq bigint, opened_at timestamptz, closed_at timestamptz, card text, auth_kind text,"
+                     " auth_id text, outcome text, record jsonb) ON COMMIT DELETE ROWS")
         self._months = schema.existing_partitions(conn)
         self._resume.clear()  # another instance may have folded meanwhile
         self.conn = conn
@@ -346,18 +349,27 @@ class Store:
                 bodies.setdefault((si, ln), []).append(body)
             for k in todo:
                 fold_lane(k, bodies.get(k, []), upto[k])
+        if touched_all:
+            # A passage touched by the batch is a row here (about one for every two events
+            # at 200 lanes): by COPY, then one upsert from the staging table, rather than an
+            # INSERT per row, whose parameters cost the central more than the fold itself.
+            with conn.cursor() as cur, cur.copy(
+                    "COPY passage_staging (passage_id, site_id, lane_id, opened_seq, opened_at, closed_at, card,"
+                    " auth_kind, auth_id, outcome, record) FROM STDIN") as cp:
+                for si, r in touched_all.values():
+                    cp.write_row((r.passage_id, si, r.lane_id, r.opened_seq, r.opened_at, r.closed_at, r.card,
+                                  r.auth_kind, r.auth_id, r.outcome, json.dumps(record_json(r), ensure_ascii=False)))
         # The writes and the two alarm look-ups in one round trip (pipeline mode): the
         # server runs them in order, so the look-ups see the rows written before them.
         with conn.pipeline():
             if touched_all:
-                conn.cursor().executemany(
+                # In passage order, so instances writing the same passages lock them in one order.
+                conn.execute(
                     "INSERT INTO passages (passage_id, site_id, lane_id, opened_seq, opened_at, closed_at, card,"
-                    " auth_kind, auth_id, outcome, record) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                    " auth_kind, auth_id, outcome, record) SELECT * FROM passage_staging ORDER BY passage_id"
                     " ON CONFLICT (passage_id) DO UPDATE SET closed_at = excluded.closed_at, card = excluded.card,"
                     " auth_kind = excluded.auth_kind, auth_id = excluded.auth_id, outcome = excluded.outcome,"
                     " record = excluded.record",
-                    [(r.passage_id, si, r.lane_id, r.opened_seq, r.opened_at, r.closed_at, r.card, r.auth_kind,
-                      r.auth_id, r.outcome, Jsonb(record_json(r))) for si, r in touched_all.values()],
                 )
             if update is not None:
                 conn.execute(*update)
