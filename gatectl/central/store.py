@@ -190,8 +190,8 @@ class Store:
             # in every instance, and hands back what the walk and the fold start from.
             lanes_cur = conn.execute(
                 "INSERT INTO lanes AS l (site_id, lane_id, prefix, max_seq, stored, last_event_at)"
-                " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[],"
-                " %s::timestamptz[]) ORDER BY 1, 2"
+                " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::bigint[], %b::bigint[],"
+                " %b::timestamptz[]) ORDER BY 1, 2"
                 " ON CONFLICT (site_id, lane_id) DO UPDATE SET"
                 " prefix = excluded.prefix, max_seq = greatest(l.max_seq, excluded.max_seq),"
                 " stored = l.stored + excluded.stored,"
@@ -202,7 +202,7 @@ class Store:
             )
             conn.execute(
                 "INSERT INTO sites AS s (prefix, site_id, last_event_at)"
-                " SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) ORDER BY 1 ON CONFLICT (prefix)"
+                " SELECT * FROM unnest(%b::text[], %b::text[], %b::timestamptz[]) ORDER BY 1 ON CONFLICT (prefix)"
                 " DO UPDATE SET last_event_at = greatest(s.last_event_at, excluded.last_event_at),"
                 " site_id = coalesce(s.site_id, excluded.site_id)",
                 (order, [site_last[p][0] for p in order], [site_last[p][1] for p in order]),
@@ -236,7 +236,7 @@ class Store:
                 todo.append(key)
         while todo:
             found = conn.execute(
-                "SELECT e.site_id, e.lane_id, e.seq FROM unnest(%s::text[], %s::text[], %s::bigint[])"
+                "SELECT e.site_id, e.lane_id, e.seq FROM unnest(%b::text[], %b::text[], %b::bigint[])"
                 " AS t(site_id, lane_id, c) JOIN events e ON e.site_id = t.site_id AND e.lane_id = t.lane_id"
                 " AND e.seq > t.c AND e.seq <= t.c + %s ORDER BY e.site_id, e.lane_id, e.seq",
                 ([k[0] for k in todo], [k[1] for k in todo], [contig[k] for k in todo], WALK_WINDOW),
@@ -269,7 +269,7 @@ class Store:
                 " folded_seq = greatest(l.folded_seq, t.f),"
                 " replay_progress_at = CASE WHEN l.replay_to IS NULL OR t.c = l.contiguous_seq"
                 " THEN l.replay_progress_at ELSE now() END"
-                " FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[]) AS t(site_id, lane_id, c, f)"
+                " FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[]) AS t(site_id, lane_id, c, f)"
                 " WHERE l.site_id = t.site_id AND l.lane_id = t.lane_id",
                 ([k[0] for k in moved], [k[1] for k in moved], [contig[k] for k in moved],
                  [max(folded[k], contig[k]) if k in spans else folded[k] for k in moved]),
@@ -303,7 +303,7 @@ class Store:
         if cold:
             rows = conn.execute(
                 "SELECT DISTINCT ON (p.site_id, p.lane_id) p.site_id, p.lane_id, p.record"
-                " FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS t(site_id, lane_id, lo)"
+                " FROM unnest(%b::text[], %b::text[], %b::bigint[]) AS t(site_id, lane_id, lo)"
                 " JOIN passages p ON p.site_id = t.site_id AND p.lane_id = t.lane_id AND p.opened_seq <= t.lo"
                 " ORDER BY p.site_id, p.lane_id, p.opened_seq DESC",
                 ([k[0] for k in cold], [k[1] for k in cold], [spans[k][0] for k in cold])).fetchall()
@@ -339,7 +339,7 @@ class Store:
                 break
             upto = {k: min(spans[k][1], pos[k] + FOLD_WINDOW) for k in todo}
             rows = conn.execute(
-                "SELECT e.site_id, e.lane_id, e.body FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[])"
+                "SELECT e.site_id, e.lane_id, e.body FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[])"
                 " AS t(site_id, lane_id, lo, hi) JOIN events e ON e.site_id = t.site_id AND e.lane_id = t.lane_id"
                 " AND e.seq > t.lo AND e.seq <= t.hi ORDER BY e.site_id, e.lane_id, e.seq",
                 ([k[0] for k in todo], [k[1] for k in todo], [pos[k] for k in todo], [upto[k] for k in todo]),
@@ -399,7 +399,7 @@ class Store:
         keys = sorted({(r[0], r[1]) for r in rows})
         return conn.execute(
             "SELECT l.auth_kind, l.auth_id, array_agg(DISTINCT l.site_id) FROM lifts l"
-            " JOIN unnest(%s::text[], %s::text[]) AS t(k, i) ON l.auth_kind = t.k AND l.auth_id = t.i"
+            " JOIN unnest(%b::text[], %b::text[]) AS t(k, i) ON l.auth_kind = t.k AND l.auth_id = t.i"
             " GROUP BY l.auth_kind, l.auth_id HAVING count(DISTINCT l.site_id) > 1",
             ([k for k, _ in keys], [i for _, i in keys]))
 
@@ -422,7 +422,7 @@ class Store:
             return None
         return conn.execute(
             "SELECT t.pid, t.site_id, t.lane_id, t.card, p.passage_id, p.site_id, p.lane_id"
-            " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[])"
+            " FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::timestamptz[], %b::timestamptz[])"
             " AS t(pid, site_id, lane_id, card, opened_at, closed_at)"
             " JOIN passages p ON p.card = t.card AND p.site_id <> t.site_id"
             " AND p.opened_at < coalesce(t.closed_at, 'infinity'::timestamptz)"
