@@ -12,7 +12,9 @@
    it started), so whichever comes last advances ``contiguous_seq`` over both;
 4. ``contiguous_seq`` walks up over the stored seqs (a bounded window per round);
 5. the events between ``folded_seq`` and the new ``contiguous_seq`` are folded into
-   passages with the lane's own fold (``project.fold_events``), in seq order;
+   passages with the lane's own fold (``project.fold_events``), in seq order; the
+   passages they touched go to a second staging table by ``COPY`` and into ``passages``
+   with one upsert;
 6. zone alarms: ``instruction_replay`` (one release instruction or approval use lifted on
    two sites) from the folded ``barrier.lifted`` events, ``card_on_two_lanes`` (one card in
    passages of two sites whose times overlap) from the passages just folded; each alarm
