@@ -25,6 +25,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping, NamedTuple
 
+from gatectl.frozen import maker
+
 #: Keys of the envelope the journal stamps on every event.
 ENVELOPE = ("event_id", "seq", "site_id", "lane_id", "type", "ts")
 
@@ -99,6 +101,8 @@ class Event:
     #: Fields written with constant values that tell types of one ``TYPE`` apart.
     FIXED: ClassVar[Mapping[str, Any]] = {}
     _FIELDS: ClassVar[tuple[_Field, ...]] = ()
+    #: The class's decoder of a body's fields (see ``_decoder``).
+    _DECODE: ClassVar[Callable[[Mapping[str, Any], str], Event]]
 
     @property
     def data(self) -> dict[str, Any]:
@@ -127,8 +131,37 @@ def _register(cls: type[Event]) -> type[Event]:
         fields.append(_Field(f.name, f.metadata.get("key", f.name), bool(f.metadata.get("omit")),
                              bool(f.metadata.get("auth")), required))
     cls._FIELDS = tuple(fields)
+    cls._DECODE = _decoder(cls)
     _TYPES.setdefault(cls.TYPE, []).append(cls)
     return cls
+
+
+def _decoder(cls: type[Event]) -> Callable[[Mapping[str, Any], str], Event]:
+    """``decode(body, type_)``: the event of class ``cls`` from a body's own fields.
+
+    What ``decode_event`` did field by field through ``_FIELDS`` for every event, written
+    out once per class as straight-line code: each field in order taken from its key
+    (``Authorisation.from_json`` for authorisations), its default when the key is absent,
+    ``EventDecodeError`` at the first required one missing; then the instance made without
+    the keyword call of ``__init__`` (``gatectl.frozen.maker``)."""
+    env: dict[str, Any] = {"_make": maker(cls), "_auth": Authorisation.from_json, "_Error": EventDecodeError}
+    body: list[str] = []
+    for i, f, d in zip(range(len(cls._FIELDS)), cls._FIELDS, dataclasses.fields(cls)):  # type: ignore[arg-type]
+        k = repr(f.key)
+        present = f"_auth(body[{k}])" if f.auth else f"body[{k}]"
+        if f.required:
+            body += [f"if {k} not in body:", f"    raise _Error('%s without %r' % (type_, {k}))", f"v{i} = {present}"]
+        elif d.default is not dataclasses.MISSING:
+            env[f"_d{i}"] = d.default
+            body.append(f"v{i} = {present} if {k} in body else _d{i}" if f.auth else f"v{i} = body.get({k}, _d{i})")
+        else:
+            env[f"_f{i}"] = d.default_factory
+            body.append(f"v{i} = {present} if {k} in body else _f{i}()")
+    body.append(f"return _make({', '.join(f'v{i}' for i in range(len(cls._FIELDS)))})")
+    src = f"def decode_{cls.__name__}(body, type_):\n" + "".join(f"    {line}\n" for line in body)
+    ns: dict[str, Any] = {}
+    exec(compile(src, f"<gatectl.events decoder of {cls.__name__}>", "exec"), env, ns)  # noqa: S102
+    return ns[f"decode_{cls.__name__}"]
 
 
 def event(cls: type) -> type:
@@ -754,35 +787,41 @@ def dumps(st: Stamped) -> str:
     return json.dumps(encode(st), ensure_ascii=False)
 
 
+#: Decoders of the JSON types that are one class (no variant to pick).
+_SINGLE: dict[str, Callable[[Mapping[str, Any], str], Event]] = {
+    t: classes[0]._DECODE for t, classes in _TYPES.items() if len(classes) == 1 and t not in _DISPATCH}
+
+
 def decode_event(type_: str, body: Mapping[str, Any]) -> Event:
     """The typed event of one body's own fields (``body`` may include the envelope)."""
+    dec = _SINGLE.get(type_)
+    if dec is not None:
+        return dec(body, type_)
     cls = event_class(type_, body)
     if cls is None:
         return Unknown(type=type_, fields={k: v for k, v in body.items() if k not in ENVELOPE})
-    kwargs: dict[str, Any] = {}
-    for f in cls._FIELDS:
-        if f.key in body:
-            value = body[f.key]
-            kwargs[f.attr] = Authorisation.from_json(value) if f.auth else value
-        elif f.required:
-            raise EventDecodeError(f"{type_} without {f.key!r}")
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise EventDecodeError(f"{type_}: {exc}") from None
+    return cls._DECODE(body, type_)
+
+
+_stamped = maker(Stamped)
 
 
 def decode(body: Mapping[str, Any]) -> Stamped:
     """A journaled event from its JSON body (as stored or as published)."""
-    if not isinstance(body, Mapping):
+    if type(body) is not dict and not isinstance(body, Mapping):
         raise EventDecodeError(f"an event is a JSON object, not {type(body).__name__}")
     try:
-        event_id, seq, site_id, lane_id, type_, ts = (body[k] for k in ENVELOPE)
+        event_id = body["event_id"]
+        seq = body["seq"]
+        site_id = body["site_id"]
+        lane_id = body["lane_id"]
+        type_ = body["type"]
+        ts = body["ts"]
     except KeyError as exc:
         raise EventDecodeError(f"event without {exc.args[0]!r}") from None
     if not isinstance(type_, str) or not isinstance(seq, int) or isinstance(seq, bool) or not isinstance(ts, str):
         raise EventDecodeError("an event's type and ts are text and its seq a whole number")
-    return Stamped(str(event_id), seq, str(site_id), str(lane_id), ts, decode_event(type_, body))
+    return _stamped(str(event_id), seq, str(site_id), str(lane_id), ts, decode_event(type_, body))
 
 
 def loads(text: str | bytes) -> Stamped:

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from gatectl.events import decode
-from gatectl.lane.passage import PassageRecord, fold
+from gatectl.lane.passage import COLUMNS, PassageRecord, fold
 
 __all__ = ["PassageRecord", "fold_events", "record_json", "record_from_json"]
 
@@ -36,9 +36,9 @@ def _datetime_fields() -> frozenset[str]:
 def record_json(record: PassageRecord) -> dict[str, Any]:
     """The record as JSON values (time stamps as ISO text)."""
     out = {}
-    for f in dataclasses.fields(record):
-        value = getattr(record, f.name)
-        out[f.name] = value.isoformat() if isinstance(value, datetime) else value
+    for name in COLUMNS:
+        value = getattr(record, name)
+        out[name] = value.isoformat() if isinstance(value, datetime) else value
     return out
 
 

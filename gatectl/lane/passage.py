@@ -21,10 +21,11 @@ Pure: no I/O, no clock; times are the events' own ``ts`` text.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from gatectl import events as ev
 from gatectl.events import Authorisation, Stamped
+from gatectl.frozen import evolver
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,23 @@ class PassageRecord:
 COLUMNS: tuple[str, ...] = tuple(PassageRecord.__dataclass_fields__)
 
 
+# Copies with a few fields changed, one per step of the folds below: each is what
+# ``dataclasses.replace(record, those=...)`` gives, at a sixth of its cost (the folds run
+# once per journaled event, on the lane and at the central).
+_card = evolver(PassageRecord, "card")
+_plate = evolver(PassageRecord, "plate")
+_weight = evolver(PassageRecord, "gross_weight_kg")
+_requested = evolver(PassageRecord, "request_id", "decision", "decided_at", "instruction_id", "form_id", "hint",
+                     "hold_reason")
+_decided = evolver(PassageRecord, "decision", "decided_at", "instruction_id", "form_id", "hint", "lane_kind")
+_decided_locally = evolver(PassageRecord, "decision", "decided_at")
+_authorised = evolver(PassageRecord, "auth_kind", "auth_id")
+_lifted = evolver(PassageRecord, "lifted_at", "last_seen_at")
+_seen = evolver(PassageRecord, "last_seen_at", "entered")
+_held = evolver(PassageRecord, "hold_reason")
+_closed = evolver(PassageRecord, "closed_at", "outcome", "reason", "plate", "lane_kind")
+
+
 def fold(record: PassageRecord | None, st: Stamped) -> PassageRecord | None:
     """The lane's passage after ``st``: a new record on ``passage.opened``, the open one
     updated by an event of its own passage, ``record`` itself (the same object) for any
@@ -91,32 +109,30 @@ def fold(record: PassageRecord | None, st: Stamped) -> PassageRecord | None:
         return record
     match e:
         case ev.CardRead():
-            return replace(record, card=e.card)
+            return _card(record, e.card)
         case ev.PlateRead():
-            return replace(record, plate=e.plate)
+            return _plate(record, e.plate)
         case ev.WeightStable():
-            return replace(record, gross_weight_kg=e.gross_weight_kg)
+            return _weight(record, e.gross_weight_kg)
         case ev.ReleaseRequested():
             # Asked (again, after a restart): whatever was decided before no longer holds.
-            return replace(record, request_id=e.request_id, decision=None, decided_at=None, instruction_id=None,
-                           form_id=None, hint=None, hold_reason=None)
+            return _requested(record, e.request_id, None, None, None, None, None, None)
         case ev.AuthorityDecision():
-            return replace(record, decision=e.decision, decided_at=st.ts, instruction_id=e.instruction_id,
-                           form_id=e.form_id, hint=e.hint, lane_kind=e.lane_kind or record.lane_kind)
+            return _decided(record, e.decision, st.ts, e.instruction_id, e.form_id, e.hint,
+                            e.lane_kind or record.lane_kind)
         case ev.LocalDecision():
-            return replace(record, decision=e.decision, decided_at=st.ts)
+            return _decided_locally(record, e.decision, st.ts)
         case ev.AuthorisationCommitted() if e.authorisation is not None:
-            return replace(record, auth_kind=e.authorisation.kind, auth_id=e.authorisation.id)
+            return _authorised(record, e.authorisation.kind, e.authorisation.id)
         case ev.BarrierLifted() if e.reason == "lift":
-            return replace(record, lifted_at=record.lifted_at or st.ts, last_seen_at=st.ts)
+            return _lifted(record, record.lifted_at or st.ts, st.ts)
         case ev.LoopChanged():
             entered = record.entered or (record.lifted and e.occupied and e.loop != "arrival_loop")
-            return replace(record, last_seen_at=st.ts, entered=entered)
+            return _seen(record, st.ts, entered)
         case ev.PassageHeld():
-            return replace(record, hold_reason=e.reason)
+            return _held(record, e.reason)
         case ev.PassageClosed():
-            return replace(record, closed_at=st.ts, outcome=e.outcome, reason=e.reason,
-                           plate=e.plate or record.plate, lane_kind=e.lane_kind or record.lane_kind)
+            return _closed(record, st.ts, e.outcome, e.reason, e.plate or record.plate, e.lane_kind or record.lane_kind)
     return record
 
 
@@ -147,24 +163,30 @@ class LaneRecord:
     drill_since: str | None = None
 
 
+_last_lift = evolver(LaneRecord, "last_lift")
+_spot = evolver(LaneRecord, "spot_hold_next", "spot_fraction")
+_hours = evolver(LaneRecord, "hours_open", "hours_until", "hours_reason", "hours_by")
+_drill = evolver(LaneRecord, "drill", "drill_by", "drill_note", "drill_since")
+
+
 def fold_lane(record: LaneRecord, st: Stamped) -> LaneRecord:
     e = st.event
     match e:
         case ev.PassageOpened():
             # A passage opens with the barrier down (or takes the lowering lift over).
-            return replace(record, last_lift=None) if record.last_lift is not None else record
+            return _last_lift(record, None) if record.last_lift is not None else record
         case ev.BarrierLifted() if e.authorisation is not None:
-            return replace(record, last_lift=e.authorisation)
+            return _last_lift(record, e.authorisation)
         case ev.SpotCheckOrdered() | ev.SpotCheckApplied():
-            return replace(record, spot_hold_next=int(e.remaining), spot_fraction=float(e.fraction))
+            return _spot(record, int(e.remaining), float(e.fraction))
         case ev.HoursOrderedEvent():
             if e.clear:
-                return replace(record, hours_open=None, hours_until=None, hours_reason="", hours_by="")
-            return replace(record, hours_open=e.open, hours_until=e.until, hours_reason=e.reason, hours_by=e.by)
+                return _hours(record, None, None, "", "")
+            return _hours(record, e.open, e.until, e.reason, e.by)
         case ev.DrillStarted():
-            return replace(record, drill=True, drill_by=e.by, drill_note=e.note, drill_since=st.ts)
+            return _drill(record, True, e.by, e.note, st.ts)
         case ev.DrillEnded():
-            return replace(record, drill=False, drill_by="", drill_note="", drill_since=None)
+            return _drill(record, False, "", "", None)
     return record
 
 
