@@ -26,7 +26,6 @@ Wiring: ``metrics = Metrics(site)`` then ``start_api(site, metrics.setup_routes)
 
 from __future__ import annotations
 
-import gc
 import re
 import time
 from collections.abc import Iterable, Iterator
@@ -44,6 +43,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from gatectl import events as ev
+from gatectl.heap import frozen_objects
 from gatectl.api import GUARD_KEY, NoQuery, query
 from gatectl.approvals import REASON_CODES as APPROVAL_REFUSALS
 from gatectl.authorities.base import AUTHORITY_ERROR_REASONS
@@ -314,7 +314,7 @@ class SiteCollector(Collector):
         yield ready
         frozen = GaugeMetricFamily("gatectl_gc_frozen_objects",
                                    "Objects of start-up left out of garbage collection (gatectl run).")
-        frozen.add_metric([], float(gc.get_freeze_count()))
+        frozen.add_metric([], float(frozen_objects()))
         yield frozen
         yield from self._lanes()
         yield from self._io_modules()

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import gc
 import sys
 import threading
 import time
@@ -47,6 +46,7 @@ from gatectl.config import LaneConfig, SiteConfig
 from gatectl.config.models import SHARED_KINDS, WeeklyHours
 from gatectl.events import Stamped
 from gatectl.io_routing import IoRouting
+from gatectl.heap import freeze_after_start
 from gatectl.journal import Entry, Journal, JournalError
 from gatectl.lane.commands import RequestRelease
 from gatectl.lane.core import LaneCore, LaneRules
@@ -81,11 +81,6 @@ RESTART_BACKOFF_S = (1.0, 30.0)
 #: wake-up, and a reader thread paging through the journal takes and releases it at
 #: every row, so it rarely falls free by itself (``docs/performance.md``, bench 8).
 SWITCH_INTERVAL_S = 0.0005
-#: After start-up, what was built so far (modules, config, drivers, the API) leaves the
-#: cyclic garbage collector's view, at these times after the start (s): a full collection
-#: stops every thread, the control loop's too, for as long as it walks every object, and
-#: with the start-up heap in view that was 20-90 ms (``docs/performance.md``).
-FREEZE_HEAP_AFTER_S = (0.0, 5.0)
 
 
 async def cancel_all(tasks) -> None:
@@ -601,7 +596,7 @@ class Site:
                   freeze_heap: bool = False) -> None:
         """Run until ``stop``. ``freeze_heap``: the process is this site's alone (``gatectl
         run``), so what start-up built may leave the garbage collector's view for good
-        (``FREEZE_HEAP_AFTER_S``); a process that builds and drops sites must not."""
+        (``gatectl.heap``); a process that builds and drops sites must not."""
         self._service_loop = asyncio.get_running_loop()
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(min(switch_interval, SWITCH_INTERVAL_S))
@@ -622,8 +617,7 @@ class Site:
         if started is not None:
             started()
         if freeze_heap:
-            for after in FREEZE_HEAP_AFTER_S:
-                asyncio.get_running_loop().call_later(after, gc.freeze)
+            freeze_after_start(asyncio.get_running_loop())
         stopper = asyncio.create_task(stop.wait())
         try:
             await asyncio.wait([stopper, control_done], return_when=asyncio.FIRST_COMPLETED)

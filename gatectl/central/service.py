@@ -11,14 +11,17 @@ import sys
 import structlog
 
 from gatectl.central.config import ZoneConfig, check_zone_config, load_zone_config
+from gatectl.heap import freeze_after_start
 
 log = structlog.get_logger("gatectl.central")
 
 
 async def run_central(config: ZoneConfig, stop: asyncio.Event | None = None, *, central_kw: dict | None = None,
-                      ready: asyncio.Event | None = None, started=None) -> int:
+                      ready: asyncio.Event | None = None, started=None, freeze_heap: bool = False) -> int:
     """The central until ``stop``; ``started(central)`` is called with the running
-    ``Central`` (tests, the zone demo)."""
+    ``Central`` (tests, the zone demo). ``freeze_heap``: the process is the central's
+    alone (``gatectl central``): start-up's heap leaves the garbage collector's view
+    (``gatectl.heap``), so no full collection stops ingest for tens of milliseconds."""
     from gatectl.central.api import start_api
     from gatectl.central.ingest import Central
     from gatectl.central.ledger import ZoneLedgerScheduler
@@ -34,6 +37,8 @@ async def run_central(config: ZoneConfig, stop: asyncio.Event | None = None, *, 
              broker=f"{config.mqtt.host}:{config.mqtt.port}", shared_group=config.mqtt.shared_group)
     if ready is not None:
         ready.set()
+    if freeze_heap:
+        freeze_after_start(asyncio.get_running_loop())
     try:
         await central.run(stop)
     finally:
@@ -67,7 +72,7 @@ def cmd_central(args) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        return await run_central(config, stop)
+        return await run_central(config, stop, freeze_heap=True)
 
     try:
         return asyncio.run(main())
