@@ -23,3 +23,5 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent / "support"))
+
+pytest_plugins = ["chaos_figures"]
