@@ -194,7 +194,13 @@ async def run(quick: bool, workdir: Path) -> Report:
     own = {n: [x for x in runs if x["lanes"] == n and x["wiring"] == "per_lane"] for n in COUNTS[1:]}
     cpu = {n: median(x["daemon_cpu_ms_per_passage"] for x in by[n]) for n in COUNTS}
     marginal = {n: median(x["marginal_cpu_ms_per_passage"] for x in by[n]) for n in COUNTS}
-    p99 = {n: pct([v for x in by[n] for v in x["latencies_ms"]], 99) for n in COUNTS}
+    shared = {n: {**run_summary(by[n]),
+                  "marginal_cpu_ms_per_passage": [round(x["marginal_cpu_ms_per_passage"], 2) for x in by[n]],
+                  "daemon_idle_share": [round(x["daemon_idle_share"], 4) for x in by[n]],
+                  "daemon_rss_mb": max(x["daemon_rss_mb"] for x in by[n])}
+              for n in COUNTS}
+    module_each = {n: run_summary(own[n]) for n in COUNTS[1:]}
+    p99 = {n: shared[n]["p99_ms"] for n in COUNTS}
     for n in COUNTS[1:]:
         row = ratio_row("2 lanes", f"CPU per passage, {n} lanes (vs 1)", "ms", cpu[n], cpu[1], None)
         row.target, row.met = "within 20 %", abs(row.ratio - 1) <= 0.2 if row.ratio else None
@@ -211,46 +217,13 @@ async def run(quick: bool, workdir: Path) -> Report:
         rep.rows.append(row)
     for n in COUNTS[1:]:
         rep.rows.append(ratio_row("2 lanes", f"p99 decision latency, {n} lanes (vs 1)", "ms", p99[n], p99[1], 2.0))
-    p99_own = {n: pct([v for x in own[n] for v in x["latencies_ms"]], 99) for n in COUNTS[1:]}
+    p99_own = {n: module_each[n]["p99_ms"] for n in COUNTS[1:]}
     for n in COUNTS[1:]:
         rep.rows.append(ratio_row("2 lanes", f"p99 decision latency, {n} lanes, an IO module each (vs 1)", "ms",
                                   p99_own[n], p99[1], 2.0))
     rep.details = {
-        "per_lanes": {
-            n: {
-                "passages": [x["passages"] for x in by[n]],
-                "cpu_ms_per_passage": [round(x["daemon_cpu_ms_per_passage"], 2) for x in by[n]],
-                "marginal_cpu_ms_per_passage": [round(x["marginal_cpu_ms_per_passage"], 2) for x in by[n]],
-                "daemon_idle_share": [round(x["daemon_idle_share"], 4) for x in by[n]],
-                "daemon_cpu_share": [round(x["daemon_cpu_share"], 4) for x in by[n]],
-                "simulators_cpu_share": [round(x["simulators_cpu_share"], 4) for x in by[n]],
-                "p50_ms": pct([v for x in by[n] for v in x["latencies_ms"]], 50),
-                "p99_ms": p99[n],
-                "polls_ahead_of_lift": ahead_summary(by[n], "polls_ahead"),
-                "writes_ahead_of_lift": ahead_summary(by[n], "writes_ahead"),
-                "samples": sum(len(x["latencies_ms"]) for x in by[n]),
-                "daemon_rss_mb": max(x["daemon_rss_mb"] for x in by[n]),
-                "other_outcomes": sum(x["other_outcomes"] for x in by[n]),
-                "limits": by[n][-1]["limits"],
-            }
-            for n in COUNTS
-        },
-        "per_lanes_module_each": {
-            n: {
-                "passages": [x["passages"] for x in own[n]],
-                "cpu_ms_per_passage": [round(x["daemon_cpu_ms_per_passage"], 2) for x in own[n]],
-                "daemon_cpu_share": [round(x["daemon_cpu_share"], 4) for x in own[n]],
-                "simulators_cpu_share": [round(x["simulators_cpu_share"], 4) for x in own[n]],
-                "p50_ms": pct([v for x in own[n] for v in x["latencies_ms"]], 50),
-                "p99_ms": p99_own[n],
-                "polls_ahead_of_lift": ahead_summary(own[n], "polls_ahead"),
-                "writes_ahead_of_lift": ahead_summary(own[n], "writes_ahead"),
-                "samples": sum(len(x["latencies_ms"]) for x in own[n]),
-                "other_outcomes": sum(x["other_outcomes"] for x in own[n]),
-                "limits": own[n][-1]["limits"],
-            }
-            for n in COUNTS[1:]
-        },
+        "per_lanes": shared,
+        "per_lanes_module_each": module_each,
         "rounds": rounds,
         "window_s": window,
         "nofile_limit": [soft, hard],
@@ -264,6 +237,24 @@ async def run(quick: bool, workdir: Path) -> Report:
         + " (a p99 over fewer than 100 samples is close to the maximum)"
     )
     return rep
+
+
+def run_summary(runs: list[dict]) -> dict:
+    """One lane count's figures over its rounds, for the report's details."""
+    latencies = [v for x in runs for v in x["latencies_ms"]]
+    return {
+        "passages": [x["passages"] for x in runs],
+        "cpu_ms_per_passage": [round(x["daemon_cpu_ms_per_passage"], 2) for x in runs],
+        "daemon_cpu_share": [round(x["daemon_cpu_share"], 4) for x in runs],
+        "simulators_cpu_share": [round(x["simulators_cpu_share"], 4) for x in runs],
+        "p50_ms": pct(latencies, 50),
+        "p99_ms": pct(latencies, 99),
+        "polls_ahead_of_lift": ahead_summary(runs, "polls_ahead"),
+        "writes_ahead_of_lift": ahead_summary(runs, "writes_ahead"),
+        "samples": len(latencies),
+        "other_outcomes": sum(x["other_outcomes"] for x in runs),
+        "limits": runs[-1]["limits"],
+    }
 
 
 def ahead_summary(runs: list[dict], key: str) -> dict[str, float]:
