@@ -14,7 +14,8 @@ from pymodbus.framer import FramerRTU, FramerType
 from simulators.io_module import Barrier, IoModuleSimulator, RtuBusSimulator
 
 UNIT = 3
-TRAVEL_S = 0.15
+# Long enough that a loaded machine's Modbus replies come back while the boom still moves.
+TRAVEL_S = 0.6
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -198,13 +199,18 @@ async def test_barrier_open_pulse_leaves_down_limit_at_once_and_reaches_up_limit
 async def test_barrier_open_while_travelling_down_reverses_it(
     sim: IoModuleSimulator, client: AsyncModbusTcpClient
 ) -> None:
-    barrier = wire_barrier(sim)
+    # The return takes as long as the boom had travelled down, so it must travel a while
+    # first: reversed at once, it is back up before a loaded machine's next reply arrives.
+    barrier = sim.add_barrier(open_coil=0, close_coil=1, up_input=3, down_input=4, travel_s=TRAVEL_S)
     await pulse(client, 0)
     await until(lambda: barrier.position == "up")
     await pulse(client, 1)
     assert barrier.position == "moving_down"
-    await pulse(client, 0)
+    await asyncio.sleep(TRAVEL_S / 2)
+    rr = await client.write_coil(0, True, device_id=UNIT)
+    assert not rr.isError()
     assert barrier.position == "moving_up"
+    await client.write_coil(0, False, device_id=UNIT)
     await until(lambda: barrier.position == "up")
     assert sim.input(3) and not sim.input(4)
     assert (barrier.opens, barrier.closes) == (2, 1)
