@@ -73,7 +73,12 @@ def test_unit_declares_what_the_docs_promise() -> None:
     assert one["DevicePolicy"] == "closed"
     assert s["DeviceAllow"] == ["char-ttyUSB rw", "char-ttyS rw", "char-ttyACM rw"]
     assert one["RestrictAddressFamilies"] == "AF_INET AF_INET6 AF_UNIX"
-    assert s["SystemCallFilter"] == ["@system-service", "~@privileged @resources"]
+    assert s["SystemCallFilter"] == ["@system-service", "~@privileged @resources", "setpriority"]
+    # The lanes are given a processor first; the ledger worker lowers itself back to the
+    # other programs' priority, never below the lanes' (gatectl.worker).
+    from gatectl.worker import NICE
+
+    assert int(one["Nice"]) < 0 and int(one["Nice"]) + NICE == 0
     assert one["ProtectSystem"] == "strict"
     for key in ("ProtectHome", "PrivateTmp", "NoNewPrivileges", "PrivateUsers", "ProtectKernelTunables",
                 "ProtectKernelModules", "ProtectKernelLogs", "ProtectControlGroups", "ProtectClock",
