@@ -43,6 +43,27 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 # ------------------------------------------------------------------------ the machine
 
 
+def unit_nice(unit: Path = ROOT / "systemd" / "gatectl.service") -> int:
+    """The niceness the lane daemon's systemd unit gives it (``Nice=``; 0 if it sets none)."""
+    nice = 0
+    for line in unit.read_text(encoding="utf-8").splitlines():
+        if line.startswith("Nice="):
+            nice = int(line.split("=", 1)[1])
+    return nice
+
+
+#: The daemon runs at the priority its unit gives it, and so does every baseline it is
+#: compared with; the simulators, the load clients and the broker stay at the bench's own.
+LANE_NICE = unit_nice()
+
+
+def lane_nice_reached() -> int:
+    """The niceness a child given ``LANE_NICE`` gets here: raising a priority needs root
+    (CAP_SYS_NICE), as systemd has when it applies ``Nice=``."""
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    return LANE_NICE if LANE_NICE >= own or os.geteuid() == 0 else own
+
+
 def machine() -> dict[str, Any]:
     """What the figures were measured on (CPU, RAM, Python, SQLite, load when we started)."""
     model = "unknown"
@@ -68,13 +89,15 @@ def machine() -> dict[str, Any]:
         "sqlite": sqlite3.sqlite_version,
         "kernel": platform.release(),
         "loadavg": os.getloadavg()[0],
+        "daemon_nice": lane_nice_reached(),
     }
 
 
 def describe_machine(m: dict[str, Any]) -> str:
     return (
         f"{m['nproc']} x {m['cpu']}, {m['ram_gib']} GiB RAM, Linux {m['kernel']}, "
-        f"Python {m['python']}, SQLite {m['sqlite']}"
+        f"Python {m['python']}, SQLite {m['sqlite']}; the daemon and its baselines at niceness "
+        f"{m.get('daemon_nice', 0)} (its systemd unit's: {LANE_NICE})"
     )
 
 
@@ -289,7 +312,12 @@ def self_cpu_s() -> float:
 class Child:
     """A helper process we started, stopped by its own pid (never by name)."""
 
-    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None,
+                 nice: int | None = None) -> None:
+        """``nice``: the niceness to run at (raising a priority needs root; without it the
+        child runs at ours, and says so in its log)."""
+        if nice is not None:  # nice(1) execs the command: the pid stays the command's
+            args = ["nice", "-n", str(nice - os.getpriority(os.PRIO_PROCESS, 0)), *args]
         self.args = args
         self.log = log
         out = open(log, "ab")  # noqa: SIM115
@@ -324,8 +352,8 @@ class Child:
 
 
 def daemon(config: Path, log: Path) -> Child:
-    """``gatectl run --config`` in its own process, as an operator starts it."""
-    return Child([sys.executable, "-m", "gatectl", "run", "--config", str(config)], log)
+    """``gatectl run --config`` in its own process, as its systemd unit starts it."""
+    return Child([sys.executable, "-m", "gatectl", "run", "--config", str(config)], log, nice=LANE_NICE)
 
 
 async def wait_http_ok(url: str, child: Child, timeout: float = 30.0) -> None:

@@ -38,6 +38,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from bench.common import (
+    LANE_NICE,
     Child,
     Report,
     bench_args,
@@ -197,7 +198,7 @@ async def baseline_batch(sim: WireSite, db_path: Path, n: int, log: Path) -> lis
         "n": n, "db": str(db_path), "travel_s": sim.travel_s,
     }
     t0 = time.monotonic()
-    child = Child([sys.executable, "-m", "bench.decision", "--baseline-child", json.dumps(args)], log)
+    child = Child([sys.executable, "-m", "bench.decision", "--baseline-child", json.dumps(args)], log, nice=LANE_NICE)
     try:
         await until(lambda: not child.alive(), 30 + n * 5, step=0.05, what="baseline script done")
         if child.proc.returncode != 0:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from bench.common import (
+    LANE_NICE,
     Child,
     Report,
     Row,
@@ -94,7 +95,7 @@ async def run(quick: bool, workdir: Path) -> Report:
                     child = await start_daemon(config, api, workdir / "daemon.log")
                 else:
                     child = Child([sys.executable, "-m", "bench.idle", "--baseline-child", json.dumps(args)],
-                                  workdir / "baseline.log")
+                                  workdir / "baseline.log", nice=LANE_NICE)
                 try:
                     if side == "baseline":
                         await until(lambda: len(sim.io.requests_for(sim.io.unit)) > 0, 10)
