@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field, StringConstraints, ValidationError, field
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from gatectl.config.base import ConfigError, GatectlModel, Int, Number, Problem, yaml_path
+from gatectl.config.base import ConfigError, GatectlModel, Int, Number, Problem, distinct_tokens, yaml_path
 from gatectl.config.loader import _from_pydantic, _locate, _plain
 from gatectl.config.models import CONTEXT_BASE_DIR, ConfigPath, MqttTlsConfig
 from gatectl.users import UserConfig
@@ -163,12 +163,7 @@ class ZoneConfig(GatectlModel):
     @field_validator("users")
     @classmethod
     def _distinct(cls, value: list[UserConfig]) -> list[UserConfig]:
-        seen: dict[str, str] = {}
-        for u in value:
-            if u.token_sha256 in seen:
-                raise ValueError(f"{u.name} and {seen[u.token_sha256]} share one token")
-            seen[u.token_sha256] = u.name
-        return value
+        return distinct_tokens(value)
 
     @model_validator(mode="after")
     def _zone_prefix(self) -> ZoneConfig:

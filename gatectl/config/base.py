@@ -11,7 +11,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AllowInfNan, BaseModel, ConfigDict, Strict
 
@@ -96,3 +96,14 @@ def yaml_path(loc: Loc) -> str:
         else:
             out += f"[{json.dumps(seg, ensure_ascii=False)}]"
     return out
+
+
+def distinct_tokens(users: list[Any]) -> list[Any]:
+    """``users`` (each with ``name`` and ``token_sha256``) unchanged, or ValueError naming
+    two users who share one bearer token: the token would not say who acted."""
+    seen: dict[str, str] = {}
+    for user in users:
+        if user.token_sha256 in seen:
+            raise ValueError(f"users {seen[user.token_sha256]} and {user.name} share one token")
+        seen[user.token_sha256] = user.name
+    return users

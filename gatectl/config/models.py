@@ -44,7 +44,7 @@ from pydantic import (
 )
 from pydantic_core import core_schema
 
-from gatectl.config.base import GatectlModel, Int, Loc, Number, yaml_path
+from gatectl.config.base import GatectlModel, Int, Loc, Number, distinct_tokens, yaml_path
 from gatectl.limits import (
     MAX_DURATION_MS,
     MAX_WEIGHT_KG,
@@ -532,12 +532,7 @@ class LocalApiConfig(GatectlModel):
     @field_validator("users")
     @classmethod
     def _distinct_tokens(cls, users: list[LocalApiUser]) -> list[LocalApiUser]:
-        seen: dict[str, str] = {}
-        for user in users:
-            if user.token_sha256 in seen:
-                raise ValueError(f"users {seen[user.token_sha256]} and {user.name} share one token")
-            seen[user.token_sha256] = user.name
-        return users
+        return distinct_tokens(users)
 
     @field_validator("listen")
     @classmethod

@@ -33,6 +33,14 @@ def test_zone_config_defaults_and_every_problem_with_its_line():
     assert "zone.yaml:4 mqtt.prefixes" in text and "zone.yaml:6 users[0].role" in text
 
 
+def test_two_users_of_one_token_are_refused_by_name():
+    """A shared token would not say who acted: the zone config names both users."""
+    twice = GOOD + '  - {name: 园区管委会, role: park, token_sha256: "%s"}\n' % token_sha256("t1")
+    with pytest.raises(ConfigError) as err:
+        parse_zone_config(twice, filename="zone.yaml")
+    assert "users 海关监控中心 and 园区管委会 share one token" in str(err.value)
+
+
 def test_users_roles_401_403():
     users = Users.of([UserConfig(name="海关", role="customs", token_sha256=token_sha256("t1")),
                       UserConfig(name="保安", role="guard", token_sha256=token_sha256("t2"))])
