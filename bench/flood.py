@@ -9,8 +9,8 @@ lorries driven through), with everything around the lanes busy at once:
 - four clients in a process of their own reading ``/api/v1/events?limit=10000`` and
   ``/api/v1/lanes`` as fast as the daemon answers;
 - a real Mosquitto started by the bench, the daemon's MQTT link connected to it, and a
-  publisher in a process of its own flooding ``cmd/spot-checks`` with junk and valid
-  orders (500 a second);
+  publisher in a process of its own flooding ``cmd/spot-checks`` with junk and
+  well-formed but unsigned orders (500 a second; all refused and counted);
 - the daemon's own ledger scheduler exporting every day of those 30 days (csv and xlsx),
   due at once when the daemon starts.
 

@@ -13,8 +13,9 @@ before the daemon, and the child writes what it did as JSON.
 - ``readers``: ``clients`` asyncio clients, each reading ``/api/v1/events?limit=10000``
   and ``/api/v1/lanes`` in turn, as fast as the daemon answers.
 - ``flood``: a publisher flooding the daemon's ``cmd/spot-checks`` topic with junk
-  (not JSON, wrong shapes, unknown lanes, oversized) and valid orders that hold no
-  vehicle, ``rate`` messages a second, QoS 1.
+  (not JSON, wrong shapes, unknown lanes, oversized) and well-formed orders without a
+  customs signature, ``rate`` messages a second, QoS 1. The daemon refuses every one
+  (spot checks must be signed) and counts them, journaling one summary per interval.
 """
 
 from __future__ import annotations
@@ -195,9 +196,9 @@ async def _readers(a: dict[str, Any], stop: asyncio.Event) -> dict[str, Any]:
 
 
 def flood_messages(lane_ids: list[str], rng: random.Random) -> list[bytes]:
-    """A cycle of spot-check orders: a third valid, the rest junk of every kind. The valid
-    ones are journaled and reach the lane, but hold no vehicle (hold none, a share of 0,
-    clear), so the released lorries of the bench still pass."""
+    """A cycle of spot-check orders: a third well-formed (hold none, a share of 0, clear)
+    but unsigned, the rest junk of every kind. All are refused and counted; none reaches
+    the lane, so the released lorries of the bench still pass."""
     lane = rng.choice(lane_ids)
     return [
         json.dumps({"lane_id": lane, "hold_next": 0}).encode(),
