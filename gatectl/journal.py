@@ -457,12 +457,18 @@ class Journal:
         # Committed, not yet projected nor told to subscribers (the writer's thread only).
         self._unprojected: list[Stamped] = []
         self._unprojected_at = 0.0
+        # While appends linger: the open transaction holding the rows of the first
+        # ``_prebuilt`` of them (the writer's thread only; see ``_prebuild``).
+        self._open: WriteTx | None = None
+        self._prebuilt = 0
         self._projectors: list[Callable[[WriteTx, list[Stamped]], None]] = []
         self._health_callbacks: list[Callable[[bool, str], None]] = []
         self.faulty: str | None = None
         #: Figures for metrics and benches.
         self.groups = 0
         self.group_appends = 0
+        #: Lingering appends whose rows were written ahead of their commit (``_prebuild``).
+        self.prebuilt_appends = 0
         self.jobs_run = 0
 
     # ------------------------------------------------------------------ opening
@@ -717,11 +723,20 @@ class Journal:
                 # for a moment; an append or a job ends the wait.
                 self._cond.wait(timeout=PROJECT_AFTER_S)
             held = self._held_for()
-            if held > 0 and not self._unprojected and not self._jobs:
-                # Only lingering appends: wait for what they linger for (an append ends
-                # the wait), then look again.
-                self._cond.wait(timeout=held)
-                return False
+            lingering = held > 0 and not self._unprojected and not self._jobs
+            waiting = len(self._appends)
+        if lingering:
+            # Only lingering appends: write their rows now, so the append that ends the
+            # wait (an authorisation, whose coil waits for the commit) adds only its own;
+            # then wait for it (an append ends the wait) and look again.
+            self._prebuild()
+            with self._cond:
+                held = self._held_for()
+                if len(self._appends) == waiting and held > 0 and not self._jobs:
+                    self._cond.wait(timeout=held)
+            return False
+        with self._cond:
+            held = self._held_for()
             overdue = self._unprojected and (len(self._unprojected) >= PROJECT_BACKLOG or
                                              time.monotonic() - self._unprojected_at >= PROJECT_WITHIN_S)
             appends = bool(self._appends) and not overdue and held <= 0
@@ -729,6 +744,10 @@ class Journal:
             job = None if appends or project or not self._jobs else self._jobs.popleft()
             if not appends and not project and job is None:
                 return True  # stopping, and everything queued is done
+        if project or job is not None:
+            # A job or a projection needs the connection for a transaction of its own:
+            # the lingering rows are written again when their wait is over.
+            self._abandon()
         if project:
             self._flush_projection()
             return False
@@ -759,6 +778,7 @@ class Journal:
         return max(0.0, until - time.monotonic()) if until else 0.0
 
     def _fail_pending(self, exc: Exception) -> None:
+        self._abandon()
         with self._cond:
             items, self._appends = list(self._appends), deque()
             jobs, self._jobs = list(self._jobs), deque()
@@ -767,20 +787,58 @@ class Journal:
         for job in jobs:
             _settle(job.future, error=exc)
 
+    def _prebuild(self) -> None:
+        """Write the rows of lingering appends into a transaction left open: the
+        commit that ends their wait then builds only the rows of what came last.
+        Nothing here is durable, visible to readers or told to anyone before that
+        commit; a failure leaves no trace and the commit builds everything itself."""
+        with self._cond:
+            todo = list(self._appends)[self._prebuilt:]
+        if not todo or any(item.authorisation is not None for item in todo):
+            return
+        db = self._db
+        try:
+            if self._open is None:
+                db.execute("BEGIN IMMEDIATE")
+                self._open = WriteTx(self, db)
+            for item in todo:
+                for entry in item.entries:
+                    self._open.append(item.lane_id, entry.event, entry.ts)
+                self._open.outbox(item.lane_id, item.outbox)
+                self._prebuilt += 1
+                self.prebuilt_appends += 1
+        except Exception:  # noqa: BLE001 - the commit writes them again and reports what fails
+            self._abandon()
+
+    def _abandon(self) -> None:
+        """Roll back what ``_prebuild`` wrote."""
+        if self._open is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+        self._open, self._prebuilt = None, 0
+
     def _commit_group(self, limit: int | None = None) -> None:
         """Commit everything queued now (or the first ``limit`` appends) in one
         transaction: one fsync for all lanes."""
         with self._cond:
             group = list(self._appends)[:limit]
+        if limit is not None and self._prebuilt > limit:
+            self._abandon()
         if not group:
+            self._abandon()
             return
         db = self._db
-        tx = WriteTx(self, db)
+        tx, done = self._open or WriteTx(self, db), self._prebuilt
+        began = self._open is not None
+        self._open, self._prebuilt = None, 0
         outcome: dict[int, BaseException] = {}
         try:
-            db.execute("BEGIN IMMEDIATE")
+            if not began:
+                db.execute("BEGIN IMMEDIATE")
             try:
                 for i, item in enumerate(group):
+                    if i < done:
+                        continue  # its rows are in the transaction already
                     for entry in item.entries:
                         tx.append(item.lane_id, entry.event, entry.ts)
                     tx.outbox(item.lane_id, item.outbox)

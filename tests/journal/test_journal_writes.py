@@ -280,6 +280,69 @@ def test_s6_a_lingering_request_commits_with_the_authorisation_that_follows(tmp_
         j.close()
 
 
+def wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = threading.Event()
+    timer = threading.Timer(timeout, deadline.set)
+    timer.start()
+    try:
+        while not predicate():
+            assert not deadline.wait(0.005), "timed out"
+    finally:
+        timer.cancel()
+
+
+def test_s6_rows_written_while_a_request_lingers_are_nobodys_until_the_commit(tmp_path: Path) -> None:
+    """S6: while a release request lingers, the writer writes its rows into an open
+    transaction, so the authorisation that follows adds only its own. Until that commit
+    no reader sees them; a job meanwhile gets the connection (the rows are written again
+    after it); the group then commits in order with contiguous seqs."""
+    j = Journal(tmp_path / "gatectl.db", "SITE")
+    j.start()
+    try:
+        requested = j.append("A", [opened("P1"), Entry(ev.ReleaseRequested(request_id="r1", card="C1"), NOW)],
+                             linger=60.0)
+        wait_for(lambda: j.prebuilt_appends >= 1)
+        assert j.events("A") == [] and not requested.done()
+        assert j.run(lambda tx: tx.db.execute("SELECT count(*) FROM events").fetchone()[0]).result(timeout=10) == 0
+        wait_for(lambda: j.prebuilt_appends >= 2)  # written again once the job was done
+        authorised = j.append("A", [Entry(ev.AuthorityDecision(request_id="r1", decision="release",
+                                                               instruction_id="CMD-1", passage_id="P1"), NOW)],
+                              authorisation=commit("CMD-1", "P1"))
+        assert [s.seq for s in authorised.result(timeout=10)] == [3, 4]
+        assert [s.seq for s in requested.result(timeout=10)] == [1, 2]
+        assert [(b["seq"], b["type"]) for b in j.events("A")] == [
+            (1, "passage.opened"), (2, "release.requested"), (3, "release.decided"), (4, "authorisation.committed")]
+        assert j.passage("P1")["instruction_id"] == "CMD-1"
+    finally:
+        j.close()
+
+
+def test_s6_a_kill_while_a_request_lingers_leaves_none_of_its_rows(tmp_path: Path) -> None:
+    """S6, S7: SIGKILL while a request's rows sit in the open transaction: the restarted
+    journal holds what was committed before and nothing of the request, which no lane
+    was ever told was journaled; seqs go on from the last commit."""
+    db = tmp_path / "gatectl.db"
+    child = f"""
+import os, signal, time
+from datetime import datetime, timezone
+from gatectl import events as ev
+from gatectl.journal import Journal, Entry
+now = datetime(2026, 11, 27, 8, 0, tzinfo=timezone.utc)
+j = Journal({str(db)!r}, "SITE")
+j.start()
+j.append("B1-IN", [Entry(ev.PassageOpened(passage_id="P0"), now)]).result()
+j.append("B1-IN", [Entry(ev.ReleaseRequested(request_id="r", card="C1"), now)], linger=60.0)
+while j.prebuilt_appends < 1:
+    time.sleep(0.005)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    j = Journal(db, "SITE")
+    assert [(b["seq"], b["type"]) for b in j.events("B1-IN")] == [(1, "passage.opened")]
+    assert [s.seq for s in j.write("B1-IN", [opened("P1")])] == [2]
+
+
 def test_a_lingering_append_commits_alone_after_its_linger_or_at_close(tmp_path: Path) -> None:
     """Nothing follows: the lingering entries commit once their linger is over; a journal
     closing commits whatever still lingers."""
