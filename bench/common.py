@@ -1,9 +1,8 @@
-"""Shared pieces of the benches: the machine, statistics, results, the instrumented
-authority, the daemon and helper processes, and /proc readings.
+"""Shared pieces of the benches: the machine, statistics, results, the daemon and
+helper processes, and /proc readings.
 
-Nothing here changes product code. Where a bench needs a timestamp the product does not
-give, it subclasses a simulator (:class:`TimedAuthority`) or reads what the simulators
-already record (``IoModuleSimulator.coil_writes``).
+Nothing here changes product code. Timestamps on the wire come from ``bench/wire.py``
+(the authority's answers, the IO module's coil writes as the kernel received them).
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/run.py` and `python -m bench.x` alike
     sys.path.insert(0, str(ROOT))
 
-from simulators.authority_http import HttpAuthoritySimulator  # noqa: E402
 
 # The Modbus server of the IO module simulator logs an error with a frame dump whenever a
 # daemon it serves is stopped mid-poll; the benches stop daemons all the time.
@@ -218,32 +216,6 @@ def log_to(path: Path) -> None:
 
 
 # ------------------------------------------------------------------------ instrumented simulators
-
-
-class TimedAuthority(HttpAuthoritySimulator):
-    """The http-json authority simulator, noting when each answer left it.
-
-    ``sent`` holds ``(time.monotonic(), lane_id, request_id, decision)`` per answered pass
-    request, taken after the whole response was handed to the socket (the handler's
-    response is prepared and ended here, before aiohttp would do the same; aiohttp then
-    sees it finished and sends nothing more).
-    """
-
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        super().__init__(host, port)
-        self.sent: list[tuple[float, str, str, str]] = []
-
-    async def _handle_pass_request(self, request):  # type: ignore[override]
-        resp = await super()._handle_pass_request(request)
-        if resp.status == 200 and not resp.prepared:
-            await resp.prepare(request)
-            await resp.write_eof()
-            t = time.monotonic()
-            answer = json.loads(resp.body)  # type: ignore[arg-type]
-            rid = answer["request_id"]
-            lane = next((r.get("lane_id", "") for r in reversed(self.requests) if r.get("request_id") == rid), "")
-            self.sent.append((t, lane, rid, answer["decision"]))
-        return resp
 
 
 def decision_latencies(sent: list[tuple[float, str, str, str]], coil_writes: list[tuple[float, int, bool]],

@@ -257,8 +257,8 @@ class WireAuthority:
 
     Scripted by card like :class:`simulators.authority_http.HttpAuthoritySimulator`
     (``script``; unscripted cards are held). ``sent`` holds ``(time.monotonic(),
-    lane_id, request_id, decision)`` per pass request answered, taken right after the
-    answer was written; ``requests`` every pass-request body; ``confirmations`` every
+    lane_id, request_id, decision)`` per pass request answered, taken right before the
+    answer was handed to the socket; ``requests`` every pass-request body; ``confirmations`` every
     pass confirmation (answered 200).
     """
 
@@ -344,19 +344,25 @@ class _HttpConnection(asyncio.Protocol):
             self._reply(405, {"error": "POST only"})
             return
         status, answer, decision = self.authority.answer(path, body)
-        self._reply(status, answer)
+        sent = self._reply(status, answer)
         if decision is not None:
-            self.authority.sent.append((time.monotonic(), str(body.get("lane_id", "")),
-                                        str(body.get("request_id", "")), decision))
+            self.authority.sent.append((sent, str(body.get("lane_id", "")), str(body.get("request_id", "")),
+                                        decision))
 
-    def _reply(self, status: int, answer: dict[str, Any]) -> None:
+    def _reply(self, status: int, answer: dict[str, Any]) -> float:
+        """Answer and close; the time the answer was handed to the socket, taken just
+        before: taken after, this process may have lost its processor to the lane in
+        between, whose coil write the kernel would then stamp before it."""
         payload = json.dumps(answer, ensure_ascii=False).encode("utf-8")
         reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}[status]
         head = (f"HTTP/1.0 {status} {reason}\r\nContent-Type: application/json; charset=utf-8\r\n"
                 f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n").encode("ascii")
         assert self.transport is not None
-        self.transport.write(head + payload)
+        data = head + payload
+        sent = time.monotonic()
+        self.transport.write(data)
         self.transport.close()  # after the buffered bytes are out
+        return sent
 
 
 # ------------------------------------------------------------------ the site
