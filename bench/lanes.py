@@ -121,9 +121,9 @@ async def one_run(n: int, window_s: float, workdir: Path, idle_s: float = 5.0, w
         metrics0 = await daemon_metrics(api)
         lag = LoopLag()
         lag.start()
-        t0, c0, s0 = time.monotonic(), proc_cpu_s(d.pid), self_cpu_s()
+        t0, c0, s0, th0, k0 = time.monotonic(), proc_cpu_s(d.pid), self_cpu_s(), thread_sched(d.pid), cpu_ticks()
         await asyncio.sleep(window_s)
-        t1, c1, s1 = time.monotonic(), proc_cpu_s(d.pid), self_cpu_s()
+        t1, c1, s1, th1, k1 = time.monotonic(), proc_cpu_s(d.pid), self_cpu_s(), thread_sched(d.pid), cpu_ticks()
         bench_lag = await lag.stop()
         own = own_figures(metrics0, await daemon_metrics(api))
         rss, hwm = proc_rss_mb(d.pid)
@@ -167,6 +167,9 @@ async def one_run(n: int, window_s: float, workdir: Path, idle_s: float = 5.0, w
         "held_ms": ahead["held_ms"],
         "bench_loop_lag_ms": [x * 1000 for x in bench_lag],
         "daemon_own": own,
+        "daemon_threads": sched_shares(th0, th1, t1 - t0),
+        "steal_share": steal_share(k0, k1),
+        "loadavg": os.getloadavg()[0],
         "limits": limits,
     }
 
@@ -237,6 +240,56 @@ class LoopLag:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         return self.samples
+
+
+def thread_sched(pid: int) -> dict[str, tuple[float, float]]:
+    """Per thread of ``pid`` (by thread id): seconds run on a processor and seconds spent
+    runnable, waiting for one (``/proc/<pid>/task/*/schedstat``)."""
+    out: dict[str, tuple[float, float]] = {}
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            run_ns, wait_ns, _ = (task / "schedstat").read_text().split()
+        except (OSError, ValueError):
+            continue
+        out[task.name] = (int(run_ns) / 1e9, int(wait_ns) / 1e9)
+    return out
+
+
+def cpu_ticks() -> list[int]:
+    """The machine's ``cpu`` line of ``/proc/stat`` (user, nice, system, idle, iowait, irq,
+    softirq, steal, ...), in ticks."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return []
+
+
+def steal_share(before: list[int], after: list[int]) -> float:
+    """Of the machine's processor time over a window, the share the hypervisor gave to
+    other guests (``steal``): time this machine's runnable work could not run at all."""
+    if len(before) < 8 or len(after) < 8:
+        return float("nan")
+    total = sum(after[:8]) - sum(before[:8])
+    return (after[7] - before[7]) / total if total > 0 else float("nan")
+
+
+def sched_shares(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]],
+                 seconds: float) -> dict[str, object]:
+    """The daemon's share of the window on a processor and runnable but waiting for one:
+    the whole process, and its busiest threads (the control loop is the first, as a rule;
+    Python does not name its threads for the kernel)."""
+    threads = []
+    for tid, (run, wait) in after.items():
+        run0, wait0 = before.get(tid, (0.0, 0.0))
+        threads.append(((run - run0) / seconds, (wait - wait0) / seconds))
+    threads.sort(reverse=True)
+    return {"cpu": round(sum(c for c, _ in threads), 4), "runqueue_wait": round(sum(w for _, w in threads), 4),
+            "busiest": [{"cpu": round(c, 4), "runqueue_wait": round(w, 4)} for c, w in threads[:3]]}
 
 
 async def daemon_metrics(api: str) -> str:
@@ -391,6 +444,12 @@ def run_summary(runs: list[dict]) -> dict:
         "daemon_control_lag_p99_ms": [round(x["daemon_own"]["control_lag_p99_ms"], 2) for x in runs],
         "daemon_control_lag_p50_ms": [round(x["daemon_own"]["control_lag_p50_ms"], 2) for x in runs],
         "daemon_own_decision_p99_ms": [round(x["daemon_own"]["decision_p99_ms"], 2) for x in runs],
+        # The daemon's threads: share of the window on a processor, and runnable but
+        # waiting for one (behind the machine's other processes, this bench included).
+        "daemon_threads": [x["daemon_threads"] for x in runs],
+        # The machine over each window: the hypervisor's steal and the load average.
+        "steal_share": [round(x["steal_share"], 3) for x in runs],
+        "loadavg": [round(x["loadavg"], 2) for x in runs],
         "samples": len(latencies),
         "other_outcomes": sum(x["other_outcomes"] for x in runs),
         "limits": runs[-1]["limits"],
