@@ -1,5 +1,8 @@
 """When IO modules poll, in virtual time: each module keeps its rate but not another's phase.
 
+Requirement id: S2 (nothing else the daemon does may delay a lane's reaction: a lift or a
+reverse must not wait behind every IO module's answer handled in one burst).
+
 Modules started together polled in step for ever, so every interval the control loop
 handled every module's answer in one burst, and a lane's lift that arrived then waited
 behind all of them (bench 2, 32 lanes with an IO module each). The schedule is ours
