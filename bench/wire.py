@@ -56,7 +56,8 @@ class WireIoModule(SimulatedUnit):
     ``coil_writes`` holds ``(time.monotonic(), address, value)`` per coil write, the time
     its frame arrived (the kernel's receive time, on Linux); ``requests`` counts requests
     by function code; ``line`` holds ``(arrived, function code)`` of every request, in
-    the order served.
+    the order served, and ``replied`` the time each one's answer was handed to the kernel
+    (same order): how long this process kept the line waiting.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, unit: int = 1, inputs: int = 16,
@@ -66,6 +67,7 @@ class WireIoModule(SimulatedUnit):
         self.port = port
         self.requests: dict[int, int] = {}
         self.line: list[tuple[float, int]] = []
+        self.replied: list[float] = []
         self._listener: socket.socket | None = None
         self._connections: set[_ModbusConnection] = set()
         #: Reads timed by the kernel (``SO_TIMESTAMPNS``); 0 if the platform has none.
@@ -219,6 +221,8 @@ class _ModbusConnection:
             out.append(self.module.serve(frame, arrived))
         if out:
             self._send(b"".join(out))
+            now = time.monotonic()
+            self.module.replied.extend(now for _ in out)
 
     def _send(self, data: bytes) -> None:
         if self.out:

@@ -768,29 +768,51 @@ class IoModule:
         self._running = True
         loop = asyncio.get_running_loop()
         try:
-            next_at = loop.time()
+            # None: poll at once, then take a phase of this module's own within the interval.
+            next_at: float | None = None
             while True:
                 _honour_cancellation()
+                started = loop.time()
                 try:
                     await self._poll_once()
                 except IoModuleError as exc:
                     self._fault(exc.reason)
                     await asyncio.sleep(self._retry_delay_s())
                     self._counters["reconnects"] += 1
-                    next_at = loop.time()
+                    next_at = None
                     continue
-                # Fixed rate; after a slow request, start again from now instead of bursting.
-                next_at = max(next_at + self._poll_s, loop.time())
-                await asyncio.sleep(next_at - loop.time())
+                now = loop.time()
+                if next_at is None:
+                    # Modules started together (or late together after a stall) would poll
+                    # in step for ever: every module's answer handled in one burst each
+                    # interval, and a lane's lift landing behind it. A random phase spreads
+                    # them; the next poll starts within an interval of this one, never later.
+                    next_at = started + self._poll_s * _poll_phase()
+                else:
+                    next_at += self._poll_s  # fixed rate
+                    if next_at < now:
+                        # After a slow request, poll again at once instead of bursting to
+                        # catch up, then take a new phase.
+                        next_at = None
+                        continue
+                await asyncio.sleep(next_at - now)
         finally:
             self._running = False
             if self._owns_bus:
                 self.bus.close(f"io module {self.name} stopped")
 
     async def _poll_once(self) -> None:
-        await self.bus.ensure_connected()
-        await self._switch_off_leftovers()
-        self._good_poll(await self._read_inputs())
+        # (Every module polls 20 times a second: no coroutine where a test will do.)
+        if not self.bus.connected:
+            await self.bus.ensure_connected()
+        if self._must_switch_off:
+            await self._switch_off_leftovers()
+        bits = await self._read_inputs()
+        # A pulse that gave up while the read was on the line left its coil to this loop:
+        # off before the poll counts as good (and the module as OK again).
+        if self._must_switch_off:
+            await self._switch_off_leftovers()
+        self._good_poll(bits)
 
     async def _read_inputs(self) -> list[bool]:
         n = self._inputs
@@ -964,6 +986,12 @@ class IoModule:
             self._log.info("answers again; back to polling every %g s", self._poll_s)
         self._misses = 0
         self._suspect_logged = False
+
+
+def _poll_phase() -> float:
+    """Where in its interval a module polls, as a fraction of it after its first poll
+    started (random: see ``IoModule.run``)."""
+    return random.random()
 
 
 def _honour_cancellation() -> None:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from drivers import modbus_io
 from drivers.health import Health
 from drivers.modbus_io import BusRegistry, BusTurns, IoModule, IoModuleError, IoModuleExceptionResponse
 from simulators.io_module import IoModuleSimulator
@@ -474,10 +475,13 @@ def requests(sim: IoModuleSimulator, since: int = 0) -> list[tuple[int, int]]:
 
 
 async def test_s2_a_coil_write_goes_before_the_polls_waiting_on_a_shared_line(
-    gateway: IoModuleSimulator,
+    gateway: IoModuleSimulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """S2 and the lift's latency with many lanes on one line: a coil write waits for
     the request on the wire at most, not for every module's poll queued before it."""
+    # Every module a whole interval after its first poll started: all polls queue at once,
+    # the worst case for a write (modules normally take phases of their own).
+    monkeypatch.setattr(modbus_io, "_poll_phase", lambda: 1.0)
     registry = BusRegistry(request_timeout_s=1.0)
     bus = registry.tcp("127.0.0.1", gateway.port)
     recs = {unit: Recorder() for unit in gateway.units}
