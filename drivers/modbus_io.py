@@ -442,6 +442,8 @@ class ModbusBus:
             async with asyncio.timeout(self.request_timeout_s):
                 response = await call(client)
         except TimeoutError:
+            if self._shut_down:  # let go on purpose while a request was on the line
+                raise IoModuleError(f"{what}: {self._closed_because}") from None
             self._counters["timeouts"] += 1
             if not client.connected:
                 reason = f"{what}: connection lost while waiting for the answer"
@@ -453,6 +455,8 @@ class ModbusBus:
                 self._lost(f"no unit on {self.where} answered {self._unanswered} requests in a row")
             raise IoModuleTimeout(reason) from None
         except ModbusException as exc:
+            if self._shut_down:
+                raise IoModuleError(f"{what}: {self._closed_because}") from exc
             reason = f"{what}: {exc}"
             self._lost(reason)
             raise IoModuleError(reason) from exc

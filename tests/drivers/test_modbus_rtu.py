@@ -324,6 +324,21 @@ async def test_contract_2_3_rtu_no_answer_within_the_default_1_s_is_a_device_fau
         bus.close()
 
 
+async def test_a_bus_let_go_under_a_waiting_request_says_why(line: RtuBusSimulator, bus: ModbusRtuBus) -> None:
+    """The daemon stopping while a poll waits for a unit's answer: the module's fault
+    names the shutdown, not a lost connection (and the line is not counted as dropped)."""
+    silent = start_module(bus, 3)  # no unit 3 on the line: its poll waits out the timeout
+    try:
+        await until(lambda: 3 in {u for _, kind, u, _ in line.traffic if kind == "ignored"})
+        drops = bus.counters["drops"]
+        bus.shutdown("daemon stopping")
+        await until(lambda: silent.module.health is Health.FAULTY)
+        assert "daemon stopping" in silent.rec.health[-1][1], silent.rec.health
+        assert bus.counters["drops"] == drops
+    finally:
+        await silent.stop()
+
+
 async def test_a_module_stopping_leaves_the_shared_bus_to_the_others(
     line: RtuBusSimulator, bus: ModbusRtuBus, pair: tuple[Running, Running]
 ) -> None:
