@@ -117,5 +117,10 @@ async def test_postgres_restarted_under_load(zone, postgres, central_in_process)
     postgres.start()
     await moving
     await zone.complete()
-    assert central.central.counters["stored"] == len(a.journal_ids())
+    # A batch whose COMMIT reached PostgreSQL just as it stopped was not acknowledged: the
+    # central wrote it again and found it there, so it counts among the duplicates. Every
+    # event is in the table once (``complete``); the central counted each at least once.
+    counters = central.central.counters
+    total = len(a.journal_ids())
+    assert counters["stored"] <= total <= counters["stored"] + counters["duplicates"], counters
     assert (await wait_for(lambda: central.get("/api/v1/health", None)))[0] == 200
