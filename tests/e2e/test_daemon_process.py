@@ -126,12 +126,16 @@ async def test_kill9_right_after_lift_then_restart_never_lifts_again(sim: Simula
     events = daemon.events()
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1)), "seq contiguous, never reused"
     assert len({e["event_id"] for e in events}) == len(events)
+    committed = [e for e in events if e["type"] == "authorisation.committed"]
+    assert len(committed) == 1
+    # S6 makes the authorisation durable before the coil; the lift's own record follows the
+    # coil write, so a kill within a commit of the coil may take it (it is never doubled).
     lifts = [e for e in events if e["type"] == "barrier.lifted" and e["reason"] == "lift"]
-    assert len(lifts) == 1
+    assert len(lifts) <= 1 and all(e["authorisation"] == committed[0]["authorisation"] for e in lifts)
     assert [e["type"] for e in events].count("lane.recovered") == 1
     closed = [e for e in events if e["type"] == "passage.closed"]
     assert [c["outcome"] for c in closed] == ["passed"]
-    assert closed[0]["authorisation"] == lifts[0]["authorisation"]
+    assert closed[0]["authorisation"] == committed[0]["authorisation"]
 
 
 async def test_health_503_until_every_lane_runs_and_sigterm_exits_0(sim: SimulatedSite, daemon: Daemon) -> None:
