@@ -305,7 +305,25 @@
 
   // ------------------------------------------------------------------ lists
 
+  // The lists are rebuilt only when what they show changed: a rebuild between the press
+  // and the release of a button swallows the guard's click.
+  let shownPassages = null;
+  let shownOwed = null;
+
   function renderPassages() {
+    const passagesKey = JSON.stringify(S.passages);
+    const owedKey = JSON.stringify(S.owed);
+    if (passagesKey !== shownPassages) {
+      shownPassages = passagesKey;
+      renderPassageRows();
+    }
+    if (owedKey !== shownOwed) {
+      shownOwed = owedKey;
+      renderOwed();
+    }
+  }
+
+  function renderPassageRows() {
     const rows = S.passages.map((p) => {
       const outcome = p.closed_at ? p.outcome : "open";
       const text = p.closed_at ? label("outcome", p.outcome) : "进行中";
@@ -322,7 +340,9 @@
     });
     if (!rows.length) rows.push(h("tr", {}, h("td", { colspan: "7", class: "muted" }, "暂无通行记录")));
     $("#passages tbody").replaceChildren(...rows);
+  }
 
+  function renderOwed() {
     const owed = S.owed.map((p) => h("li", { class: "owed", dataset: { passage: p.passage_id } },
       h("span", {}, `${fmtTime(p.closed_at || p.opened_at)} · ${laneName(p.lane_id)} · 紧急放行未登记`),
       h("button", { class: "small", type: "button", onclick: () => openAccount(p) }, "登记")));
@@ -368,6 +388,7 @@
     for (const a of st.alarms || []) upsertAlarm(alarmFrom(a));
     tick();
     if (!st.token_configured) notice("本机未配置访问令牌（local_api.token）：无法确认报警或登记紧急放行", true);
+    shownPassages = shownOwed = null;  // a fresh snapshot (lane names too): draw it all
     renderPassages(); renderApprovals(); renderAlarms(); renderEvents();
     refreshAlarmsSoon();
     updateTokenButton();
