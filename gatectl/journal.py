@@ -341,6 +341,13 @@ class _Append:
     hold_until: float = 0.0
 
 
+def _write_entries(tx: WriteTx, item: _Append) -> None:
+    """An append's events and outbox items (not its authorisation) into ``tx``."""
+    for entry in item.entries:
+        tx.append(item.lane_id, entry.event, entry.ts)
+    tx.outbox(item.lane_id, item.outbox)
+
+
 @dataclass(slots=True)
 class _Job(Generic[T]):
     fn: Callable[["WriteTx"], T]
@@ -802,9 +809,7 @@ class Journal:
                 db.execute("BEGIN IMMEDIATE")
                 self._open = WriteTx(self, db)
             for item in todo:
-                for entry in item.entries:
-                    self._open.append(item.lane_id, entry.event, entry.ts)
-                self._open.outbox(item.lane_id, item.outbox)
+                _write_entries(self._open, item)
                 self._prebuilt += 1
                 self.prebuilt_appends += 1
         except Exception:  # noqa: BLE001 - the commit writes them again and reports what fails
@@ -839,9 +844,7 @@ class Journal:
                 for i, item in enumerate(group):
                     if i < done:
                         continue  # its rows are in the transaction already
-                    for entry in item.entries:
-                        tx.append(item.lane_id, entry.event, entry.ts)
-                    tx.outbox(item.lane_id, item.outbox)
+                    _write_entries(tx, item)
                     if item.authorisation is not None:
                         replay = self._consume(tx, item)
                         if replay is not None:
