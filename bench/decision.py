@@ -95,7 +95,8 @@ async def scrape(api: str) -> str:
 
 
 def histogram(text: str, name: str, labels: dict[str, str]) -> dict[float, float]:
-    """Cumulative bucket counts (upper bound -> count) of one labelled histogram series."""
+    """Cumulative bucket counts (upper bound -> count) of a histogram, summed over every
+    series with ``labels`` (one series, or e.g. the decision latency's one per lane)."""
     out: dict[float, float] = {}
     for line in text.splitlines():
         if not line.startswith(name + "_bucket{"):
@@ -103,8 +104,8 @@ def histogram(text: str, name: str, labels: dict[str, str]) -> dict[float, float
         inner, value = line[len(name) + 8:].rsplit("}", 1)
         pairs = dict(re.findall(r'(\w+)="([^"]*)"', inner))
         if all(pairs.get(k) == v for k, v in labels.items()):
-            le = pairs["le"]
-            out[float("inf") if le == "+Inf" else float(le)] = float(value.split()[0])
+            le = float("inf") if pairs["le"] == "+Inf" else float(pairs["le"])
+            out[le] = out.get(le, 0.0) + float(value.split()[0])
     return out
 
 

@@ -53,7 +53,7 @@ from bench.common import (
     self_cpu_s,
     until,
 )
-from bench.decision import bucket_quantile, diff_buckets, make_sim, scrape, start_daemon, write_config
+from bench.decision import bucket_quantile, diff_buckets, histogram, make_sim, scrape, start_daemon, write_config
 from simulators.site import TRAFFIC_GAP_S, LaneSpec, Vehicle
 
 COUNTS = (1, 4, 16, 32)
@@ -299,30 +299,13 @@ async def daemon_metrics(api: str) -> str:
         return ""
 
 
-def summed_histogram(text: str, name: str, labels: dict[str, str]) -> dict[float, float]:
-    """Cumulative bucket counts of a histogram, summed over every series with ``labels``
-    (the decision latency has one series per lane)."""
-    import re
-
-    out: dict[float, float] = {}
-    for line in text.splitlines():
-        if not line.startswith(name + "_bucket{"):
-            continue
-        inner, value = line[len(name) + 8:].rsplit("}", 1)
-        pairs = dict(re.findall(r'(\w+)="([^"]*)"', inner))
-        if all(pairs.get(k) == v for k, v in labels.items()):
-            le = float("inf") if pairs["le"] == "+Inf" else float(pairs["le"])
-            out[le] = out.get(le, 0.0) + float(value.split()[0])
-    return out
-
-
 def own_figures(before: str, after: str) -> dict[str, float]:
     """The daemon's own view of the window: its control loop's lag (p50, p99 from the
     histogram's buckets) and its decision latency (authority answer in -> coil acked)."""
-    lag = diff_buckets(summed_histogram(after, "gatectl_loop_lag_seconds", {"loop": "control"}),
-                       summed_histogram(before, "gatectl_loop_lag_seconds", {"loop": "control"}))
-    dec = diff_buckets(summed_histogram(after, "gatectl_decision_latency_seconds", {"source": "authority"}),
-                       summed_histogram(before, "gatectl_decision_latency_seconds", {"source": "authority"}))
+    lag = diff_buckets(histogram(after, "gatectl_loop_lag_seconds", {"loop": "control"}),
+                       histogram(before, "gatectl_loop_lag_seconds", {"loop": "control"}))
+    dec = diff_buckets(histogram(after, "gatectl_decision_latency_seconds", {"source": "authority"}),
+                       histogram(before, "gatectl_decision_latency_seconds", {"source": "authority"}))
     return {
         "control_lag_p50_ms": bucket_quantile(lag, 0.5) * 1000,
         "control_lag_p99_ms": bucket_quantile(lag, 0.99) * 1000,
