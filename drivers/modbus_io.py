@@ -906,31 +906,43 @@ class IoModule:
         the next vehicle tailgates through. So the off write is retried until it succeeds
         or the module is declared faulty, runs even when the pulse is cancelled, and if it
         still fails the poll loop switches the coil off before its next successful poll.
+
+        Cancelled while the on write is on the line (its answer not read yet), the pulse
+        still switches the coil off: the module may have acted on the write already.
         """
         self._pulsing.add(address)
         try:
             try:
                 await self.write_coil(address, True)
             except IoModuleError as exc:
-                if isinstance(exc, IoModuleTimeout):
-                    # The module may have switched the coil on and then gone quiet.
+                if not isinstance(exc, IoModuleExceptionResponse):
+                    # No answer, a lost line or a garbled echo: the module may have switched
+                    # the coil on all the same. (An exception response says it did not.)
                     self._must_switch_off.add(address)
                 # Faulty until the next good poll, so whoever waits on this pulse hears
                 # (OK, with a fresh snapshot) when the module is usable again.
                 self._fault(exc.reason)
                 raise
-            if on_energised is not None:
-                on_energised()
+            except asyncio.CancelledError:
+                await self._switch_off_cancelled(address)
+                raise
             try:
+                if on_energised is not None:
+                    on_energised()
                 _honour_cancellation()
                 await asyncio.sleep(ms / 1000)
-            except asyncio.CancelledError:
-                with contextlib.suppress(IoModuleError):  # already logged; stay cancelled
-                    await self._switch_off(address)
+            except (asyncio.CancelledError, Exception):
+                await self._switch_off_cancelled(address)
                 raise
             await self._switch_off(address)
         finally:
             self._pulsing.discard(address)
+
+    async def _switch_off_cancelled(self, address: int) -> None:
+        """The off write of a pulse that ends early; the pulse's own error is what its
+        caller hears (a failure here is logged, and the coil left to the poll loop)."""
+        with contextlib.suppress(IoModuleError):
+            await self._switch_off(address)
 
     async def _switch_off(self, address: int) -> None:
         # Until the module confirms it is off; the poll loop leaves it to this pulse

@@ -502,9 +502,9 @@ class Site:
             self.control.call(lane.runtime.feed, event)
 
     async def _control_main(self) -> None:
-        tasks = [asyncio.create_task(m.run(), name=f"io:{n}") for n, m in self.io.modules.items()]
-        tasks += [asyncio.create_task(lane.run(), name=f"lane:{lane.id}") for lane in self.lanes.values()]
-        tasks.append(asyncio.create_task(self._watch_lag("control"), name="lag:control"))
+        io_tasks = [asyncio.create_task(m.run(), name=f"io:{n}") for n, m in self.io.modules.items()]
+        lane_tasks = [asyncio.create_task(lane.run(), name=f"lane:{lane.id}") for lane in self.lanes.values()]
+        tasks = [*io_tasks, *lane_tasks, asyncio.create_task(self._watch_lag("control"), name="lag:control")]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -514,6 +514,10 @@ class Site:
                               exc_info=(type(exc), exc, exc.__traceback__))
                     raise task.exception()  # type: ignore[misc]
         finally:
+            # In this order: the lanes finish their pulses (a coil switched off) while the
+            # IO modules still poll, whose loop switches off a coil a pulse could not;
+            # then the modules stop; then their buses are let go.
+            await cancel_all(lane_tasks)
             await cancel_all(tasks)
             self.io.close()
 

@@ -28,7 +28,8 @@ How it hooks into pymodbus 3.16 (from the installed source, ``simulator/simrunti
   the request handler drop it unanswered. That copies a device's silence: requests for
   a unit id nobody simulates get no reply (as on a real RS-485 line, where pymodbus
   would otherwise answer "gateway target failed" or pick device 0), and a unit with
-  ``silent = True`` never answers or acts. The same hook, and ``trace_pdu(sending=True)``
+  ``silent = True`` never answers or acts (nor does any unit on a request its ``lose``
+  picks: one lost frame). The same hook, and ``trace_pdu(sending=True)``
   for answers, feeds ``traffic``, the order in which requests and answers crossed the line.
 - The serial server opens its port with pyserial, which needs a path it can open; a
   pty master has none (reopening ``/dev/ptmx`` makes a new pty). Hence two ptys joined
@@ -77,6 +78,9 @@ class SimulatedUnit:
         accepts connections)."""
         self.latency_s = 0.0
         """Think this long before answering a request (after the address check)."""
+        self.lose: Callable[[ModbusPDU], bool] | None = None
+        """A request for which this returns True is lost on the line: never acted on,
+        never answered (one frame's fault, where ``silent`` is the whole unit's)."""
         self.coil_writes: list[tuple[float, int, bool]] = []
         """Every coil write acted on: (``time.monotonic()``, address, value)."""
         self.on_coil_write: list[Callable[[int, bool], None]] = []
@@ -180,7 +184,7 @@ class _Line:
             self._serving = None
             return pdu
         unit = self._units().get(pdu.dev_id)
-        if unit is None or unit.silent:
+        if unit is None or unit.silent or (unit.lose is not None and unit.lose(pdu)):
             self.traffic.append((now, "ignored", pdu.dev_id, pdu.function_code))
             return None  # the request handler drops it: no action, no answer
         if self._serving is not None:

@@ -68,6 +68,11 @@ log = structlog.get_logger("gatectl.runtime")
 LIST_DECISIONS = frozenset({"whitelist", "staff_card"})
 
 
+#: How long a stopping lane lets a pulse under way finish before it cancels it (which
+#: switches the coil off), and then waits at most for the cancelled tasks.
+PULSE_FINISH_S = 2.0
+#: A stopping lane cancels its tasks again this often while it waits for them.
+STOP_ROUND_S = 0.2
 #: How long an open pulse that must be recorded first waits for that commit at most.
 RECORD_FIRST_WAIT_S = 0.1
 #: How long a release request's events may wait in the journal for the answer, so that
@@ -224,15 +229,49 @@ class LaneRuntime:
                 if done is not None:
                     self._answer_when_recorded(done, recorded)
         finally:
-            # A pulse under way finishes (its coil must not be left on); requests are dropped.
-            pulses = [t for t in self._tasks if not t.done() and t.get_name() == "pulse"]
-            others = [t for t in self._tasks if not t.done() and t.get_name() != "pulse"]
-            for t in others:
-                t.cancel()
-            if pulses:
-                await asyncio.wait(pulses, timeout=2.0)
-            if others:
-                await asyncio.wait(others, timeout=2.0)
+            await self._stop_tasks()
+
+    async def _stop_tasks(self) -> None:
+        """Before the lane lets go: every pulse under way finishes, and release requests are
+        dropped. None is left pending for the loop to destroy: a pulse dropped in its wait
+        would leave its coil on (S1, S3) with nothing left to switch it off.
+
+        A pulse gets ``PULSE_FINISH_S`` to finish as the core ordered (the lift of a spent
+        authorisation still lifts); one still running then is cancelled once, which
+        switches its coil off, and gets as long again for that. (Cancelled again, it
+        could give up its off write.) A cancellation of this wait (a shutdown repeats
+        them, as libraries may lose one) does not cut it short: it is raised at the end.
+        """
+        pulses = {t for t in self._tasks if not t.done() and t.get_name() == "pulse"}
+        others = {t for t in self._tasks if not t.done() and t.get_name() != "pulse"}
+        for t in others:
+            t.cancel()
+        cancelled = await self._wait_for(pulses, others)
+        for t in pulses:
+            t.cancel()
+        cancelled = await self._wait_for(pulses | others, others) or cancelled
+        left = [t for t in pulses | others if not t.done()]
+        if left:
+            log.error("lane tasks did not stop", lane=self.lane_id, tasks=[t.get_name() for t in left])
+        if cancelled:
+            raise asyncio.CancelledError
+
+    @staticmethod
+    async def _wait_for(tasks: set[asyncio.Task], recancel: set[asyncio.Task]) -> bool:
+        """Wait up to ``PULSE_FINISH_S`` for ``tasks``, cancelling those in ``recancel``
+        again every ``STOP_ROUND_S`` (a library may have lost the cancellation); whether
+        this wait was cancelled meanwhile."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + PULSE_FINISH_S
+        cancelled = False
+        while (pending := {t for t in tasks if not t.done()}) and (left := end - loop.time()) > 0:
+            try:
+                await asyncio.wait(pending, timeout=min(left, STOP_ROUND_S))
+            except asyncio.CancelledError:
+                cancelled = True
+            for t in recancel:
+                t.cancel()  # (no-op on a task that is done)
+        return cancelled
 
     async def _next(self) -> tuple[Input, asyncio.Future | None]:
         deadline = self.core.next_deadline

@@ -1,0 +1,101 @@
+"""A site stopped in the middle of a barrier pulse, over real Modbus TCP (the pymodbus
+simulator) and real serial ptys.
+
+S1/S3: the daemon stopping never leaves a barrier coil energised. The lane's pulse under
+way finishes (or is cancelled and switches its coil off) before the lanes let go, while
+the IO module still polls, and before its bus is closed; no pulse task is left pending
+for the control loop to destroy when it closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from pymodbus.pdu import ModbusPDU
+
+from gatectl.config import load_config
+from gatectl.service import Site
+from simulators.site import LaneSpec, SimLane, SimulatedSite, free_tcp_port
+
+BONDED = LaneSpec("B1-IN", "保税货物进区1号", "bonded", "in", "K001")
+
+
+async def wait_until(predicate, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def sim(tmp_path: Path) -> AsyncIterator[SimulatedSite]:
+    s = SimulatedSite(tmp_path, [BONDED], travel_s=0.2, speed=5.0, weigh_interval_s=0.05)
+    await s.start()
+    try:
+        yield s
+    finally:
+        await s.stop()
+
+
+async def stop_as_the_barrier_lifts(sim: SimulatedSite, tmp_path: Path) -> tuple[Site, SimLane]:
+    """Run a site, lift its barrier by the emergency button (R11: at once, no authority
+    asked) and stop the site as the open coil goes on (a 300 ms pulse); the stopped site."""
+    path = sim.write_config(tmp_path / "site.yaml", journal_path=str(tmp_path / "gatectl.db"),
+                            api_listen=f"127.0.0.1:{free_tcp_port()}")
+    site = Site(load_config(path))
+    stop = asyncio.Event()
+    task = asyncio.create_task(site.run(stop))
+    lane = sim.lane("B1-IN")
+    await wait_until(lambda: site.running or task.done())
+    assert not task.done(), task.exception()
+
+    def stop_once_lifting(address: int, value: bool) -> None:
+        if (address, value) == (lane.open_coil, True):
+            stop.set()
+
+    sim.io.on_coil_write.append(stop_once_lifting)
+    await lane.press("emergency")
+    await wait_until(stop.is_set)
+    await asyncio.wait_for(task, 30)
+    return site, lane
+
+
+def assert_stopped_with_the_coil_off(sim: SimulatedSite, site: Site, lane: SimLane) -> None:
+    writes = [(a, v) for _, a, v in sim.io.coil_writes if a == lane.open_coil]
+    assert writes[-2:] == [(lane.open_coil, True), (lane.open_coil, False)]
+    assert not sim.io.coil(lane.open_coil)
+    loop = site.control.loop
+    assert loop is not None and loop.is_closed()
+    pending = [t for t in asyncio.all_tasks(loop) if t.get_coro().__qualname__ == "LaneRuntime._pulse"]
+    assert pending == []  # none left for the closed loop to destroy
+
+
+async def test_s1_a_site_stopped_mid_pulse_switches_the_coil_off_and_leaves_no_pulse_pending(
+    sim: SimulatedSite, tmp_path: Path
+) -> None:
+    site, lane = await stop_as_the_barrier_lifts(sim, tmp_path)
+    assert_stopped_with_the_coil_off(sim, site, lane)
+
+
+async def test_s1_a_lost_off_write_at_shutdown_is_retried_while_the_module_still_polls(
+    sim: SimulatedSite, tmp_path: Path
+) -> None:
+    """The pulse's off write is lost on the line as the site stops. The module still
+    answers its polls, so the pulse writes off again: the IO modules stop after the
+    lanes, not beside them (a pulse gives up on a module no longer polled)."""
+    lane = sim.lane("B1-IN")
+    lost: list[ModbusPDU] = []
+
+    def lose_the_first_off_write_after_the_lift(pdu: ModbusPDU) -> bool:
+        if (pdu.function_code == 5 and pdu.address == lane.open_coil and not pdu.bits[0]
+                and sim.io.coil(lane.open_coil) and not lost):
+            lost.append(pdu)
+            return True
+        return False
+
+    sim.io.lose = lose_the_first_off_write_after_the_lift
+    site, lane = await stop_as_the_barrier_lifts(sim, tmp_path)
+    assert len(lost) == 1
+    assert_stopped_with_the_coil_off(sim, site, lane)
