@@ -42,12 +42,15 @@ from bench.common import (
     Child,
     Report,
     bench_args,
+    cpu_ticks,
     daemon,
     decision_latencies,
     median,
     pct,
     ratio_row,
     scratch,
+    steal_share,
+    thread_sched,
     until,
     wait_http_ok,
 )
@@ -162,13 +165,13 @@ async def daemon_batch(sim: WireSite, config: Path, api: str, n: int, log: Path,
         if load is not None:
             stop_load = await load(api, log.parent)
         before = await scrape(api)
-        t0 = time.monotonic()
+        t0, k0, th0 = time.monotonic(), cpu_ticks(), thread_sched(d.pid)
         for i in range(n):
             outcome = await lane.drive(RELEASED[i % len(RELEASED)])
             if outcome != "passed":
                 raise RuntimeError(f"a released vehicle {outcome}:\n{d.tail()}")
         await until(lambda: lane.barrier.position == "down", 10, what="barrier down")
-        t1 = time.monotonic()
+        t1, k1, th1 = time.monotonic(), cpu_ticks(), thread_sched(d.pid)
         text = await scrape(api)
         extra = await stop_load() if stop_load is not None else {}
         stop_load = None
@@ -185,9 +188,34 @@ async def daemon_batch(sim: WireSite, config: Path, api: str, n: int, log: Path,
                                    histogram(before, "gatectl_loop_lag_seconds", {"loop": loop}))
                 for loop in ("control", "service")},
         "load": extra,
+        "machine": machine_window(k0, k1, th0, th1, t1 - t0),
     }
     lat = decision_latencies(sim.authority.sent, sim.io.coil_writes, {lane.id: lane.open_coil}, t0, t1, skip_first=1)
     return lat, own
+
+
+def machine_window(k0: list[int], k1: list[int], th0: dict[str, tuple[float, float]],
+                   th1: dict[str, tuple[float, float]], seconds: float) -> dict[str, float]:
+    """What the machine let the daemon do over a batch: the hypervisor's steal, and the
+    daemon's threads' seconds on a processor and runnable but waiting for one (per second
+    of the batch). A lag or latency figure taken while the daemon waited for processors
+    as long as it ran measures the machine, not the daemon."""
+    run = sum(th1[t][0] - th0[t][0] for t in th1 if t in th0)
+    wait = sum(th1[t][1] - th0[t][1] for t in th1 if t in th0)
+    return {"steal_share": steal_share(k0, k1), "daemon_run_per_s": run / max(seconds, 1e-9),
+            "daemon_runq_wait_per_s": wait / max(seconds, 1e-9), "seconds": seconds}
+
+
+def machine_summary(own: list[dict]) -> str:
+    """One line on the machine over a side's daemon batches (``machine_window``)."""
+    ms = [o["machine"] for o in own if "machine" in o]
+    if not ms:
+        return "machine: not recorded"
+    steal = [m["steal_share"] for m in ms if m["steal_share"] == m["steal_share"]]
+    return (f"machine over the daemon's batches: steal {min(steal, default=float('nan')):.0%}-"
+            f"{max(steal, default=float('nan')):.0%} of the processors; the daemon's threads ran "
+            f"{median([m['daemon_run_per_s'] for m in ms]):.2f} s and waited for a processor "
+            f"{median([m['daemon_runq_wait_per_s'] for m in ms]):.2f} s per second (medians)")
 
 
 async def baseline_batch(sim: WireSite, db_path: Path, n: int, log: Path) -> list[float]:
@@ -345,6 +373,8 @@ async def run(quick: bool, workdir: Path) -> Report:
         f"gatectl_decision_latency_seconds mean {own_mean * 1000:.3f} ms (answer in -> coil write acknowledged) "
         f"against {sum(ours) / len(ours) * 1000:.3f} ms on the wire"
     )
+    rep.details["machine"] = [o["machine"] for o in m["own"]["gatectl"]]
+    rep.notes.append(machine_summary(m["own"]["gatectl"]))
     return rep
 
 

@@ -19,7 +19,7 @@ import asyncio
 from pathlib import Path
 
 from bench.common import Report, bench_args, pct, ratio_row, scratch
-from bench.decision import LANE, measure, own_mean_ms
+from bench.decision import LANE, machine_summary, measure, own_mean_ms
 from bench.load import copy_journal, prefill, readers
 
 HISTORY_EVENTS = 150_000
@@ -56,6 +56,8 @@ async def run(quick: bool, workdir: Path) -> Report:
         f"under-reads passages, {m['rounds']} alternating rounds; the readers got {answered:,} pages of 10 000 "
         f"events in {seconds:.0f} s ({answered / max(seconds, 1e-9):.1f} a second)"
     )
+    rep.details["machine"] = {k: [o["machine"] for o in v] for k, v in m["own"].items()}
+    rep.notes.append(f"under reads, {machine_summary(m['own']['reads'])}")
     return rep
 
 

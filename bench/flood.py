@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from bench.common import Report, Row, bench_args, pct, scratch
-from bench.decision import LANE, bucket_quantile, measure, own_mean_ms, sum_buckets
+from bench.decision import LANE, bucket_quantile, machine_summary, measure, own_mean_ms, sum_buckets
 from bench.load import TZ, copy_journal, flood, prefill, readers
 from bench.outbox import MOSQUITTO, Broker
 from simulators.site import SITE_ID, free_tcp_port
@@ -121,6 +121,8 @@ async def run(quick: bool, workdir: Path) -> Report:
         f"{readers_done / max(seconds, 1e-9):.1f} pages of 10 000 events a second to the readers, "
         f"{published / max(seconds, 1e-9):.0f} MQTT commands a second, ledger files written per batch {exported}"
     )
+    rep.details["machine"] = [o["machine"] for o in own]
+    rep.notes.append(machine_summary(own))
     return rep
 
 

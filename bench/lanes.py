@@ -41,8 +41,8 @@ from pathlib import Path
 
 from bench.common import (
     Report,
-    Row,
     bench_args,
+    cpu_ticks,
     decision_latencies,
     median,
     pct,
@@ -51,6 +51,8 @@ from bench.common import (
     ratio_row,
     scratch,
     self_cpu_s,
+    steal_share,
+    thread_sched,
     until,
 )
 from bench.decision import bucket_quantile, diff_buckets, histogram, make_sim, scrape, start_daemon, write_config
@@ -240,42 +242,6 @@ class LoopLag:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         return self.samples
-
-
-def thread_sched(pid: int) -> dict[str, tuple[float, float]]:
-    """Per thread of ``pid`` (by thread id): seconds run on a processor and seconds spent
-    runnable, waiting for one (``/proc/<pid>/task/*/schedstat``)."""
-    out: dict[str, tuple[float, float]] = {}
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return out
-    for task in tasks:
-        try:
-            run_ns, wait_ns, _ = (task / "schedstat").read_text().split()
-        except (OSError, ValueError):
-            continue
-        out[task.name] = (int(run_ns) / 1e9, int(wait_ns) / 1e9)
-    return out
-
-
-def cpu_ticks() -> list[int]:
-    """The machine's ``cpu`` line of ``/proc/stat`` (user, nice, system, idle, iowait, irq,
-    softirq, steal, ...), in ticks."""
-    try:
-        with open("/proc/stat") as f:
-            return [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return []
-
-
-def steal_share(before: list[int], after: list[int]) -> float:
-    """Of the machine's processor time over a window, the share the hypervisor gave to
-    other guests (``steal``): time this machine's runnable work could not run at all."""
-    if len(before) < 8 or len(after) < 8:
-        return float("nan")
-    total = sum(after[:8]) - sum(before[:8])
-    return (after[7] - before[7]) / total if total > 0 else float("nan")
 
 
 def sched_shares(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]],
