@@ -140,10 +140,10 @@ def copy_journal(template: Path, target: Path) -> None:
 class LoadProcess:
     """``python -m bench.load <kind>`` in its own process; ``stop()`` returns its report."""
 
-    def __init__(self, kind: str, args: dict[str, Any], workdir: Path) -> None:
+    def __init__(self, kind: str, args: dict[str, Any], workdir: Path, nice: int | None = None) -> None:
         self.out = workdir / f"{kind}-{time.monotonic_ns()}.json"
         self.child = Child([sys.executable, "-m", "bench.load", kind, json.dumps({**args, "out": str(self.out)})],
-                           workdir / f"{kind}.log")
+                           workdir / f"{kind}.log", nice=nice)
 
     async def stop(self) -> dict[str, Any]:
         await asyncio.to_thread(self.child.stop)
@@ -193,6 +193,28 @@ async def _readers(a: dict[str, Any], stop: asyncio.Event) -> dict[str, Any]:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     return {**counts, "slowest_s": slowest}
+
+
+def lag_probe(nice: int | None, sample_s: float) -> Any:
+    """A ``Load`` that loads nothing: a bare asyncio loop in a process of its own, at
+    ``nice``, measuring how late it wakes from a ``sample_s`` sleep, as the daemon measures
+    its control loop. Run beside the daemon under the same load, it is what the machine
+    itself gives any loop at that priority: the floor of the daemon's figure."""
+    async def start(api: str, workdir: Path):
+        p = LoadProcess("lagprobe", {"sample_s": sample_s}, workdir, nice=nice)
+        await asyncio.sleep(0.5)
+        return p.stop
+    return start
+
+
+async def _lagprobe(a: dict[str, Any], stop: asyncio.Event) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    lags: list[float] = []
+    while not stop.is_set():
+        start = loop.time()
+        await asyncio.sleep(a["sample_s"])
+        lags.append(max(0.0, loop.time() - start - a["sample_s"]))
+    return {"lag_s": lags}
 
 
 def flood_messages(lane_ids: list[str], rng: random.Random) -> list[bytes]:
@@ -248,7 +270,7 @@ async def _flood(a: dict[str, Any], stop: asyncio.Event) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description="load processes for the benches")
-    p.add_argument("kind", choices=["readers", "flood"])
+    p.add_argument("kind", choices=["readers", "flood", "lagprobe"])
     p.add_argument("args")
     ns = p.parse_args()
     a = json.loads(ns.args)
@@ -258,7 +280,7 @@ def main() -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         started = time.monotonic()
-        report = await (_readers(a, stop) if ns.kind == "readers" else _flood(a, stop))
+        report = await {"readers": _readers, "flood": _flood, "lagprobe": _lagprobe}[ns.kind](a, stop)
         report["seconds"] = time.monotonic() - started
         Path(a["out"]).write_text(json.dumps(report))
 
