@@ -64,6 +64,7 @@ from drivers.codecs import FrameDecoder
 from drivers.codecs.card import card_codec
 from drivers.codecs.weight import StabilityTracker, WeightFrame, weight_codec
 from drivers.health import Health
+from drivers.stopping import wait_through
 
 __all__ = ["CardReader", "OnHealth", "SerialDevice", "Weighbridge"]
 
@@ -111,6 +112,9 @@ class SerialDevice(Generic[T]):
 
     DROP_WARNING_INTERVAL_S: ClassVar[float] = 60.0
     """At most one WARNING per this many seconds about drops, and one about noise."""
+
+    CLOSE_WAIT_S: ClassVar[float] = 1.0
+    """How long a cancelled ``run()`` waits at most for its port's transport to close."""
 
     def __init__(
         self,
@@ -298,21 +302,33 @@ class SerialDevice(Generic[T]):
             return
         self._opened()
         try:
-            exc = await link.lost
+            # Shielded: the cancellation of this wait must leave ``lost`` to tell when the
+            # transport has closed the port (``_close``).
+            exc = await asyncio.shield(link.lost)
         except asyncio.CancelledError:
-            port = transport.serial
-            transport.abort()
-            if port is not None:
-                # Release the port (and its exclusive lock) before run() returns; the
-                # transport's own close, run later in a thread, then finds it closed.
-                with contextlib.suppress(Exception):
-                    port.close()
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(link.lost), 1.0)
-            self._closed()
+            await self._close(transport, link)
             raise
         self._closed()
         self._fault(f"{self.port} lost: {exc or 'closed by the device side'}")
+
+    async def _close(self, transport: serial_asyncio_fast.SerialTransport, link: _Link) -> None:
+        """Close the port of a cancelled run, and wait (``CLOSE_WAIT_S`` at most) until
+        the transport has closed it too and told the link: the transport closes in a task
+        of its own, which must not be left pending on a loop about to close. A cancellation
+        of this wait (a stop repeats them) does not cut it short; the caller raises it."""
+        port = transport.serial
+        if not transport.is_closing():
+            transport.abort()
+        if port is not None:
+            # Release the port (and its exclusive lock) at once; the transport's own close,
+            # run in a thread, then finds it closed.
+            with contextlib.suppress(Exception):
+                port.close()
+        self._closed()  # (no health check fires on a port being closed)
+        await wait_through([link.lost], self.CLOSE_WAIT_S)
+        if not link.lost.done():
+            self._log.error("the transport did not finish closing %s within %s; going on without it",
+                            self.port, _seconds(self.CLOSE_WAIT_S))
 
     def _opened(self) -> None:
         now = self._clock()

@@ -37,6 +37,7 @@ import structlog
 from drivers.health import Health
 from drivers.modbus_io import BusRegistry
 from drivers.serial_device import CardReader, Weighbridge
+from drivers.stopping import wait_through
 from gatectl import events as ev
 from gatectl.approvals import stored_countersigned
 from gatectl.authorities.base import AuthorityError, PassRequest
@@ -81,22 +82,28 @@ RESTART_BACKOFF_S = (1.0, 30.0)
 #: wake-up, and a reader thread paging through the journal takes and releases it at
 #: every row, so it rarely falls free by itself (``docs/performance.md``, bench 8).
 SWITCH_INTERVAL_S = 0.0005
+#: How long ``cancel_all`` waits at most for the tasks it cancelled.
+CANCEL_ALL_S = 10.0
 
 
 async def cancel_all(tasks) -> None:
-    """Cancel ``tasks`` and wait for them, cancelling again any that swallowed it.
+    """Cancel ``tasks`` and wait for them (``CANCEL_ALL_S`` at most), cancelling again any
+    that swallowed it.
 
     Libraries waiting with ``asyncio.wait_for`` on Python 3.11 can lose a cancellation
-    that lands as their future completes; a stop must not hang on that.
+    that lands as their future completes; a stop must not hang on that. A cancellation of
+    this wait (a stop that repeats them, one level up) does not cut it short: the tasks
+    finish their own clean-up (a serial port closing) first, and it is raised at the end.
     """
-    pending = {t for t in tasks if not t.done()}
-    for _ in range(50):
-        if not pending:
-            return
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.2)
-    log.error("tasks did not stop", tasks=[t.get_name() for t in pending])
+    pending = [t for t in tasks if not t.done()]
+    for task in pending:
+        task.cancel()
+    cancelled = await wait_through(pending, CANCEL_ALL_S, recancel=pending)
+    left = [t for t in pending if not t.done()]
+    if left:
+        log.error("tasks did not stop", tasks=[t.get_name() for t in left])
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 def make_authority(cfg):
@@ -297,10 +304,12 @@ class LaneService:
                     await self._restart(exc, backoff)
                     backoff = min(backoff * 2, RESTART_BACKOFF_S[1])
         finally:
-            await cancel_all(tasks)
-            authority = self.runtime.authority
-            if authority is not None:
-                await authority.close()
+            try:
+                await cancel_all(tasks)
+            finally:
+                authority = self.runtime.authority
+                if authority is not None:
+                    await authority.close()
 
     async def _restart(self, exc: BaseException, pause: float) -> None:
         self.restarts += 1

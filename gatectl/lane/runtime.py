@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from drivers.stopping import wait_through
 from gatectl import events as ev
 from gatectl.journal import AuthorisationReplay, JournalError, OutboxItem
 from gatectl.lane.commands import (
@@ -261,17 +262,7 @@ class LaneRuntime:
         """Wait up to ``PULSE_FINISH_S`` for ``tasks``, cancelling those in ``recancel``
         again every ``STOP_ROUND_S`` (a library may have lost the cancellation); whether
         this wait was cancelled meanwhile."""
-        loop = asyncio.get_running_loop()
-        end = loop.time() + PULSE_FINISH_S
-        cancelled = False
-        while (pending := {t for t in tasks if not t.done()}) and (left := end - loop.time()) > 0:
-            try:
-                await asyncio.wait(pending, timeout=min(left, STOP_ROUND_S))
-            except asyncio.CancelledError:
-                cancelled = True
-            for t in recancel:
-                t.cancel()  # (no-op on a task that is done)
-        return cancelled
+        return await wait_through(tasks, PULSE_FINISH_S, recancel=recancel, every=STOP_ROUND_S)
 
     async def _next(self) -> tuple[Input, asyncio.Future | None]:
         deadline = self.core.next_deadline

@@ -357,6 +357,47 @@ async def test_cancel_closes_and_releases_the_port() -> None:
     assert Health.FAULTY not in facts.of("health")
 
 
+async def stop_and_list_what_is_left(device: SerialDevice, every_turn: bool) -> set[asyncio.Task]:
+    """Run ``device`` until its port is open, cancel it (``every_turn``: again at every
+    turn of the loop, as a stop that repeats its cancellations can) and, once ``run()``
+    has returned, the tasks on the loop that were not there while it ran."""
+    task = asyncio.create_task(device.run())
+    await wait_until(lambda: device.is_open)
+    before = asyncio.all_tasks()
+    task.cancel()
+    while every_turn and not task.done():
+        await asyncio.sleep(0)
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return {t for t in asyncio.all_tasks() if not t.done()} - before
+
+
+@pytest.mark.parametrize("every_turn", [False, True], ids=["cancelled-once", "cancelled-every-turn"])
+async def test_cancelled_run_returns_once_the_transport_closed_the_port(every_turn: bool) -> None:
+    """A stopping daemon closes its control loop right after its drivers' ``run()`` return:
+    the transport's close (a task of its own, the port closed in a thread) has finished by
+    then, however often the stop cancels, or the loop would destroy it half done."""
+    async with CardReaderSimulator() as sim:
+        reader = CardReader("r", sim.port, 9600, "stx-hex-xor", lambda c: None, lambda h, r: None)
+        reader.CLOSE_WAIT_S = 30.0  # (so that a loaded machine cannot end the wait; the bound is tested below)
+        assert await stop_and_list_what_is_left(reader, every_turn) == set()
+        assert not reader.is_open
+
+
+async def test_a_port_that_does_not_close_in_time_is_logged_and_left(caplog: pytest.LogCaptureFixture) -> None:
+    """The wait for the transport's close is bounded: a stop never hangs on a port."""
+    async with CardReaderSimulator() as sim:
+        reader = CardReader("r", sim.port, 9600, "stx-hex-xor", lambda c: None, lambda h, r: None)
+        reader.CLOSE_WAIT_S = 0.0  # the transport cannot have closed the port in no time
+        left = await stop_and_list_what_is_left(reader, every_turn=False)
+        assert left  # the transport's close, still under way
+        assert ours(caplog, logging.ERROR) == [
+            f"r: the transport did not finish closing {sim.port} within 0 s; going on without it"]
+        assert not reader.is_open
+        await asyncio.wait(left)  # the transport's close still ends (not to leave it to this test's loop)
+
+
 async def test_run_twice_is_refused() -> None:
     async with CardReaderSimulator() as sim:
         reader = CardReader("r", sim.port, 9600, "stx-hex-xor", lambda c: None, lambda h, r: None)

@@ -3,21 +3,25 @@ simulator) and real serial ptys.
 
 S1/S3: the daemon stopping never leaves a barrier coil energised. The lane's pulse under
 way finishes (or is cancelled and switches its coil off) before the lanes let go, while
-the IO module still polls, and before its bus is closed; no pulse task is left pending
-for the control loop to destroy when it closes.
+the IO module still polls, and before its bus is closed. No task at all is left pending
+for the control loop to destroy when it closes: not a pulse, nor the serial transports'
+close of the card reader's and the weighbridge's ports, however often the stop cancels.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pymodbus.pdu import ModbusPDU
 
+from drivers.stopping import wait_through
 from gatectl.config import load_config
-from gatectl.service import Site
+from gatectl.service import Site, cancel_all
 from simulators.site import LaneSpec, SimLane, SimulatedSite, free_tcp_port
 
 BONDED = LaneSpec("B1-IN", "保税货物进区1号", "bonded", "in", "K001")
@@ -39,9 +43,13 @@ async def sim(tmp_path: Path) -> AsyncIterator[SimulatedSite]:
         await s.stop()
 
 
-async def stop_as_the_barrier_lifts(sim: SimulatedSite, tmp_path: Path) -> tuple[Site, SimLane]:
+async def stop_as_the_barrier_lifts(
+    sim: SimulatedSite, tmp_path: Path
+) -> tuple[Site, SimLane, list[dict[str, Any]]]:
     """Run a site, lift its barrier by the emergency button (R11: at once, no authority
-    asked) and stop the site as the open coil goes on (a 300 ms pulse); the stopped site."""
+    asked) and stop the site as the open coil goes on (a 300 ms pulse); the stopped site
+    and what its control loop reported to its exception handler (a task destroyed while
+    pending among it)."""
     path = sim.write_config(tmp_path / "site.yaml", journal_path=str(tmp_path / "gatectl.db"),
                             api_listen=f"127.0.0.1:{free_tcp_port()}")
     site = Site(load_config(path))
@@ -50,6 +58,8 @@ async def stop_as_the_barrier_lifts(sim: SimulatedSite, tmp_path: Path) -> tuple
     lane = sim.lane("B1-IN")
     await wait_until(lambda: site.running or task.done())
     assert not task.done(), task.exception()
+    reported: list[dict[str, Any]] = []
+    site.control.loop.set_exception_handler(lambda loop, context: reported.append(context))
 
     def stop_once_lifting(address: int, value: bool) -> None:
         if (address, value) == (lane.open_coil, True):
@@ -59,24 +69,28 @@ async def stop_as_the_barrier_lifts(sim: SimulatedSite, tmp_path: Path) -> tuple
     await lane.press("emergency")
     await wait_until(stop.is_set)
     await asyncio.wait_for(task, 30)
-    return site, lane
+    return site, lane, reported
 
 
-def assert_stopped_with_the_coil_off(sim: SimulatedSite, site: Site, lane: SimLane) -> None:
+def assert_stopped_cleanly(
+    sim: SimulatedSite, site: Site, lane: SimLane, reported: list[dict[str, Any]]
+) -> None:
     writes = [(a, v) for _, a, v in sim.io.coil_writes if a == lane.open_coil]
     assert writes[-2:] == [(lane.open_coil, True), (lane.open_coil, False)]
     assert not sim.io.coil(lane.open_coil)
     loop = site.control.loop
     assert loop is not None and loop.is_closed()
-    pending = [t for t in asyncio.all_tasks(loop) if t.get_coro().__qualname__ == "LaneRuntime._pulse"]
+    pending = [t.get_coro().__qualname__ for t in asyncio.all_tasks(loop)]
     assert pending == []  # none left for the closed loop to destroy
+    gc.collect()  # (a pending task nothing refers to any more is reported as destroyed)
+    assert [c["message"] for c in reported] == []
 
 
 async def test_s1_a_site_stopped_mid_pulse_switches_the_coil_off_and_leaves_no_pulse_pending(
     sim: SimulatedSite, tmp_path: Path
 ) -> None:
-    site, lane = await stop_as_the_barrier_lifts(sim, tmp_path)
-    assert_stopped_with_the_coil_off(sim, site, lane)
+    site, lane, reported = await stop_as_the_barrier_lifts(sim, tmp_path)
+    assert_stopped_cleanly(sim, site, lane, reported)
 
 
 async def test_s1_a_lost_off_write_at_shutdown_is_retried_while_the_module_still_polls(
@@ -96,6 +110,34 @@ async def test_s1_a_lost_off_write_at_shutdown_is_retried_while_the_module_still
         return False
 
     sim.io.lose = lose_the_first_off_write_after_the_lift
-    site, lane = await stop_as_the_barrier_lifts(sim, tmp_path)
+    site, lane, reported = await stop_as_the_barrier_lifts(sim, tmp_path)
     assert len(lost) == 1
-    assert_stopped_with_the_coil_off(sim, site, lane)
+    assert_stopped_cleanly(sim, site, lane, reported)
+
+
+async def test_s1_a_stop_cancelling_again_waits_for_the_clean_up_of_the_tasks_it_cancelled() -> None:
+    """A stop cancels a lane again and again while the lane stops its card reader and
+    weighbridge (``cancel_all``): those repeats must not cut the lane's wait short, or the
+    drivers' close of their ports is left pending. The repeat is raised once they are done."""
+    closed = asyncio.get_running_loop().create_future()
+
+    async def device() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await wait_through([closed], 30.0)  # its port closing
+            raise
+
+    child = asyncio.create_task(device())
+    await asyncio.sleep(0)
+    lane = asyncio.create_task(cancel_all([child]))
+    try:
+        for _ in range(5):
+            await asyncio.sleep(0)
+            lane.cancel()  # a stop one level up, cancelling again
+        assert not lane.done() and not child.done()
+    finally:
+        closed.set_result(None)
+    with pytest.raises(asyncio.CancelledError):
+        await lane
+    assert child.cancelled()
