@@ -260,9 +260,9 @@ class LaneCore:
         self._last_lift = lane.last_lift if lane is not None else None
         self._pending_card: tuple[CardRead, datetime] | None = None
         self._leaving_card: str | None = None
-        # A recovered passage's card, read before the restart: the vehicle on the loop now
-        # must show it again before it is asked about (``_start_undecided``).
-        self._unconfirmed_card: str | None = None
+        # A recovered passage's card and weight, read before the restart: the vehicle on
+        # the loop now must show that card again before it is asked about (``_start_undecided``).
+        self._unconfirmed: tuple[str, float | None] | None = None
         # The arm reached the up limit since the last pulse: only then is losing it a fault.
         self._up_reached = False
         self.spot_hold_next = lane.spot_hold_next if lane is not None else 0
@@ -435,7 +435,7 @@ class LaneCore:
         assert self._now is not None and self.passage is None
         self.passage = Passage(passage_id=self._new_id(), opened_at=self._now,
                                kind=None if self.rules.shared_kinds else self.rules.kind)
-        self._leaving_card = self._unconfirmed_card = None
+        self._leaving_card = self._unconfirmed = None
         if self.state is S.LOWERING:
             self.lift = None  # a lift for this passage replaces the lowering one
         self._emit(ev.PassageOpened, card=None, **opened)
@@ -481,12 +481,13 @@ class LaneCore:
         assert p is not None
         if reason is None and outcome == "held":
             reason = p.hold_reason
+        card, kg = (p.card, p.weight_kg) if self._unconfirmed is None else self._unconfirmed
         self._confirm("passed" if outcome in ("passed", "emergency", "manual") else "not_passed")
         self._emit(
             ev.PassageClosed,
             outcome=outcome,
-            card=p.card,
-            gross_weight_kg=p.weight_kg,
+            card=card,
+            gross_weight_kg=kg,
             decision=p.decision,
             authorisation=p.authorisation,
             reason=reason,
@@ -495,10 +496,10 @@ class LaneCore:
         )
         if self._plate is not None and self._plate[0] == p.plate:
             self._plate = None  # spent with its passage
-        if p.card is not None:
+        if card is not None:
             # Its card may still be read as it drives or backs away: it is nobody's next card.
-            self._leaving_card = p.card
-        self._unconfirmed_card = None
+            self._leaving_card = card
+        self._unconfirmed = None
         self.passage = None
 
     def _to_idle(self) -> None:
@@ -866,7 +867,8 @@ class LaneCore:
         if self.rules.shared_kinds:
             p.kind = None
         self._goto(S.PRESENT)
-        self._unconfirmed_card, p.card, p.weight_kg = p.card, None, None
+        if p.card is not None:
+            self._unconfirmed, p.card, p.weight_kg = (p.card, p.weight_kg), None, None
         self._deadline = self._now + self.rules.card_wait
         self._show(TEXT_CARD)
 
@@ -1162,12 +1164,14 @@ class LaneCore:
             if self._refuse_card(event.card, "open_elsewhere", lane=event.open_elsewhere):
                 self._show(card_open_elsewhere(event.open_elsewhere))
             return
-        if self._unconfirmed_card not in (None, event.card):
-            # Not the card read before the restart: that vehicle left while nobody watched.
-            self._close_passage("backed_out", reason="daemon_restart")
-            self._to_idle()  # the arrival loop is occupied: a passage for this vehicle
-            if self.state is not S.PRESENT:
-                return
+        if self._unconfirmed is not None:
+            if self._unconfirmed[0] != event.card:
+                # Not the card read before the restart: that vehicle left while nobody watched.
+                self._close_passage("backed_out", reason="daemon_restart")
+                self._to_idle()  # the arrival loop is occupied: a passage for this vehicle
+                if self.state is not S.PRESENT:
+                    return
+            self._unconfirmed = None
         self._accept_card(event.card)
 
     def _refuse_card(self, card: str, reason: str, **data: Any) -> bool:

@@ -1242,6 +1242,10 @@ def test_s7_crash_while_deciding_with_a_weighbridge_asks_again_with_a_fresh_weig
     # The answer to the request from before the crash is no longer awaited.
     assert lane.feed(ReleaseDecided(old.request_id, "release", "CMD-OLD"), at(11.5)) == []
     assert lane.state is S.DECIDING and ("release_instruction", "CMD-OLD") not in lane.consumed
+    lane.decide("hold", at(12))
+    out = lane.set("arrival_loop", False, at(13))
+    closed = emitted(out, "passage.closed")[0]
+    assert (closed["card"], closed["gross_weight_kg"], closed["outcome"]) == (CARD_A, 31200.0, "held")
 
 
 def test_r3_r4_s7_another_vehicle_at_the_reader_after_a_restart_is_not_asked_about_the_card_before_it(
@@ -1265,6 +1269,7 @@ def test_r3_r4_s7_another_vehicle_at_the_reader_after_a_restart_is_not_asked_abo
     closed = emitted(out, "passage.closed")[0]
     assert (closed["passage_id"], closed["outcome"], closed["reason"]) == (old.passage_id, "backed_out",
                                                                            "daemon_restart")
+    assert (closed["card"], closed["gross_weight_kg"]) == (CARD_A, 31250.0)  # as journaled before the crash
     (req,) = only(out, RequestRelease)
     assert req.passage_id == emitted(out, "passage.opened")[0]["passage_id"] != old.passage_id
     assert (req.card, req.gross_weight_kg) == (CARD_B, 42680.0)
