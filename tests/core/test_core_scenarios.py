@@ -1772,6 +1772,23 @@ def test_s7_s3_restarts_in_a_row_do_not_keep_the_boom_up_for_the_next_vehicle(la
     assert emitted(out, "passage.closed")[0]["outcome"] == "backed_out"
 
 
+def test_s7_s3_restarts_in_a_row_after_a_lift_whose_record_a_kill_took_do_not_keep_the_boom_up(lane: Lane) -> None:
+    """S7, S3: the kill came right after the coil write, before the lift's own
+    ``barrier.lifted`` was committed (the authorisation, committed before the coil, is
+    there). Nobody on any loop at each restart: the wait for the vehicle counts from the
+    authorisation's commit, not afresh from each restart (the kill -9 campaign saw the
+    boom kept up 10 s this way, and the next lorry drive under it)."""
+    t = up_to_deciding(lane, 1)
+    _crash_after_commit_before_pulse(lane, t + 1, "CMD-7")  # committed at 4; the lift's record lost
+    lane, out = lane.restart(at(6), barrier_up=True, barrier_down=False)
+    assert lane.state is S.OPEN and lane.core.next_deadline == at(9)
+    lane, out = lane.restart(at(8.5), barrier_up=True, barrier_down=False)
+    assert lane.core.next_deadline == at(9)
+    out = lane.tick(at(9))
+    assert [p.reason for p in only(out, Pulse)] == ["lower"]
+    assert emitted(out, "passage.closed")[0]["outcome"] == "backed_out"
+
+
 def test_s7_restart_with_the_barrier_up_and_nobody_there_lowers_after_backout_wait(lane: Lane) -> None:
     """S7, S3: an authorised passage, boom up, no vehicle on any loop: closed as left, lowered."""
     t = up_to_deciding(lane, 1)
