@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -68,7 +69,6 @@ class VehiclesAtTheLane(RuleBasedStateMachine):
         #: A vehicle that showed its card a moment before reaching the loop: it comes next.
         self.approaching: Vehicle | None = None
         self.requests: list[str] = []
-        self.asked: list[tuple[str, str]] = []  # (card asked about, card of the vehicle there)
 
     def new_id(self) -> str:
         return f"id-{next(self._ids)}"
@@ -273,5 +273,19 @@ TestVehiclesAtTheLane.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
     # No explain phase: its line tracing makes a failing run take minutes (Python 3.11).
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
+)
+
+
+class VehiclesAtTheLaneSoak(VehiclesAtTheLane):
+    """The same over far more and longer sequences (opt-in: --soak)."""
+
+
+TestVehiclesAtTheLaneSoak = pytest.mark.timeout(3600)(pytest.mark.soak(VehiclesAtTheLaneSoak.TestCase))
+TestVehiclesAtTheLaneSoak.settings = settings(
+    max_examples=20000,
+    stateful_step_count=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
     phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
 )
