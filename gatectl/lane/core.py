@@ -260,6 +260,9 @@ class LaneCore:
         self._last_lift = lane.last_lift if lane is not None else None
         self._pending_card: tuple[CardRead, datetime] | None = None
         self._leaving_card: str | None = None
+        # A recovered passage's card and weight, read before the restart: the vehicle on
+        # the loop now must show that card again before it is asked about (``_start_undecided``).
+        self._unconfirmed: tuple[str, float | None] | None = None
         # The arm reached the up limit since the last pulse: only then is losing it a fault.
         self._up_reached = False
         self.spot_hold_next = lane.spot_hold_next if lane is not None else 0
@@ -432,7 +435,7 @@ class LaneCore:
         assert self._now is not None and self.passage is None
         self.passage = Passage(passage_id=self._new_id(), opened_at=self._now,
                                kind=None if self.rules.shared_kinds else self.rules.kind)
-        self._leaving_card = None
+        self._leaving_card = self._unconfirmed = None
         if self.state is S.LOWERING:
             self.lift = None  # a lift for this passage replaces the lowering one
         self._emit(ev.PassageOpened, card=None, **opened)
@@ -478,12 +481,13 @@ class LaneCore:
         assert p is not None
         if reason is None and outcome == "held":
             reason = p.hold_reason
+        card, kg = (p.card, p.weight_kg) if self._unconfirmed is None else self._unconfirmed
         self._confirm("passed" if outcome in ("passed", "emergency", "manual") else "not_passed")
         self._emit(
             ev.PassageClosed,
             outcome=outcome,
-            card=p.card,
-            gross_weight_kg=p.weight_kg,
+            card=card,
+            gross_weight_kg=kg,
             decision=p.decision,
             authorisation=p.authorisation,
             reason=reason,
@@ -492,9 +496,10 @@ class LaneCore:
         )
         if self._plate is not None and self._plate[0] == p.plate:
             self._plate = None  # spent with its passage
-        if p.card is not None:
+        if card is not None:
             # Its card may still be read as it drives or backs away: it is nobody's next card.
-            self._leaving_card = p.card
+            self._leaving_card = card
+        self._unconfirmed = None
         self.passage = None
 
     def _to_idle(self) -> None:
@@ -843,8 +848,15 @@ class LaneCore:
             self._to_idle()
 
     def _start_undecided(self, p: Passage) -> None:
-        """Decided nothing usable yet: ask again. The journal still guarantees one lift per
-        instruction, so a second answer naming the same instruction is safe."""
+        """Decided nothing usable yet: ask again, once the vehicle on the arrival loop has
+        shown its card. The journal still guarantees one lift per instruction, so a second
+        answer naming the same instruction is safe.
+
+        The card read before the crash is not asked about again as it stands: while the
+        daemon was down its vehicle may have backed away and another pulled up (nobody saw
+        the loops), and that one would be released or held on the other's card (R3, R4).
+        The same card shown again continues this passage, weighed afresh; another card
+        means its vehicle left unseen, and the new one gets a passage of its own."""
         assert self._now is not None
         # Released, but the crash came before the authorisation was committed: that
         # release was never used, and the authority hears so (CONTRACT 3.1).
@@ -855,13 +867,10 @@ class LaneCore:
         if self.rules.shared_kinds:
             p.kind = None
         self._goto(S.PRESENT)
-        if p.card is None:
-            self._deadline = self._now + self.rules.card_wait
-            self._show(TEXT_CARD)
-        elif self.rules.has_weighbridge and p.weight_kg is None:
-            self._await_weight()
-        else:
-            self._decide()
+        if p.card is not None:
+            self._unconfirmed, p.card, p.weight_kg = (p.card, p.weight_kg), None, None
+        self._deadline = self._now + self.rules.card_wait
+        self._show(TEXT_CARD)
 
     def _resume_open(self, lift: Lift, check: bool = True) -> None:
         """A lift found in force at start (no pulse: the barrier is where it is)."""
@@ -893,8 +902,13 @@ class LaneCore:
 
     def _on_arrival(self, on: bool) -> None:
         st = self.state
-        if not on and self.passage is not None:
-            self.passage.left_scale = True
+        if not on:
+            # A card kept for the next passage was shown at the reader, on this loop (or
+            # just before it): the vehicle leaving it, under a lift or backwards, takes
+            # its card along. Left kept, it would be the next vehicle's (R4, S8).
+            self._pending_card = None
+            if self.passage is not None:
+                self.passage.left_scale = True
         if st is S.OPEN:
             self._check_open()
             return
@@ -1128,11 +1142,16 @@ class LaneCore:
         p = self.passage
         if p is not None and p.card == event.card:
             return  # S8: a re-read of the card already in this passage changes nothing
-        if st in (S.IDLE, S.OPEN, S.LOWERING, S.STARTING):
+        if st is S.STARTING:
+            # Read before the lane has seen its loops: which vehicle showed it, and whether
+            # it is still there, cannot be told. Asked for its card, the vehicle shows it again.
+            return
+        if st in (S.IDLE, S.OPEN, S.LOWERING):
             if event.card == self._leaving_card:
                 return  # the vehicle that just went through, still in the reader's field
             # Readers often fire a moment before the loop does, or while the vehicle
-            # ahead is still passing: keep it briefly for the next passage.
+            # ahead is still passing: keep it briefly for the next passage, unless its
+            # vehicle leaves the arrival loop first (``_on_arrival``).
             assert self._now is not None
             self._pending_card = (event, self._now)
             return
@@ -1145,6 +1164,14 @@ class LaneCore:
             if self._refuse_card(event.card, "open_elsewhere", lane=event.open_elsewhere):
                 self._show(card_open_elsewhere(event.open_elsewhere))
             return
+        if self._unconfirmed is not None:
+            if self._unconfirmed[0] != event.card:
+                # Not the card read before the restart: that vehicle left while nobody watched.
+                self._close_passage("backed_out", reason="daemon_restart")
+                self._to_idle()  # the arrival loop is occupied: a passage for this vehicle
+                if self.state is not S.PRESENT:
+                    return
+            self._unconfirmed = None
         self._accept_card(event.card)
 
     def _refuse_card(self, card: str, reason: str, **data: Any) -> bool:

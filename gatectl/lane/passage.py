@@ -51,8 +51,9 @@ class PassageRecord:
     lifted_at: str | None = None  # the lift under that authorisation
     #: Its vehicle was seen on the safety or exit loop after the lift.
     entered: bool = False
-    #: When the lift or a loop of the passage was last journaled: how long nobody has
-    #: been seen, whatever restarts came since (S7).
+    #: When the authorisation, the lift or a loop of the passage was last journaled: how
+    #: long nobody has been seen, whatever restarts came since (S7). The authorisation
+    #: counts because a kill right after the coil write can take the lift's own record.
     last_seen_at: str | None = None
     hold_reason: str | None = None
     outcome: str | None = None
@@ -91,7 +92,7 @@ _requested = evolver(PassageRecord, "request_id", "decision", "decided_at", "ins
                      "hold_reason")
 _decided = evolver(PassageRecord, "decision", "decided_at", "instruction_id", "form_id", "hint", "lane_kind")
 _decided_locally = evolver(PassageRecord, "decision", "decided_at")
-_authorised = evolver(PassageRecord, "auth_kind", "auth_id")
+_authorised = evolver(PassageRecord, "auth_kind", "auth_id", "last_seen_at")
 _lifted = evolver(PassageRecord, "lifted_at", "last_seen_at")
 _seen = evolver(PassageRecord, "last_seen_at", "entered")
 _held = evolver(PassageRecord, "hold_reason")
@@ -123,7 +124,7 @@ def fold(record: PassageRecord | None, st: Stamped) -> PassageRecord | None:
         case ev.LocalDecision():
             return _decided_locally(record, e.decision, st.ts)
         case ev.AuthorisationCommitted() if e.authorisation is not None:
-            return _authorised(record, e.authorisation.kind, e.authorisation.id)
+            return _authorised(record, e.authorisation.kind, e.authorisation.id, st.ts)
         case ev.BarrierLifted() if e.reason == "lift":
             return _lifted(record, record.lifted_at or st.ts, st.ts)
         case ev.LoopChanged():

@@ -21,6 +21,7 @@ from gatectl.lane.inputs import DeviceFault, DeviceRecovered, SpotCheckOrdered
 from gatectl.lane.hours import Schedule
 from gatectl.lane.passage import LaneRecord
 from test_core_scenarios import (
+    ASK_CARD,
     BONDED,
     CARD_A,
     CARD_B,
@@ -212,12 +213,14 @@ def test_r7_s7_a_whitelist_authorisation_committed_before_a_crash_never_lifts_ag
 
 
 def test_r7_s7_crash_before_a_local_decision_decides_again_locally() -> None:
-    """S7: card and weight journaled, nothing decided: after a restart the lane decides locally at once."""
+    """S7: card journaled, nothing decided: after a restart the vehicle shows its card again
+    (another may have pulled up meanwhile), is weighed, and the lane decides locally."""
     lane = start(ADMIN)
     lane.set("arrival_loop", True, at(1))
     lane.card(CARD_A, at(2))
     lane, out = lane.restart(at(10), arrival_loop=True)
-    assert names(out) == ["lane.recovered", f"Display:{WEIGHING}"]
+    assert names(out) == ["lane.recovered", f"Display:{ASK_CARD}"]
+    assert names(lane.card(CARD_A, at(10.5))) == ["card.read", f"Display:{WEIGHING}"]
     out = lane.weight(1950.0, at(11))
     assert names(out)[:3] == ["weight.stable", "release.decided", "Commit:whitelist"]
     assert lane.requests == []

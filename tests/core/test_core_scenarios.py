@@ -459,6 +459,73 @@ def test_r4_a_tick_after_the_grace_forgets_the_early_card(lane: Lane) -> None:
     assert lane.state is S.PRESENT and lane.events("card.read") == []
 
 
+def test_s7_r4_a_card_read_before_the_first_poll_is_not_kept() -> None:
+    """S7, R4: the card reader's port opens before the lane has read its loops; a card read
+    then cannot be placed (its vehicle may have left, another pulled up), so it is nobody's:
+    the vehicle on the loop is asked for its card."""
+    lane = Lane(BONDED)
+    assert lane.card(CARD_A, at(0)) == []
+    out = lane.start(at(0.5), arrival_loop=True)
+    assert names(out) == [f"Display:{WELCOME}", "passage.opened", f"Display:{ASK_CARD}"]
+    assert lane.state is S.PRESENT and lane.core.passage.card is None
+    assert names(lane.card(CARD_B, at(1))) == ["card.read", f"Display:{WEIGHING}"]
+
+
+@pytest.mark.parametrize("how", ["reverses", "follows_under_the_boom"])
+def test_r4_s8_a_card_shown_at_a_boom_still_up_leaves_with_its_vehicle(lane: Lane, how: str) -> None:
+    """R4, S8: the next vehicle pulls up while the boom is coming down for the one before,
+    shows its card (kept for its passage) and then leaves the arrival loop, backwards or
+    under the boom. Its card goes with it: the vehicle after it, within the card's grace,
+    gets a passage without a card and is asked about its own."""
+    t = up_to_deciding(lane, 1)
+    release(lane, t + 1)
+    barrier_rises(lane, t + 1.2)
+    drive_through(lane, 6)  # passage closed at 10, lowering
+    assert lane.state is S.LOWERING
+    lane.set("arrival_loop", True, at(10.2))
+    assert lane.card(CARD_B, at(10.5)) == []  # kept for the passage it would get
+    if how == "reverses":
+        lane.set("arrival_loop", False, at(11))
+    else:
+        lane.set("safety_loop", True, at(10.8))  # the boom rises again over it (S2)
+        lane.set("arrival_loop", False, at(11))
+        lane.set("exit_loop", True, at(11.2))
+        lane.set("safety_loop", False, at(11.4))
+        lane.set("exit_loop", False, at(11.6))
+        assert lane.alarms("tailgating")
+    barrier_falls(lane, 12)
+    assert lane.state is S.IDLE
+    out = lane.set("arrival_loop", True, at(13.5))  # within 5 s of card B
+    assert names(out) == ["loop.changed", "passage.opened", f"Display:{ASK_CARD}"]
+    assert lane.core.passage.card is None and lane.requests[1:] == []
+    out = lane.card(CARD_C, at(14))
+    assert emitted(out, "card.read")[0]["card"] == CARD_C
+
+
+def test_r3_r4_s7_a_card_shown_under_a_lift_found_after_a_crash_is_not_the_next_vehicles(lane: Lane) -> None:
+    """R3, R4, S7, as the kill -9 campaign saw it: A was lifted and the daemon died; A went
+    through unseen. The restarted lane keeps the boom up for A; a lorry with card B, tired
+    of waiting, pulls up under it, shows its card and drives through. The lorry after it
+    must be asked about its own card C, not about B."""
+    t = up_to_deciding(lane, 1)
+    release(lane, t + 1, "CMD-7")  # lifted at 4
+    lane, out = lane.restart(at(6), barrier_up=True, barrier_down=False)
+    assert lane.state is S.OPEN
+    lane.set("arrival_loop", True, at(7))
+    assert lane.card(CARD_B, at(7.5)) == []
+    out = []
+    for i, (loop, on) in enumerate([("safety_loop", True), ("arrival_loop", False), ("exit_loop", True),
+                                    ("safety_loop", False), ("exit_loop", False)]):
+        out += lane.set(loop, on, at(7.6 + i / 10))
+    assert emitted(out, "passage.closed")[0]["card"] == CARD_A and lane.state is S.LOWERING
+    barrier_falls(lane, 8.1)
+    lane.set("arrival_loop", True, at(10))  # within 5 s of card B
+    assert lane.state is S.PRESENT and lane.core.passage.card is None
+    lane.card(CARD_C, at(10.3))
+    lane.weight(18420.0, at(10.4))
+    assert [r.card for r in lane.requests] == [CARD_C]
+
+
 # =========================================================================== S8: cards
 
 
@@ -1106,19 +1173,25 @@ def test_s7_crash_after_commit_with_barrier_still_down_holds_as_lift_interrupted
     assert lane.state is S.IDLE
 
 
-def test_s7_crash_while_deciding_asks_again_with_a_new_request_id() -> None:
-    """S7: nothing decided before the crash: ask again, as a new request, once."""
+def test_s7_crash_while_deciding_asks_again_with_a_new_request_id_once_the_card_is_shown_again() -> None:
+    """S7, R3: nothing decided before the crash: the vehicle on the loop shows its card
+    again (it may not be the one whose card was read), then the lane asks again, as a new
+    request, once."""
     lane = Lane(NO_WEIGHBRIDGE)
     lane.start(at(0))
     up_to_deciding(lane, 1)
     old = lane.requests[-1]
     lane, out = lane.restart(at(10), arrival_loop=True)
-    assert names(out) == ["lane.recovered", f"Display:{DECIDING}", "release.requested", "RequestRelease"]
+    assert names(out) == ["lane.recovered", f"Display:{ASK_CARD}"]
+    assert lane.state is S.PRESENT and lane.requests == []
+    out = lane.card(CARD_A, at(10.5))
+    assert names(out) == ["card.read", f"Display:{DECIDING}", "release.requested", "RequestRelease"]
     (req,) = only(out, RequestRelease)
     assert req.request_id != old.request_id
     assert (req.passage_id, req.card) == (old.passage_id, CARD_A)
     assert lane.state is S.DECIDING
-    assert lane.events("card.read").__len__() == 1  # not read again: recovered
+    assert len(lane.events("passage.opened")) == 1  # the same passage, its card shown twice
+    assert [e["card"] for e in lane.events("card.read")] == [CARD_A, CARD_A]
 
     # The answer to the request from before the crash is no longer awaited.
     before = lane.core.snapshot()
@@ -1143,26 +1216,66 @@ def test_s7_contract_3_1_a_release_decided_but_never_committed_is_confirmed_not_
     lane, out = lane.restart(at(10), arrival_loop=True)
     confirms = only(out, ConfirmPassage)
     assert [(c.request_id, c.instruction_id, c.result) for c in confirms] == [(old.request_id, "CMD-OLD", "not_passed")]
+    out = lane.card(CARD_A, at(10.5))
     assert names(out)[-1] == "RequestRelease" and lane.state is S.DECIDING
+    assert only(out, ConfirmPassage) == []  # confirmed once, at the restart
 
 
-def test_s7_crash_while_deciding_with_a_weighbridge_asks_again_at_once_with_the_journaled_weight(lane: Lane) -> None:
-    """S7: weight journaled, nothing decided: ask again at once (new request_id), no fresh weight needed."""
+def test_s7_crash_while_deciding_with_a_weighbridge_asks_again_with_a_fresh_weight(lane: Lane) -> None:
+    """S7: weight journaled, nothing decided: the card shown again, the lane asks again
+    (new request_id) with the weight the scale shows now, not the one journaled."""
     up_to_deciding(lane, 1)
     old = lane.requests[-1]
     lane, out = lane.restart(at(10), arrival_loop=True)
-    assert names(out) == ["lane.recovered", f"Display:{DECIDING}", "release.requested", "RequestRelease"]
+    assert names(out) == ["lane.recovered", f"Display:{ASK_CARD}"]
+    assert lane.weight(31200.0, at(10.2)) == []  # the scale, read again since the restart
+    out = lane.card(CARD_A, at(10.5))
+    assert names(out) == ["card.read", f"Display:{WEIGHING}", "weight.stable", f"Display:{DECIDING}",
+                          "release.requested", "RequestRelease"]
     assert lane.state is S.DECIDING
     (req,) = only(out, RequestRelease)
     assert req.request_id != old.request_id
-    assert (req.passage_id, req.card, req.gross_weight_kg) == (old.passage_id, CARD_A, 31250.0)
-    assert len(lane.events("weight.stable")) == 1  # recovered, not weighed again
+    assert (req.passage_id, req.card, req.gross_weight_kg) == (old.passage_id, CARD_A, 31200.0)
     # A weight settling now changes nothing: the request is out.
-    assert lane.weight(31200.0, at(11)) == []
+    assert lane.weight(31250.0, at(11)) == []
     assert lane.requests == [req]  # the restarted lane's requests: this one only
     # The answer to the request from before the crash is no longer awaited.
     assert lane.feed(ReleaseDecided(old.request_id, "release", "CMD-OLD"), at(11.5)) == []
     assert lane.state is S.DECIDING and ("release_instruction", "CMD-OLD") not in lane.consumed
+    lane.decide("hold", at(12))
+    out = lane.set("arrival_loop", False, at(13))
+    closed = emitted(out, "passage.closed")[0]
+    assert (closed["card"], closed["gross_weight_kg"], closed["outcome"]) == (CARD_A, 31200.0, "held")
+
+
+def test_r3_r4_s7_another_vehicle_at_the_reader_after_a_restart_is_not_asked_about_the_card_before_it(
+    lane: Lane,
+) -> None:
+    """R3, R4, S7: card A read and asked about, the daemon died, and while it was down that
+    vehicle reversed away and another pulled up (the loop is occupied either way). The
+    restarted lane does not ask about card A for it: the other card it shows closes A's
+    passage (gone unseen) and opens one of its own, asked about with its own card and weight."""
+    up_to_deciding(lane, 1)
+    old = lane.requests[-1]
+    lane, out = lane.restart(at(10), arrival_loop=True)
+    assert only(out, RequestRelease) == []
+    assert lane.weight(42680.0, at(10.2)) == []
+    out = lane.card(CARD_B, at(10.5))
+    assert names(out) == [
+        "passage.closed", f"Display:{WELCOME}", "passage.opened", f"Display:{ASK_CARD}",
+        "card.read", f"Display:{WEIGHING}", "weight.stable", f"Display:{DECIDING}", "release.requested",
+        "RequestRelease",
+    ]
+    closed = emitted(out, "passage.closed")[0]
+    assert (closed["passage_id"], closed["outcome"], closed["reason"]) == (old.passage_id, "backed_out",
+                                                                           "daemon_restart")
+    assert (closed["card"], closed["gross_weight_kg"]) == (CARD_A, 31250.0)  # as journaled before the crash
+    (req,) = only(out, RequestRelease)
+    assert req.passage_id == emitted(out, "passage.opened")[0]["passage_id"] != old.passage_id
+    assert (req.card, req.gross_weight_kg) == (CARD_B, 42680.0)
+    assert [r.card for r in lane.requests] == [CARD_B]
+    # Card A, if its vehicle comes back to the reader, is refused while B's passage is open.
+    assert names(lane.card(CARD_A, at(11))) == ["card.refused"]
 
 
 def test_s7_crash_while_deciding_and_the_vehicle_gone_closes_backed_out(lane: Lane) -> None:
@@ -1655,6 +1768,23 @@ def test_s7_s3_restarts_in_a_row_do_not_keep_the_boom_up_for_the_next_vehicle(la
     lane, out = lane.restart(at(12), barrier_up=True, barrier_down=False)
     assert lane.core.next_deadline <= at(12)
     out = lane.tick(at(12))
+    assert [p.reason for p in only(out, Pulse)] == ["lower"]
+    assert emitted(out, "passage.closed")[0]["outcome"] == "backed_out"
+
+
+def test_s7_s3_restarts_in_a_row_after_a_lift_whose_record_a_kill_took_do_not_keep_the_boom_up(lane: Lane) -> None:
+    """S7, S3: the kill came right after the coil write, before the lift's own
+    ``barrier.lifted`` was committed (the authorisation, committed before the coil, is
+    there). Nobody on any loop at each restart: the wait for the vehicle counts from the
+    authorisation's commit, not afresh from each restart (the kill -9 campaign saw the
+    boom kept up 10 s this way, and the next lorry drive under it)."""
+    t = up_to_deciding(lane, 1)
+    _crash_after_commit_before_pulse(lane, t + 1, "CMD-7")  # committed at 4; the lift's record lost
+    lane, out = lane.restart(at(6), barrier_up=True, barrier_down=False)
+    assert lane.state is S.OPEN and lane.core.next_deadline == at(9)
+    lane, out = lane.restart(at(8.5), barrier_up=True, barrier_down=False)
+    assert lane.core.next_deadline == at(9)
+    out = lane.tick(at(9))
     assert [p.reason for p in only(out, Pulse)] == ["lower"]
     assert emitted(out, "passage.closed")[0]["outcome"] == "backed_out"
 

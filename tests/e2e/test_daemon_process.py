@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +75,12 @@ class Daemon:
         return [json.loads(line) for line in out.stdout.splitlines()]
 
 
+def journaled(db: Path) -> list[str]:
+    """The types of the events in the journal file now, read as another process would."""
+    with contextlib.closing(sqlite3.connect(db, timeout=5)) as conn:
+        return [json.loads(body)["type"] for (body,) in conn.execute("SELECT body FROM events ORDER BY seq")]
+
+
 @pytest.fixture
 async def sim(tmp_path: Path):
     site = SimulatedSite(tmp_path, [BONDED], travel_s=0.2, speed=5.0, weigh_interval_s=0.05)
@@ -136,6 +144,52 @@ async def test_kill9_right_after_lift_then_restart_never_lifts_again(sim: Simula
     closed = [e for e in events if e["type"] == "passage.closed"]
     assert [c["outcome"] for c in closed] == ["passed"]
     assert closed[0]["authorisation"] == committed[0]["authorisation"]
+
+
+async def test_r3_s7_a_lorry_that_pulled_up_while_the_daemon_was_down_is_asked_about_its_own_card(
+    sim: SimulatedSite, daemon: Daemon
+) -> None:
+    """R3, R4, S7: card read and asked about, then kill -9 before the answer; while the
+    daemon is down that lorry reverses away and another pulls up onto the loop. The
+    restarted daemon does not ask about the first card for it: the second lorry shows its
+    own card, gets a passage of its own, and customs' answer is about that card."""
+    other = "06008E6D5D"
+    sim.authority.script(TRUCK_CARD, "release", delay_s=30)  # no answer before the kill
+    sim.authority.script(other, "hold")
+    lane = sim.lane("B1-IN")
+    daemon.start()
+    await daemon.wait_healthy()
+    lane.set_loop("arrival", True)
+    lane.weigh(31250)
+    await asyncio.sleep(0.3)
+    lane.reader.present(TRUCK_CARD)
+    await sim.authority.wait_for_requests(1)
+    await wait_until(lambda: "release.requested" in journaled(daemon.config_path.parent / "gatectl.db"))
+    daemon.kill9()
+    lane.set_loop("arrival", False)
+    lane.weigh(0)
+    await asyncio.sleep(0.2)
+    lane.set_loop("arrival", True)
+    lane.weigh(42680)
+
+    daemon.start()
+    await daemon.wait_healthy()
+    for _ in range(40):  # the driver shows the card until the lane has asked about it
+        lane.reader.present(other)
+        await asyncio.sleep(0.25)
+        if len(sim.authority.requests) > 1:
+            break
+    assert [r["card_no"] for r in sim.authority.requests] == [TRUCK_CARD, other]
+    assert sim.authority.requests[1]["gross_weight_kg"] == 42680
+    assert lane.opens == 0
+    assert daemon.terminate() == 0
+
+    events = daemon.events()
+    closed = [e for e in events if e["type"] == "passage.closed"]
+    assert [(c["card"], c["outcome"], c["reason"]) for c in closed] == [(TRUCK_CARD, "backed_out", "daemon_restart")]
+    requested = [e for e in events if e["type"] == "release.requested"]
+    assert [e["card"] for e in requested] == [TRUCK_CARD, other]
+    assert requested[1]["passage_id"] != closed[0]["passage_id"]
 
 
 async def test_health_503_until_every_lane_runs_and_sigterm_exits_0(sim: SimulatedSite, daemon: Daemon) -> None:

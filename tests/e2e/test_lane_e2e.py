@@ -245,3 +245,42 @@ async def test_s7_a_lane_whose_runtime_fails_starts_again_from_the_journal(runni
     assert len(lifts) == len({e["authorisation"]["id"] for e in lifts}) == 1
     status, body = await running.get("/api/v1/health")
     assert status == 200 and body["status"] == "ok"
+
+
+async def test_r4_s8_a_card_shown_under_a_raised_boom_leaves_with_its_lorry(running: Running) -> None:
+    """R3, R4, S8: while a released lorry is still under its boom, the next one pulls up,
+    shows its card (customs holds it) and reverses away. The lorry after that, arriving at
+    once, is asked about its own card and passes; the reversed lorry's card is nobody's."""
+    auth = running.sim.authority
+    auth.script(TRUCK.card, "release")
+    auth.script(SECOND.card, "hold")
+    third = Vehicle("3A00F1229B", "云A0B123", 27400)
+    auth.script(third.card, "release")
+    lane = running.sim.lane("B1-IN")
+
+    async def step(loop: str, on: bool) -> None:
+        lane.set_loop(loop, on)
+        await asyncio.sleep(0.15)  # three IO polls: the lane sees every edge
+
+    await step("arrival", True)
+    lane.weigh(TRUCK.gross_kg)
+    lane.reader.present(TRUCK.card)
+    await wait_until(lambda: lane.barrier.position == "up")
+    await step("safety", True)
+    lane.weigh(0)
+    await step("arrival", False)  # the first lorry under the boom, the next pulls up
+    await step("arrival", True)
+    lane.weigh(SECOND.gross_kg)
+    lane.reader.present(SECOND.card)
+    await asyncio.sleep(0.2)
+    lane.weigh(0)
+    await step("arrival", False)  # it reverses away
+    await step("exit", True)
+    await step("safety", False)
+    await step("exit", False)
+    await wait_until(lambda: lane.barrier.position == "down")
+    assert await lane.drive(third) == "passed"
+    assert [r["card_no"] for r in auth.requests] == [TRUCK.card, third.card]
+    assert [e["card"] for e in running.events("B1-IN", "card.read")] == [TRUCK.card, third.card]
+    await wait_until(lambda: len(outcomes(running)) == 2)
+    assert outcomes(running) == ["passed", "passed"] and lane.opens == 2

@@ -82,7 +82,7 @@ def ref_fold(record: PassageRecord | None, st: Stamped) -> PassageRecord | None:
         case ev.LocalDecision():
             return replace(record, decision=e.decision, decided_at=st.ts)
         case ev.AuthorisationCommitted() if e.authorisation is not None:
-            return replace(record, auth_kind=e.authorisation.kind, auth_id=e.authorisation.id)
+            return replace(record, auth_kind=e.authorisation.kind, auth_id=e.authorisation.id, last_seen_at=st.ts)
         case ev.BarrierLifted() if e.reason == "lift":
             return replace(record, lifted_at=record.lifted_at or st.ts, last_seen_at=st.ts)
         case ev.LoopChanged():
