@@ -525,10 +525,15 @@ class Site:
         finally:
             # In this order: the lanes finish their pulses (a coil switched off) while the
             # IO modules still poll, whose loop switches off a coil a pulse could not;
-            # then the modules stop; then their buses are let go.
-            await cancel_all(lane_tasks)
-            await cancel_all(tasks)
-            self.io.close()
+            # then the modules stop; then their buses are let go. Each step even if the
+            # one before was cancelled again (told to stop twice): it raises when done.
+            try:
+                await cancel_all(lane_tasks)
+            finally:
+                try:
+                    await cancel_all(tasks)
+                finally:
+                    self.io.close()
 
     async def _watch_lag(self, name: str) -> None:
         """How late this loop wakes a task that asked to sleep: the time any input of

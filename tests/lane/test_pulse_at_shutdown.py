@@ -44,12 +44,13 @@ async def sim(tmp_path: Path) -> AsyncIterator[SimulatedSite]:
 
 
 async def stop_as_the_barrier_lifts(
-    sim: SimulatedSite, tmp_path: Path
+    sim: SimulatedSite, tmp_path: Path, stop_again_after_s: float | None = None
 ) -> tuple[Site, SimLane, list[dict[str, Any]]]:
     """Run a site, lift its barrier by the emergency button (R11: at once, no authority
     asked) and stop the site as the open coil goes on (a 300 ms pulse); the stopped site
     and what its control loop reported to its exception handler (a task destroyed while
-    pending among it)."""
+    pending among it). ``stop_again_after_s``: the control loop is told to stop a second
+    time that long after the first, while the lanes still finish their pulses."""
     path = sim.write_config(tmp_path / "site.yaml", journal_path=str(tmp_path / "gatectl.db"),
                             api_listen=f"127.0.0.1:{free_tcp_port()}")
     site = Site(load_config(path))
@@ -62,8 +63,10 @@ async def stop_as_the_barrier_lifts(
     site.control.loop.set_exception_handler(lambda loop, context: reported.append(context))
 
     def stop_once_lifting(address: int, value: bool) -> None:
-        if (address, value) == (lane.open_coil, True):
+        if (address, value) == (lane.open_coil, True) and not stop.is_set():
             stop.set()
+            if stop_again_after_s is not None:
+                asyncio.get_running_loop().call_later(stop_again_after_s, site.control.stop)
 
     sim.io.on_coil_write.append(stop_once_lifting)
     await lane.press("emergency")
@@ -113,6 +116,17 @@ async def test_s1_a_lost_off_write_at_shutdown_is_retried_while_the_module_still
     site, lane, reported = await stop_as_the_barrier_lifts(sim, tmp_path)
     assert len(lost) == 1
     assert_stopped_cleanly(sim, site, lane, reported)
+
+
+async def test_s1_a_control_loop_told_to_stop_twice_still_stops_its_io_modules_after_the_lanes(
+    sim: SimulatedSite, tmp_path: Path
+) -> None:
+    """The second stop lands while the lanes finish their pulses: the IO modules are still
+    stopped and their buses let go afterwards, nothing is left pending (a stop that skipped
+    them would leave the modules' poll tasks to be destroyed with the loop)."""
+    site, lane, reported = await stop_as_the_barrier_lifts(sim, tmp_path, stop_again_after_s=0.05)
+    assert_stopped_cleanly(sim, site, lane, reported)
+    assert not any(bus.connected for bus in site.buses)
 
 
 async def test_s1_a_stop_cancelling_again_waits_for_the_clean_up_of_the_tasks_it_cancelled() -> None:
