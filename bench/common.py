@@ -265,6 +265,20 @@ def thread_sched(pid: int) -> dict[str, tuple[float, float]]:
     return out
 
 
+def sched_shares(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]],
+                 seconds: float) -> dict[str, object]:
+    """The daemon's share of the window on a processor and runnable but waiting for one:
+    the whole process, and its busiest threads (the control loop is the first, as a rule;
+    Python does not name its threads for the kernel)."""
+    threads = []
+    for tid, (run, wait) in after.items():
+        run0, wait0 = before.get(tid, (0.0, 0.0))
+        threads.append(((run - run0) / seconds, (wait - wait0) / seconds))
+    threads.sort(reverse=True)
+    return {"cpu": round(sum(c for c, _ in threads), 4), "runqueue_wait": round(sum(w for _, w in threads), 4),
+            "busiest": [{"cpu": round(c, 4), "runqueue_wait": round(w, 4)} for c, w in threads[:3]]}
+
+
 def cpu_ticks() -> list[int]:
     """The machine's ``cpu`` line of ``/proc/stat`` (user, nice, system, idle, iowait, irq,
     softirq, steal, ...), in ticks."""

@@ -48,6 +48,7 @@ from bench.common import (
     median,
     pct,
     ratio_row,
+    sched_shares,
     scratch,
     steal_share,
     thread_sched,
@@ -200,10 +201,9 @@ def machine_window(k0: list[int], k1: list[int], th0: dict[str, tuple[float, flo
     daemon's threads' seconds on a processor and runnable but waiting for one (per second
     of the batch). A lag or latency figure taken while the daemon waited for processors
     as long as it ran measures the machine, not the daemon."""
-    run = sum(th1[t][0] - th0[t][0] for t in th1 if t in th0)
-    wait = sum(th1[t][1] - th0[t][1] for t in th1 if t in th0)
-    return {"steal_share": steal_share(k0, k1), "daemon_run_per_s": run / max(seconds, 1e-9),
-            "daemon_runq_wait_per_s": wait / max(seconds, 1e-9), "seconds": seconds}
+    shares = sched_shares(th0, th1, max(seconds, 1e-9))
+    return {"steal_share": steal_share(k0, k1), "daemon_run_per_s": shares["cpu"],
+            "daemon_runq_wait_per_s": shares["runqueue_wait"], "seconds": seconds}
 
 
 def machine_summary(own: list[dict]) -> str:

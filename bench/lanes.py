@@ -49,6 +49,7 @@ from bench.common import (
     proc_cpu_s,
     proc_rss_mb,
     ratio_row,
+    sched_shares,
     scratch,
     self_cpu_s,
     steal_share,
@@ -242,20 +243,6 @@ class LoopLag:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         return self.samples
-
-
-def sched_shares(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]],
-                 seconds: float) -> dict[str, object]:
-    """The daemon's share of the window on a processor and runnable but waiting for one:
-    the whole process, and its busiest threads (the control loop is the first, as a rule;
-    Python does not name its threads for the kernel)."""
-    threads = []
-    for tid, (run, wait) in after.items():
-        run0, wait0 = before.get(tid, (0.0, 0.0))
-        threads.append(((run - run0) / seconds, (wait - wait0) / seconds))
-    threads.sort(reverse=True)
-    return {"cpu": round(sum(c for c, _ in threads), 4), "runqueue_wait": round(sum(w for _, w in threads), 4),
-            "busiest": [{"cpu": round(c, 4), "runqueue_wait": round(w, 4)} for c, w in threads[:3]]}
 
 
 async def daemon_metrics(api: str) -> str:
