@@ -72,8 +72,6 @@ LIST_DECISIONS = frozenset({"whitelist", "staff_card"})
 #: How long a stopping lane lets a pulse under way finish before it cancels it (which
 #: switches the coil off), and then waits at most for the cancelled tasks.
 PULSE_FINISH_S = 2.0
-#: A stopping lane cancels its tasks again this often while it waits for them.
-STOP_ROUND_S = 0.2
 #: How long an open pulse that must be recorded first waits for that commit at most.
 RECORD_FIRST_WAIT_S = 0.1
 #: How long a release request's events may wait in the journal for the answer, so that
@@ -247,22 +245,17 @@ class LaneRuntime:
         others = {t for t in self._tasks if not t.done() and t.get_name() != "pulse"}
         for t in others:
             t.cancel()
-        cancelled = await self._wait_for(pulses, others)
+        # Requests are cancelled again while we wait (``wait_through``: a library may
+        # have lost the cancellation); a pulse only once.
+        cancelled = await wait_through(pulses, PULSE_FINISH_S, recancel=others)
         for t in pulses:
             t.cancel()
-        cancelled = await self._wait_for(pulses | others, others) or cancelled
+        cancelled = await wait_through(pulses | others, PULSE_FINISH_S, recancel=others) or cancelled
         left = [t for t in pulses | others if not t.done()]
         if left:
             log.error("lane tasks did not stop", lane=self.lane_id, tasks=[t.get_name() for t in left])
         if cancelled:
             raise asyncio.CancelledError
-
-    @staticmethod
-    async def _wait_for(tasks: set[asyncio.Task], recancel: set[asyncio.Task]) -> bool:
-        """Wait up to ``PULSE_FINISH_S`` for ``tasks``, cancelling those in ``recancel``
-        again every ``STOP_ROUND_S`` (a library may have lost the cancellation); whether
-        this wait was cancelled meanwhile."""
-        return await wait_through(tasks, PULSE_FINISH_S, recancel=recancel, every=STOP_ROUND_S)
 
     async def _next(self) -> tuple[Input, asyncio.Future | None]:
         deadline = self.core.next_deadline
