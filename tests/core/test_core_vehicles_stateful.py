@@ -266,14 +266,16 @@ class VehiclesAtTheLane(RuleBasedStateMachine):
             assert core.passage.card == there, f"passage holds {core.passage.card}, {there} at the reader"
 
 
+#: Every phase but explain: its line tracing makes a failing run take minutes (Python 3.11).
+NO_EXPLAIN = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink]
+
 TestVehiclesAtTheLane = VehiclesAtTheLane.TestCase
 TestVehiclesAtTheLane.settings = settings(
     max_examples=300,
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
-    # No explain phase: its line tracing makes a failing run take minutes (Python 3.11).
-    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
+    phases=NO_EXPLAIN,
 )
 
 
@@ -287,5 +289,5 @@ TestVehiclesAtTheLaneSoak.settings = settings(
     stateful_step_count=100,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
-    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
+    phases=NO_EXPLAIN,
 )

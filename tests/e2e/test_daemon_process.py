@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from gatectl.config import load_config
-from simulators.site import SimulatedSite
+from simulators.site import SimLane, SimulatedSite
 
 from .conftest import BONDED, wait_until, write_site_config
 
@@ -81,6 +81,15 @@ def journaled(db: Path) -> list[str]:
         return [json.loads(body)["type"] for (body,) in conn.execute("SELECT body FROM events ORDER BY seq")]
 
 
+async def pull_up_and_show_the_card(lane: SimLane) -> None:
+    """The truck drives onto the arrival loop and the weighbridge, and shows its card
+    once the weight has settled."""
+    lane.set_loop("arrival", True)
+    lane.weigh(31250)
+    await asyncio.sleep(0.3)
+    lane.reader.present(TRUCK_CARD)
+
+
 @pytest.fixture
 async def sim(tmp_path: Path):
     site = SimulatedSite(tmp_path, [BONDED], travel_s=0.2, speed=5.0, weigh_interval_s=0.05)
@@ -110,10 +119,7 @@ async def test_kill9_right_after_lift_then_restart_never_lifts_again(sim: Simula
     lane = sim.lane("B1-IN")
     daemon.start()
     await daemon.wait_healthy()
-    lane.set_loop("arrival", True)
-    lane.weigh(31250)
-    await asyncio.sleep(0.3)
-    lane.reader.present(TRUCK_CARD)
+    await pull_up_and_show_the_card(lane)
     await wait_until(lambda: lane.opens == 1)
     daemon.kill9()
     await wait_until(lambda: lane.barrier.position == "up")
@@ -159,10 +165,7 @@ async def test_r3_s7_a_lorry_that_pulled_up_while_the_daemon_was_down_is_asked_a
     lane = sim.lane("B1-IN")
     daemon.start()
     await daemon.wait_healthy()
-    lane.set_loop("arrival", True)
-    lane.weigh(31250)
-    await asyncio.sleep(0.3)
-    lane.reader.present(TRUCK_CARD)
+    await pull_up_and_show_the_card(lane)
     await sim.authority.wait_for_requests(1)
     await wait_until(lambda: "release.requested" in journaled(daemon.config_path.parent / "gatectl.db"))
     daemon.kill9()
