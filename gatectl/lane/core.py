@@ -261,8 +261,11 @@ class LaneCore:
         self._pending_card: tuple[CardRead, datetime] | None = None
         self._leaving_card: str | None = None
         # A recovered passage's card and weight, read before the restart: the vehicle on
-        # the loop now must show that card again before it is asked about (``_start_undecided``).
-        self._unconfirmed: tuple[str, float | None] | None = None
+        # the loop now must show that card again before it is asked about (``_start_undecided``)
+        # or told its hold (``_start_held``; a held passage may have no card).
+        self._unconfirmed: tuple[str | None, float | None] | None = None
+        # A recovered hold waits for that card before its text is shown again (``_start_held``).
+        self._held_asking = False
         # The arm reached the up limit since the last pulse: only then is losing it a fault.
         self._up_reached = False
         self.spot_hold_next = lane.spot_hold_next if lane is not None else 0
@@ -436,6 +439,7 @@ class LaneCore:
         self.passage = Passage(passage_id=self._new_id(), opened_at=self._now,
                                kind=None if self.rules.shared_kinds else self.rules.kind)
         self._leaving_card = self._unconfirmed = None
+        self._held_asking = False
         if self.state is S.LOWERING:
             self.lift = None  # a lift for this passage replaces the lowering one
         self._emit(ev.PassageOpened, card=None, **opened)
@@ -500,6 +504,7 @@ class LaneCore:
             # Its card may still be read as it drives or backs away: it is nobody's next card.
             self._leaving_card = card
         self._unconfirmed = None
+        self._held_asking = False
         self.passage = None
 
     def _to_idle(self) -> None:
@@ -661,14 +666,20 @@ class LaneCore:
         p = self.passage
         return hold_text(reason, p.hint if p is not None else None, self.rules.kind)
 
-    def _hold(self, reason: str) -> None:
-        """Not released: show why, send the vehicle to the inspection area, wait for it to back out."""
+    def _hold(self, reason: str, recovered: bool = False) -> None:
+        """Not released: show why, send the vehicle to the inspection area, wait for it to
+        back out. ``recovered``: held at a restart with a vehicle on the arrival loop, which
+        is asked for its card before it is told (``_start_held``)."""
         p = self.passage
         assert p is not None
         p.hold_reason = reason
         self._goto(S.HELD)
-        self._show(self._hold_text(reason))
-        self._emit(ev.PassageHeld, reason=reason, display=self.display)
+        text = self._hold_text(reason)
+        if recovered:
+            self._start_held(p)
+        else:
+            self._show(text)
+        self._emit(ev.PassageHeld, reason=reason, display=text)
         if not self.inputs["arrival_loop"]:
             self._close_passage("held")
             self._to_idle()
@@ -692,6 +703,7 @@ class LaneCore:
         p.authorisation = Authorisation(kind, auth_id)
         self._goto(S.AUTHORISING)
         self._pending_outcome = outcome
+        self._held_asking = False  # lifted by a person's approval, not asked about
         self._out.append(CommitAuthorisation(kind, auth_id, p.passage_id, self._now, self.drill))
 
     def _pulse_open(self, lift: Lift, reason: str) -> None:
@@ -807,8 +819,10 @@ class LaneCore:
             self._start_authorised(rec, p, barrier_not_down)
         elif p.hold_reason is not None:
             self._goto(S.HELD)
-            self._show(self._hold_text(p.hold_reason))
-            if not self.inputs["arrival_loop"]:
+            if self.inputs["arrival_loop"]:
+                self._start_held(p)
+            else:
+                self._show(self._hold_text(p.hold_reason))
                 self._close_passage("held")
                 self._to_idle()
         elif not self.inputs["arrival_loop"]:
@@ -840,8 +854,9 @@ class LaneCore:
                 seen = datetime.fromisoformat(rec.last_seen_at) + self.rules.backout_wait
                 self._deadline = min(self._deadline, seen)
         elif self.inputs["arrival_loop"]:
-            # Barrier down with the vehicle still before it: the lift was lost.
-            self._hold("lift_interrupted")
+            # Barrier down with a vehicle before it: the lift was lost (it may not be the
+            # vehicle it was for).
+            self._hold("lift_interrupted", recovered=True)
         else:
             # Nobody there and the barrier down: whatever happened was not seen.
             self._close_passage("backed_out", reason="recovered_unobserved")
@@ -871,6 +886,28 @@ class LaneCore:
             self._unconfirmed, p.card, p.weight_kg = (p.card, p.weight_kg), None, None
         self._deadline = self._now + self.rules.card_wait
         self._show(TEXT_CARD)
+
+    def _start_held(self, p: Passage) -> None:
+        """Held before the crash, a vehicle on the arrival loop now: it shows its card before
+        it is told the hold. While the daemon was down the held vehicle may have backed away
+        and another pulled up, which the hold text would send to the inspection area on
+        another's decision, its own card refused as the lane busy (R4, R6). The passage
+        stays held meanwhile: nothing is asked, nothing lifts. The same card continues the
+        hold (``_resume_hold``); another card (any card, for a passage held without one)
+        closes it held, its vehicle gone unseen, and gets a passage of its own (``_on_card``).
+        There is nothing to decide, so no time limit: one would show the hold to whoever is there."""
+        self._unconfirmed, p.card, p.weight_kg = (p.card, p.weight_kg), None, None
+        self._held_asking = True
+        self._show(TEXT_CARD)
+
+    def _resume_hold(self) -> None:
+        """The held passage's own card, shown again after a restart: the hold goes on."""
+        p = self.passage
+        assert p is not None and p.hold_reason is not None and self._unconfirmed is not None
+        (p.card, p.weight_kg), self._unconfirmed = self._unconfirmed, None
+        self._held_asking = False
+        self._emit(ev.CardRead, card=p.card)
+        self._show(self._hold_text(p.hold_reason))
 
     def _resume_open(self, lift: Lift, check: bool = True) -> None:
         """A lift found in force at start (no pulse: the barrier is where it is)."""
@@ -1157,7 +1194,7 @@ class LaneCore:
             return
         if p is None:
             return
-        if st is not S.PRESENT or p.card is not None:
+        if p.card is not None or (st is not S.PRESENT and not self._held_asking):
             self._refuse_card(event.card, "lane_busy")
             return
         if event.open_elsewhere is not None:
@@ -1167,10 +1204,13 @@ class LaneCore:
         if self._unconfirmed is not None:
             if self._unconfirmed[0] != event.card:
                 # Not the card read before the restart: that vehicle left while nobody watched.
-                self._close_passage("backed_out", reason="daemon_restart")
+                self._close_passage("held" if self._held_asking else "backed_out", reason="daemon_restart")
                 self._to_idle()  # the arrival loop is occupied: a passage for this vehicle
                 if self.state is not S.PRESENT:
                     return
+            elif self._held_asking:
+                self._resume_hold()
+                return
             self._unconfirmed = None
         self._accept_card(event.card)
 

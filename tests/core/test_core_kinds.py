@@ -207,9 +207,12 @@ def test_r7_s7_a_whitelist_authorisation_committed_before_a_crash_never_lifts_ag
     cut = next(i for i, e in enumerate(lane.journal) if e["type"] == "authorisation.committed")
     del lane.journal[cut + 1 :]
     lane, out = lane.restart(at(10), arrival_loop=True)
-    assert names(out) == ["lane.recovered", f"Display:{core_module.TEXT_INTERRUPTED}", "passage.held"]
+    assert names(out) == ["lane.recovered", f"Display:{ASK_CARD}", "passage.held"]
     assert only(out, CommitAuthorisation) == [] and only(out, Pulse) == []
     assert lane.state is S.HELD and lane.core.passage.hold_reason == "lift_interrupted"
+    out = lane.card(CARD_A, at(11))
+    assert names(out) == ["card.read", f"Display:{core_module.TEXT_INTERRUPTED}"]
+    assert only(out, CommitAuthorisation) == [] and only(out, Pulse) == []
 
 
 def test_r7_s7_crash_before_a_local_decision_decides_again_locally() -> None:
@@ -519,7 +522,8 @@ def test_r7_s7_a_spot_checked_vehicle_is_still_held_after_a_restart() -> None:
     lane.decide("release", at(4), "CMD-1")
     held_text = lane.core.display
     lane, out = lane.restart(at(10), arrival_loop=True)
-    assert names(out) == ["lane.recovered", f"Display:{held_text}"]
+    assert names(out) == ["lane.recovered", f"Display:{ASK_CARD}"]
+    assert names(lane.card(CARD_A, at(11))) == ["card.read", f"Display:{held_text}"]
     assert lane.state is S.HELD and lane.core.passage.hold_reason == "spot_check"
     assert lane.requests == [] and lane.consumed == set()
 

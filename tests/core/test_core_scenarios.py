@@ -1153,17 +1153,20 @@ def test_s7_crash_right_after_the_lift_never_lifts_again_and_the_vehicle_passes(
 
 
 def test_s7_crash_after_commit_with_barrier_still_down_holds_as_lift_interrupted(lane: Lane) -> None:
-    """S7: committed but the coil never moved: the authorisation is spent; no lift, hold."""
+    """S7: committed but the coil never moved: the authorisation is spent; no lift, hold.
+    The vehicle on the loop shows its card before it is told (R4, R6)."""
     t = up_to_deciding(lane, 1)
     lane.decide("release", at(t + 1), "CMD-8")
     # The crash came between the journal commit and the pulse: drop what followed the commit.
     cut = next(i for i, e in enumerate(lane.journal) if e["type"] == "authorisation.committed")
     del lane.journal[cut + 1 :]
     lane, out = lane.restart(at(10), arrival_loop=True)
-    assert names(out) == ["lane.recovered", f"Display:{INTERRUPTED}", "passage.held"]
-    assert emitted(out, "passage.held")[0]["reason"] == "lift_interrupted"
+    assert names(out) == ["lane.recovered", f"Display:{ASK_CARD}", "passage.held"]
+    assert emitted(out, "passage.held")[0] == {
+        "passage_id": lane.core.passage.passage_id, "reason": "lift_interrupted", "display": INTERRUPTED}
     assert only(out, Pulse) == [] and only(out, CommitAuthorisation) == []
     assert lane.state is S.HELD and lane.core.lift is None
+    assert names(lane.card(CARD_A, at(10.5))) == ["card.read", f"Display:{INTERRUPTED}"]
 
     # The same instruction offered again cannot lift either (the journal has it consumed).
     assert lane.card(CARD_A, at(11)) == []
@@ -1288,11 +1291,15 @@ def test_s7_crash_while_deciding_and_the_vehicle_gone_closes_backed_out(lane: La
 
 
 def test_s7_crash_while_held_by_the_authority_stays_held(lane: Lane) -> None:
-    """S7, R6: a vehicle held by the authority's decision is still held after a restart."""
+    """S7, R6: a vehicle held by the authority's decision is still held after a restart,
+    and told so once it has shown its card."""
     up_to_deciding(lane, 1)
     lane.decide("inspect", at(5), hint="布控查验")
     lane, out = lane.restart(at(10), arrival_loop=True)
-    assert names(out) == ["lane.recovered", f"Display:布控查验；{core_module.TEXT_INSPECTION}"]
+    assert names(out) == ["lane.recovered", f"Display:{ASK_CARD}"]
+    assert lane.state is S.HELD and lane.requests == []
+    out = lane.card(CARD_A, at(11))
+    assert names(out) == ["card.read", f"Display:布控查验；{core_module.TEXT_INSPECTION}"]
     assert lane.state is S.HELD and lane.requests == []
     out = lane.set("arrival_loop", False, at(20))
     assert emitted(out, "passage.closed")[0]["outcome"] == "held"
@@ -1925,17 +1932,18 @@ def test_s7_every_hold_survives_a_restart(lane: Lane, how: str) -> None:
     requests_before = list(lane.requests)
     lane.journal_broken = False
     lane, out = lane.restart(at(100), arrival_loop=True)
-    assert names(out)[0] == "lane.recovered"
-    assert only(out, RequestRelease) == [] and only(out, CommitAuthorisation) == [] and only(out, Pulse) == []
+    assert names(out) == ["lane.recovered", f"Display:{ASK_CARD}"]
     assert lane.state is S.HELD and lane.core.passage.hold_reason == HOLDS[how]
-    # R6, R12: the vehicle is told after the restart what it was told before it.
-    assert lane.core.display == held_text
-    assert INSPECTION_AREA in lane.core.display or "倒车" in lane.core.display
     # The answer to a request from before the crash cannot reopen the decision.
     if requests_before:
         assert lane.feed(ReleaseDecided(requests_before[-1].request_id, "release", "CMD-9"), at(101)) == []
-    # A card now is a re-read (nothing) or, for a vehicle held without one, refused as lane_busy.
-    assert names(lane.card(CARD_A, at(102))) in ([], ["card.refused"])
+    if how != "no_card":  # (a card shown for a passage held without one starts a passage of its own)
+        # R6, R12: its card shown, the vehicle is told after the restart what it was told before it.
+        assert names(lane.card(CARD_A, at(101.5))) == ["card.read", f"Display:{held_text}"]
+        assert INSPECTION_AREA in lane.core.display or "倒车" in lane.core.display
+        # A card now is a re-read (nothing) or another card, refused as lane_busy.
+        assert lane.card(CARD_A, at(102)) == []
+        assert names(lane.card(CARD_B, at(102.5))) == ["card.refused"]
     assert lane.weight(31250.0, at(103)) == []
     assert lane.tick(at(200)) == []
     assert lane.state is S.HELD and lane.requests == [] and ("release_instruction", "CMD-9") not in lane.consumed
@@ -1950,9 +1958,10 @@ def test_s7_lift_interrupted_survives_a_second_restart(lane: Lane) -> None:
     _crash_after_commit_before_pulse(lane, t + 1, "CMD-8")
     lane, _ = lane.restart(at(10), arrival_loop=True)
     lane, out = lane.restart(at(20), arrival_loop=True)
-    assert names(out) == ["lane.recovered", f"Display:{INTERRUPTED}", "passage.held"]
+    assert names(out) == ["lane.recovered", f"Display:{ASK_CARD}", "passage.held"]
     assert lane.state is S.HELD and lane.core.passage.hold_reason == "lift_interrupted"
     assert only(out, Pulse) == [] and lane.requests == []
+    assert names(lane.card(CARD_A, at(21))) == ["card.read", f"Display:{INTERRUPTED}"]
 
 
 def test_s5_s7_a_release_after_restart_cannot_lift_a_vehicle_held_for_a_device_fault(lane: Lane) -> None:
@@ -1978,7 +1987,8 @@ def test_s7_r12_an_authority_timeout_hold_shows_no_answer_after_a_restart_not_li
     lane.tick(at(t + 4))
     lane, out = lane.restart(at(30), arrival_loop=True)
     no_answer = f"{core_module.TEXT_NO_ANSWER}；{core_module.TEXT_INSPECTION}"
-    assert names(out) == ["lane.recovered", f"Display:{no_answer}"]
+    assert names(out) == ["lane.recovered", f"Display:{ASK_CARD}"]
+    assert names(lane.card(CARD_A, at(31))) == ["card.read", f"Display:{no_answer}"]
     assert INTERRUPTED not in lane.core.display
     assert lane.state is S.HELD and lane.core.passage.hold_reason == "authority_timeout"
 
