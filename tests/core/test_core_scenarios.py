@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from gatectl import events as ev
 from gatectl.lane import display as core_module
 from gatectl.lane.commands import (
     CommitAuthorisation,
@@ -50,7 +51,7 @@ from gatectl.lane.inputs import (
     WeightStable,
 )
 from gatectl.lane.inputs import poll_edges
-from gatectl.lane.passage import LaneRecord, PassageRecord
+from gatectl.lane.passage import LaneRecord, PassageRecord, fold
 from lanelog import LaneLog
 
 S = LaneState
@@ -1279,6 +1280,174 @@ def test_r3_r4_s7_another_vehicle_at_the_reader_after_a_restart_is_not_asked_abo
     assert [r.card for r in lane.requests] == [CARD_B]
     # Card A, if its vehicle comes back to the reader, is refused while B's passage is open.
     assert names(lane.card(CARD_A, at(11))) == ["card.refused"]
+
+
+def closed_record(lane: Lane, passage_id: str) -> PassageRecord:
+    """The journal's record of a closed passage, folded as the journal folds it."""
+    record = None
+    for body in lane.journal:
+        record = fold(record, ev.decode(body))
+        if record is not None and record.closed_at is not None:
+            if record.passage_id == passage_id:
+                return record
+            record = None
+    raise AssertionError(f"passage {passage_id} never closed")
+
+
+def held_before_a_restart(lane: Lane, decision: str = "inspect") -> tuple[Lane, str, str]:
+    """Card A asked about and held by customs, then a restart with a vehicle on the loop:
+    the restarted lane, the held passage and its hold text."""
+    up_to_deciding(lane, 1)
+    lane.decide(decision, at(5), hint="布控查验" if decision == "inspect" else None)
+    assert lane.state is S.HELD
+    passage_id, held_text = lane.core.passage.passage_id, lane.core.display
+    lane, out = lane.restart(at(10), arrival_loop=True)
+    # R4, R6: whoever is on the loop shows a card before anyone is told the hold.
+    assert names(out) == ["lane.recovered", f"Display:{ASK_CARD}"]
+    assert lane.state is S.HELD and lane.core.passage.passage_id == passage_id
+    return lane, passage_id, held_text
+
+
+def test_r4_r6_s7_another_vehicle_at_the_reader_after_a_restart_is_not_shown_the_hold_before_it(
+    lane: Lane,
+) -> None:
+    """R4, R6, S7: card A held by customs (sent to the inspection area), the daemon died,
+    and while it was down that vehicle reversed away and another pulled up. The restarted
+    lane neither shows A's hold to it nor refuses its card: the other card closes A's
+    passage held (gone unseen, with A's card and hold reason) and opens one of its own,
+    asked about and released like any other."""
+    lane, old, _ = held_before_a_restart(lane)
+    assert lane.requests == [] and lane.core.passage.hold_reason == "inspect"
+    assert lane.weight(42680.0, at(10.2)) == []
+    out = lane.card(CARD_B, at(10.5))
+    assert names(out) == [
+        "passage.closed", f"Display:{WELCOME}", "passage.opened", f"Display:{ASK_CARD}",
+        "card.read", f"Display:{WEIGHING}", "weight.stable", f"Display:{DECIDING}", "release.requested",
+        "RequestRelease",
+    ]
+    closed = emitted(out, "passage.closed")[0]
+    assert (closed["passage_id"], closed["outcome"], closed["reason"]) == (old, "held", "daemon_restart")
+    assert (closed["card"], closed["gross_weight_kg"], closed["decision"]) == (CARD_A, 31250.0, "inspect")
+    record = closed_record(lane, old)
+    assert (record.outcome, record.reason, record.hold_reason, record.card) == ("held", "daemon_restart", "inspect",
+                                                                               CARD_A)
+    (req,) = only(out, RequestRelease)
+    assert req.passage_id == emitted(out, "passage.opened")[0]["passage_id"] != old
+    assert (req.card, req.gross_weight_kg) == (CARD_B, 42680.0)
+    out = lane.decide("release", at(11), "CMD-B", form_id="HF-2", hint=None)
+    assert [p.authorisation for p in open_pulses(out)] == [("release_instruction", "CMD-B")]
+    assert lane.state is S.OPEN and INSPECTION_AREA not in "".join(c.text for c in only(out, Display))
+
+
+def test_r5_r6_s7_the_held_vehicle_showing_its_card_after_a_restart_is_held_as_before(lane: Lane) -> None:
+    """R5, R6, S7: the held vehicle itself shows its card after the restart: the hold goes
+    on as before the crash (its text, HELD, other cards busy), and the passage closes held
+    for its reason once the vehicle backs out."""
+    lane, old, held_text = held_before_a_restart(lane, "deny")
+    out = lane.card(CARD_A, at(11))
+    assert names(out) == ["card.read", f"Display:{held_text}"]
+    assert "倒车" in held_text and lane.state is S.HELD
+    p = lane.core.passage
+    assert (p.passage_id, p.card, p.weight_kg, p.hold_reason) == (old, CARD_A, 31250.0, "deny")
+    assert lane.card(CARD_A, at(12)) == []  # S8: a re-read
+    assert emitted(lane.card(CARD_B, at(13)), "card.refused")[0]["reason"] == "lane_busy"
+    assert lane.tick(at(200)) == [] and lane.requests == [] and lane.events("barrier.lifted") == []
+    out = lane.set("arrival_loop", False, at(210))
+    closed = emitted(out, "passage.closed")[0]
+    assert (closed["passage_id"], closed["outcome"], closed["reason"], closed["card"]) == (old, "held", "deny", CARD_A)
+    assert len(lane.events("passage.opened")) == 1
+
+
+def test_r5_s7_a_held_vehicle_leaving_before_it_shows_its_card_after_a_restart_closes_held(lane: Lane) -> None:
+    """R5, S7: asked for its card after the restart, the vehicle backs off the loop instead:
+    the held passage closes held, for its reason, with the card journaled for it."""
+    lane, old, _ = held_before_a_restart(lane, "hold")
+    assert lane.tick(at(100)) == []  # no time limit: the vehicle there is asked until it goes
+    out = lane.set("arrival_loop", False, at(120))
+    assert names(out) == ["loop.changed", "passage.closed", f"Display:{WELCOME}"]
+    closed = emitted(out, "passage.closed")[0]
+    assert (closed["passage_id"], closed["outcome"], closed["reason"], closed["card"],
+            closed["gross_weight_kg"]) == (old, "held", "hold", CARD_A, 31250.0)
+    assert lane.state is S.IDLE and lane.requests == []
+
+
+def test_r4_s7_a_second_restart_before_the_held_vehicle_showed_its_card_asks_again(lane: Lane) -> None:
+    """R4, S7: restarted twice before anyone showed a card: still held, still asking, and
+    another card then closes the held passage with the card journaled before the first crash."""
+    lane, old, _ = held_before_a_restart(lane)
+    lane, out = lane.restart(at(20), arrival_loop=True)
+    assert names(out) == ["lane.recovered", f"Display:{ASK_CARD}"]
+    assert emitted(out, "lane.recovered")[0]["card"] == CARD_A
+    assert lane.state is S.HELD and lane.core.passage.passage_id == old
+    lane.weight(42680.0, at(20.5))
+    closed = emitted(lane.card(CARD_B, at(21)), "passage.closed")[0]
+    assert (closed["passage_id"], closed["outcome"], closed["reason"], closed["card"]) == (old, "held",
+                                                                                          "daemon_restart", CARD_A)
+    assert [r.card for r in lane.requests] == [CARD_B]
+
+
+def test_s5_s7_a_lane_faulty_at_the_restart_holds_the_other_vehicle_for_the_fault(lane: Lane) -> None:
+    """S5, S7, R4: the weighbridge fails while the lane asks for the card: another card still
+    closes the held passage and gets a passage of its own, held at once for the fault (not
+    for A's customs hold); A's own card would have resumed A's hold."""
+    lane, old, _ = held_before_a_restart(lane)
+    lane.feed(DeviceFault("weighbridge", "port vanished"), at(10.5))
+    assert lane.core.display == ASK_CARD
+    out = lane.card(CARD_B, at(11))
+    closed = emitted(out, "passage.closed")[0]
+    assert (closed["passage_id"], closed["outcome"], closed["reason"]) == (old, "held", "daemon_restart")
+    held = emitted(out, "passage.held")[0]
+    assert held["passage_id"] != old and held["reason"] == "device_fault"
+    assert lane.core.display.startswith(FAULT_HELD)
+    assert lane.core.passage.card == CARD_B and lane.requests == []
+
+
+def test_s8_s7_a_card_open_on_another_lane_does_not_end_the_recovered_hold(lane: Lane) -> None:
+    """S8, S7: while the lane asks for the held vehicle's card, a card open on another lane is
+    refused as ever and changes nothing; the held vehicle's own card then resumes its hold."""
+    lane, old, held_text = held_before_a_restart(lane)
+    out = lane.card(CARD_B, at(11), open_elsewhere="B2-IN")
+    assert names(out) == ["card.refused", f"Display:{core_module.card_open_elsewhere('B2-IN')}"]
+    assert lane.state is S.HELD and lane.core.passage.passage_id == old and lane.events("passage.closed") == []
+    assert names(lane.card(CARD_A, at(12))) == ["card.read", f"Display:{held_text}"]
+
+
+def test_r4_s7_any_card_after_a_restart_ends_a_hold_that_had_none(lane: Lane) -> None:
+    """R4, S7: held for showing no card; after a restart the vehicle on the loop is asked for
+    one. Nothing tells whose that passage was, so the card shown gets a passage of its own
+    and the held one closes held (daemon_restart)."""
+    lane.set("arrival_loop", True, at(1))
+    lane.tick(at(61))
+    assert lane.core.passage.hold_reason == "no_card"
+    old = lane.core.passage.passage_id
+    lane, out = lane.restart(at(70), arrival_loop=True)
+    assert names(out) == ["lane.recovered", f"Display:{ASK_CARD}"]
+    out = lane.card(CARD_B, at(71))
+    closed = emitted(out, "passage.closed")[0]
+    assert (closed["passage_id"], closed["outcome"], closed["reason"], closed["card"]) == (old, "held",
+                                                                                          "daemon_restart", None)
+    assert lane.state is S.WEIGHING and lane.core.passage.card == CARD_B
+
+
+def test_r4_s1_s7_another_vehicle_before_a_lift_lost_in_a_crash_gets_its_own_passage(lane: Lane) -> None:
+    """R4, S1, S7, CONTRACT 3.1: A released and its authorisation committed, then the crash
+    before the pulse; while the daemon was down A reversed away and B pulled up. B is not
+    told A's lift was interrupted: its card closes A's passage held (its release confirmed
+    not used), and B is asked about and lifted on an instruction of its own."""
+    t = up_to_deciding(lane, 1)
+    req_a = lane.requests[-1]
+    _crash_after_commit_before_pulse(lane, t + 1, "CMD-8")
+    lane, out = lane.restart(at(10), arrival_loop=True)
+    assert names(out) == ["lane.recovered", f"Display:{ASK_CARD}", "passage.held"]
+    out = lane.weight(42680.0, at(10.2)) + lane.card(CARD_B, at(10.5))
+    assert names(out)[:2] == ["Confirm:not_passed", "passage.closed"]
+    assert only(out, ConfirmPassage)[0].request_id == req_a.request_id
+    closed = emitted(out, "passage.closed")[0]
+    assert (closed["outcome"], closed["reason"], closed["card"]) == ("held", "daemon_restart", CARD_A)
+    assert closed["authorisation"] == {"kind": "release_instruction", "id": "CMD-8"}
+    assert [r.card for r in lane.requests] == [CARD_B]
+    out = lane.decide("release", at(11), "CMD-9")
+    assert [p.authorisation for p in open_pulses(out)] == [("release_instruction", "CMD-9")]
 
 
 def test_s7_crash_while_deciding_and_the_vehicle_gone_closes_backed_out(lane: Lane) -> None:
