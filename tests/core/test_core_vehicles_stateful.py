@@ -7,10 +7,12 @@ loop, or a moment before it), are weighed, drive through whatever the boom does,
 out; the daemon crashes and restarts while they keep moving, and a card shown while it is
 down is lost, as a real reader's frame would be. After every step: each card the lane
 takes into a passage (``card.read``) and each release request names the card of the
-vehicle on the arrival loop right then. A card the lane kept from a vehicle that has
-since gone (through the barrier line, backwards, or while the daemon was down) would be
-asked about on behalf of the next vehicle: that vehicle would be released or held on
-another's card.
+vehicle on the arrival loop right then, and a passage that holds a card (held ones too:
+their text tells that vehicle where to go, R6) holds that vehicle's. A card the lane kept
+from a vehicle that has since gone (through the barrier line, backwards, or while the
+daemon was down) would be asked about on behalf of the next vehicle: that vehicle would
+be released or held on another's card; a hold recovered after a restart would send
+whoever pulled up meanwhile to the inspection area.
 """
 
 from __future__ import annotations
@@ -181,6 +183,16 @@ class VehiclesAtTheLane(RuleBasedStateMachine):
             self.barrier_reaches_limit()
             self.drive_forward()
 
+    @precondition(lambda self: self.running and self.core.state is LaneState.IDLE and self.at_reader is None
+                  and self.approaching is None)
+    @rule(vehicle=st.sampled_from(FLEET), decision=st.sampled_from(["hold", "inspect", "deny"]))
+    def held_vehicle(self, vehicle: Vehicle, decision: str) -> None:
+        """A passage up to customs' hold, so that restarts while a vehicle is held come up often."""
+        self.arrive_showing_its_card(vehicle)
+        self.weighed()
+        if self.core is not None and self.core.state is LaneState.DECIDING:
+            self.authority_answers(decision)
+
     @precondition(lambda self: self.running and self.core.state in (LaneState.OPEN, LaneState.LOWERING)
                   and self.at_reader is None and self.approaching is None)
     @rule(vehicle=st.sampled_from(FLEET), forward=st.booleans())
@@ -240,11 +252,12 @@ class VehiclesAtTheLane(RuleBasedStateMachine):
         self.feed(InputsSnapshot(dict(self.inputs)))
 
     @precondition(lambda self: self.running and self.at_reader is not None)
-    @rule(vehicle=st.sampled_from(FLEET), shown_while_starting=st.booleans())
-    def another_vehicle_by_the_restart(self, vehicle: Vehicle, shown_while_starting: bool) -> None:
-        """The daemon dies; the vehicle at the reader reverses away and another pulls up,
-        while it is down or (having shown its card to the starting daemon) before the
-        daemon's first poll."""
+    @rule(vehicle=st.sampled_from(FLEET), shown_while_starting=st.booleans(), then_shown=st.booleans())
+    def another_vehicle_by_the_restart(self, vehicle: Vehicle, shown_while_starting: bool, then_shown: bool) -> None:
+        """The daemon dies (deciding, held, lifted...); the vehicle at the reader reverses
+        away and another (or the same one) pulls up, while it is down or (having shown its
+        card to the starting daemon) before the daemon's first poll; asked for its card, it
+        shows it at once, or later."""
         self.crash()
         if shown_while_starting:
             self.daemon_starts(0.5)
@@ -254,14 +267,17 @@ class VehiclesAtTheLane(RuleBasedStateMachine):
         if not shown_while_starting:
             self.daemon_starts(0.5)
         self.first_poll()
+        if then_shown:
+            self.show_card()
 
     @invariant()
     def one_passage_holds_one_vehicles_card(self) -> None:
-        """S8: an open passage's card, once taken, is the card of the vehicle at the reader."""
+        """S8, R6: an open passage's card, once taken, is the card of the vehicle at the
+        reader; a held one's too, since its hold text tells that vehicle where to go."""
         core = self.core
         if core is None or not core.running or core.passage is None or core.passage.card is None:
             return
-        if core.state in (LaneState.PRESENT, LaneState.WEIGHING, LaneState.DECIDING):
+        if core.state in (LaneState.PRESENT, LaneState.WEIGHING, LaneState.DECIDING, LaneState.HELD):
             there = self.at_reader.card if self.at_reader is not None else None
             assert core.passage.card == there, f"passage holds {core.passage.card}, {there} at the reader"
 
