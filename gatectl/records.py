@@ -891,10 +891,13 @@ class RecordStore:
         by = _text(p, "by", max_len=100, label_zh="上报人")
         passage_id = _text(p, "passage_id", required=False, max_len=64)
         if passage_id is not None:
-            held = self.db.execute("SELECT outcome, reason FROM passages WHERE passage_id = ?", (passage_id,)).fetchone()
+            held = self.db.execute("SELECT outcome, reason, hold_reason FROM passages WHERE passage_id = ?",
+                                   (passage_id,)).fetchone()
             if held is None:
                 raise RecordError(404, "unknown_passage", f"no passage {passage_id!r}", f"没有通行记录 {passage_id}")
-            outcome, why = held
+            outcome, why, hold = held
+            if outcome == "held" and hold is not None:
+                why = hold  # closed for a restart (another lorry's card): held for what it was held for
             if not (why in FAULT_HOLDS or (why or "").startswith("authority_")):
                 raise RecordError(
                     422, "not_a_fault",

@@ -257,3 +257,30 @@ def test_r16_holds_never_open_a_ticket(synthetic: Synthetic, reason: str) -> Non
     result = syn.records.perform("ticket.open", {"device": "weighbridge", "lane_id": "B1-IN", "reason": "地磅无读数",
                                                  "by": "某公司", "passage_id": "P-dev"})
     assert result["ticket"]["source"] == "report" and result["event"]["passage_id"] == "P-dev"
+
+
+@pytest.mark.parametrize(("hold", "fault"), [("device_fault", True), ("authority_timeout", True), ("hold", False)])
+def test_r16_s7_a_hold_closed_by_a_restart_is_judged_by_its_hold_reason(synthetic: Synthetic, hold: str,
+                                                                        fault: bool) -> None:
+    """R16, S7: a held passage closed after a restart because another lorry showed its card
+    (reason daemon_restart) keeps its hold reason: a report naming it opens a ticket if the
+    hold was for a fault, and is refused if it was customs' decision."""
+    syn = synthetic
+    from gatectl.journal import Entry
+
+    pid = f"P-restart-{hold}"
+    write(syn.site.journal, "B1-IN", [
+        Entry.of("passage.opened", syn.now, {"passage_id": pid}),
+        Entry.of("passage.held", syn.now, {"passage_id": pid, "reason": hold, "display": "暂不放行"}),
+        Entry.of("lane.recovered", syn.now, {"passage_id": pid, "card": "0100E2850E"}),
+        Entry.of("passage.closed", syn.now, {"passage_id": pid, "outcome": "held", "reason": "daemon_restart",
+                                             "card": "0100E2850E"}),
+    ])
+    report = {"device": "weighbridge", "lane_id": "B1-IN", "reason": "不抬杆", "by": "某公司", "passage_id": pid}
+    if fault:
+        assert syn.records.perform("ticket.open", report)["event"]["passage_id"] == pid
+    else:
+        with pytest.raises(RecordError) as err:
+            syn.records.perform("ticket.open", report)
+        assert err.value.code == "not_a_fault"
+        assert syn.records.store.tickets() == []
