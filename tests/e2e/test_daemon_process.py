@@ -54,6 +54,11 @@ class Daemon:
             await asyncio.sleep(0.05)
         raise AssertionError("daemon never became healthy:\n" + self.log_path.read_text())
 
+    async def lane(self, lane_id: str) -> dict:
+        """The lane as the local API shows it."""
+        async with aiohttp.ClientSession() as s, s.get(self.api + "/api/v1/lanes") as r:
+            return next(lane for lane in (await r.json())["lanes"] if lane["lane_id"] == lane_id)
+
     def kill9(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
@@ -193,6 +198,52 @@ async def test_r3_s7_a_lorry_that_pulled_up_while_the_daemon_was_down_is_asked_a
     requested = [e for e in events if e["type"] == "release.requested"]
     assert [e["card"] for e in requested] == [TRUCK_CARD, other]
     assert requested[1]["passage_id"] != closed[0]["passage_id"]
+
+
+async def test_r4_r6_s7_a_lorry_that_pulled_up_while_the_daemon_was_down_is_not_held_for_another(
+    sim: SimulatedSite, daemon: Daemon
+) -> None:
+    """R4, R6, S7: customs holds a lorry for inspection, then kill -9; while the daemon is
+    down that lorry reverses away and another pulls up. The restarted daemon does not send
+    the second lorry to the inspection area: it asks for the card, the second lorry's card
+    closes the held passage (held, daemon_restart) and customs releases it on its own card."""
+    other = "06008E6D5D"
+    sim.authority.script(TRUCK_CARD, "inspect")
+    sim.authority.script(other, "release")
+    lane = sim.lane("B1-IN")
+    daemon.start()
+    await daemon.wait_healthy()
+    await pull_up_and_show_the_card(lane)
+    await wait_until(lambda: "passage.held" in journaled(daemon.config_path.parent / "gatectl.db"))
+    daemon.kill9()
+    lane.set_loop("arrival", False)
+    lane.weigh(0)
+    await asyncio.sleep(0.2)
+    lane.set_loop("arrival", True)
+    lane.weigh(42680)
+
+    daemon.start()
+    await daemon.wait_healthy()
+    shown = await daemon.lane("B1-IN")
+    assert (shown["state"], shown["display"]) == ("held", "请刷IC卡")
+    for _ in range(40):  # the driver shows the card until the lane has asked about it
+        lane.reader.present(other)
+        await asyncio.sleep(0.25)
+        if len(sim.authority.requests) > 1:
+            break
+    assert [r["card_no"] for r in sim.authority.requests] == [TRUCK_CARD, other]
+    assert sim.authority.requests[1]["gross_weight_kg"] == 42680
+    await wait_until(lambda: lane.opens == 1)
+    assert daemon.terminate() == 0
+
+    events = daemon.events()
+    held = [e for e in events if e["type"] == "passage.held"]
+    assert [(e["reason"], "待检区" in e["display"]) for e in held] == [("inspect", True)]
+    closed = [e for e in events if e["type"] == "passage.closed"]
+    assert [(c["passage_id"], c["card"], c["outcome"], c["reason"]) for c in closed] == [
+        (held[0]["passage_id"], TRUCK_CARD, "held", "daemon_restart")]
+    committed = [e for e in events if e["type"] == "authorisation.committed"]
+    assert len(committed) == 1 and committed[0]["passage_id"] != held[0]["passage_id"]
 
 
 async def test_health_503_until_every_lane_runs_and_sigterm_exits_0(sim: SimulatedSite, daemon: Daemon) -> None:
