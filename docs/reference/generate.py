@@ -352,7 +352,7 @@ def block_file_limits() -> str:
 #: When the lane display shows each fixed text (the core's situations).
 STATE_TEXTS: dict[str, str] = {
     "TEXT_WELCOME": "idle, the lane open: waiting for a vehicle",
-    "TEXT_CARD": "a vehicle on the arrival loop, no card read yet",
+    "TEXT_CARD": "a vehicle on the arrival loop, no card read yet (after a restart: until it shows its card again, held or not)",
     "TEXT_WEIGHING": "card read, waiting for a stable weight",
     "TEXT_DECIDING": "the release authority (or the lane's own list) is being asked",
     "TEXT_RELEASED": "released and lifted (unless the authority gave a hint: then the hint)",
