@@ -703,7 +703,7 @@ class LaneCore:
         p.authorisation = Authorisation(kind, auth_id)
         self._goto(S.AUTHORISING)
         self._pending_outcome = outcome
-        self._held_asking = False  # lifted by a person's approval, not asked about
+        self._held_asking = False  # (from HELD only under an approval or the emergency button)
         self._out.append(CommitAuthorisation(kind, auth_id, p.passage_id, self._now, self.drill))
 
     def _pulse_open(self, lift: Lift, reason: str) -> None:
