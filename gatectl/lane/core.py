@@ -1082,10 +1082,8 @@ class LaneCore:
         self._emit(ev.EmergencyAccountGiven, passage_id=event.passage_id, vehicle_type=event.vehicle_type,
                    plate=event.plate, note=event.note, by=event.by)
 
-    def _vehicle_plate(self) -> str | None:
-        """The plate of the vehicle at the lane: its passage's, or a fresh read."""
-        if self.passage is not None and self.passage.plate is not None:
-            return self.passage.plate
+    def _fresh_plate(self) -> str | None:
+        """The camera's latest read, if recent enough to be the vehicle at the lane's."""
         read = self._plate
         assert self._now is not None
         if read is not None and self._now - read[1] <= self.rules.plate_max_age:
@@ -1101,9 +1099,15 @@ class LaneCore:
             # Without a camera the guard checks the plate by eye, as the approval shows it.
             # A remote lift is for the vehicle the lane holds; a panel lift for the one the
             # guard sees at the lane (its plate just read).
-            seen = self.passage.plate if self.passage is not None else None
-            if a.trigger == "panel" and seen is None:
-                seen = self._vehicle_plate()
+            if self._unconfirmed is not None:
+                # After a restart the passage's plate, read before it, may be another
+                # vehicle's (the lane asks the one there for its card): only a read since
+                # names the vehicle at the lane, until it shows that card.
+                seen = self._fresh_plate()
+            else:
+                seen = self.passage.plate if self.passage is not None else None
+                if a.trigger == "panel" and seen is None:
+                    seen = self._fresh_plate()
             if a.plate != seen:
                 return "plate_mismatch"
         if not a.countersigned and self.rules.shared_kinds:

@@ -117,6 +117,57 @@ def test_r10_a_plate_bound_approval_lifts_only_that_plate() -> None:
     assert [c.reason for c in open_pulses(out)] == ["lift"]
 
 
+def held_with_its_plate_then_restarted(decision: str) -> Lane:
+    """云A12345 read on the loop, card A asked about and not released (``decision``), then a
+    restart with a vehicle on the loop: perhaps that one, perhaps another pulled up while
+    the daemon was down. The restarted lane asks it for its card."""
+    lane = started(CAMERA)
+    lane.feed(PlateRead("云A12345", 0.97, at(0.5)), at(0.6))
+    lane.set("arrival_loop", True, at(1))
+    lane.card(CARD_A, at(2))
+    lane.weight(31250.0, at(3))
+    lane.decide(decision, at(4))
+    lane, _ = lane.restart(at(10), arrival_loop=True)
+    return lane
+
+
+def remote_approval(lane: Lane, approval_id: str, plate: str, t: float) -> list:
+    return lane.feed(ApprovalAccepted(approval_id, "remote", 1, at(t - 60), at(t + 3600), plate=plate), at(t))
+
+
+@pytest.mark.parametrize("decision", ["hold", None])
+def test_r10_r17_s7_a_plate_bound_remote_approval_after_a_restart_waits_for_that_vehicle(decision: str | None) -> None:
+    """R10, R17, S7: after a restart the plate journaled before it may be another vehicle's
+    (the lane asks the vehicle on the loop for its card). A remote approval for that plate
+    does not lift whoever is there on the old read; the vehicle's own card, or a read of
+    its plate since the restart, lifts it once. (``None``: the daemon died before customs
+    answered.)"""
+    lane = started(CAMERA)
+    if decision is None:
+        lane.feed(PlateRead("云A12345", 0.97, at(0.5)), at(0.6))
+        up_to_deciding(lane, 1)
+        lane, _ = lane.restart(at(10), arrival_loop=True)
+    else:
+        lane = held_with_its_plate_then_restarted(decision)
+    assert open_pulses(remote_approval(lane, "AP-1", "云A12345", 11)) == []
+    assert open_pulses(lane.tick(at(12))) == []
+    assert lane.events("approval.used") == []
+    # Card A shown: the passage's own vehicle, so the approval for its plate lifts it.
+    assert [c.reason for c in open_pulses(lane.card(CARD_A, at(13)))] == ["lift"]
+    assert [e["approval_id"] for e in lane.events("approval.used")] == ["AP-1"]
+
+
+def test_r10_r17_s7_a_read_of_the_approvals_plate_since_the_restart_lets_it_lift() -> None:
+    """R10, R17, S7: after a restart the camera reads another plate, then the approval's: only
+    then is that vehicle at the lane, and the remote approval lifts it once, before any card."""
+    lane = held_with_its_plate_then_restarted("hold")
+    assert open_pulses(remote_approval(lane, "AP-1", "云A12345", 11)) == []
+    assert open_pulses(lane.feed(PlateRead("云B00000", 0.9), at(11.5))) == []  # another vehicle's
+    out = lane.feed(PlateRead("云A12345", 0.95), at(12))
+    assert [c.reason for c in open_pulses(out)] == ["lift"]
+    assert [e["approval_id"] for e in lane.events("approval.used")] == ["AP-1"]
+
+
 def test_r10_without_a_camera_the_guard_checks_the_approvals_plate_by_eye() -> None:
     """R10: on a lane with no plate camera nothing can read the plate, so a plate-bound
     approval lifts as any other (the guard sees the plate on the approval and the vehicle)."""
