@@ -18,10 +18,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-# Helpers shared by test directories (in-memory journals, fakes): importable by name.
+# Helpers shared by test directories (in-memory journals, fakes, the fast simulated site):
+# importable by name.
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent / "support"))
 
-pytest_plugins = ["chaos_figures"]
+# fastsite: the ``fast_sim`` and ``lane_specs`` fixtures, beside its ``fast_site`` factory.
+pytest_plugins = ["chaos_figures", "fastsite"]
