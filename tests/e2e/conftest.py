@@ -11,12 +11,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+# The e2e modules import their bonded lane from here.
+from fastsite import BONDED  # noqa: F401
+
 from gatectl.api import start_api
 from gatectl.config import load_config
 from gatectl.service import Site
 from simulators.site import LaneSpec, SimulatedSite, free_tcp_port
 
-BONDED = LaneSpec("B1-IN", "保税货物进区1号", "bonded", "in", "K001")
 NO_EXIT = LaneSpec("N1-OUT", "非保税出区", "non_bonded", "out", "K003", exit_loop=False)
 
 
@@ -59,20 +61,14 @@ def write_site_config(sim: SimulatedSite, tmp_path: Path, authority_timeout_ms: 
 
 
 @pytest.fixture
-def lane_specs() -> list[LaneSpec]:
-    return [BONDED]
-
-
-@pytest.fixture
 def authority_timeout_ms() -> int:
     return 3000
 
 
 @pytest.fixture
-async def running(tmp_path: Path, lane_specs: list[LaneSpec], authority_timeout_ms: int):
-    sim = SimulatedSite(tmp_path, lane_specs, travel_s=0.2, speed=5.0, weigh_interval_s=0.05)
-    await sim.start()
-    cfg_path = write_site_config(sim, tmp_path, authority_timeout_ms)
+async def running(tmp_path: Path, fast_sim: SimulatedSite, authority_timeout_ms: int):
+    """The daemon's lane services and API on ``fast_sim`` (its lanes: ``lane_specs``)."""
+    cfg_path = write_site_config(fast_sim, tmp_path, authority_timeout_ms)
     config = load_config(cfg_path)
     site = Site(config)
     runner = await start_api(site)
@@ -80,9 +76,8 @@ async def running(tmp_path: Path, lane_specs: list[LaneSpec], authority_timeout_
     task = asyncio.create_task(site.run(stop))
     try:
         await wait_until(lambda: site.running)
-        yield Running(sim, site, f"http://{config.local_api.listen}", cfg_path)
+        yield Running(fast_sim, site, f"http://{config.local_api.listen}", cfg_path)
     finally:
         stop.set()
         await asyncio.gather(task, return_exceptions=True)
         await runner.cleanup()
-        await sim.stop()

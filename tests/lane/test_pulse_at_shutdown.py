@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,25 +21,13 @@ from pymodbus.pdu import ModbusPDU
 from drivers.stopping import wait_through
 from gatectl.config import load_config
 from gatectl.service import Site, cancel_all
-from simulators.site import LaneSpec, SimLane, SimulatedSite, free_tcp_port
-
-BONDED = LaneSpec("B1-IN", "保税货物进区1号", "bonded", "in", "K001")
+from simulators.site import SimLane, SimulatedSite, free_tcp_port
 
 
 async def wait_until(predicate, timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-async def sim(tmp_path: Path) -> AsyncIterator[SimulatedSite]:
-    s = SimulatedSite(tmp_path, [BONDED], travel_s=0.2, speed=5.0, weigh_interval_s=0.05)
-    await s.start()
-    try:
-        yield s
-    finally:
-        await s.stop()
 
 
 async def stop_as_the_barrier_lifts(
@@ -90,42 +77,42 @@ def assert_stopped_cleanly(
 
 
 async def test_s1_a_site_stopped_mid_pulse_switches_the_coil_off_and_leaves_no_pulse_pending(
-    sim: SimulatedSite, tmp_path: Path
+    fast_sim: SimulatedSite, tmp_path: Path
 ) -> None:
-    site, lane, reported = await stop_as_the_barrier_lifts(sim, tmp_path)
-    assert_stopped_cleanly(sim, site, lane, reported)
+    site, lane, reported = await stop_as_the_barrier_lifts(fast_sim, tmp_path)
+    assert_stopped_cleanly(fast_sim, site, lane, reported)
 
 
 async def test_s1_a_lost_off_write_at_shutdown_is_retried_while_the_module_still_polls(
-    sim: SimulatedSite, tmp_path: Path
+    fast_sim: SimulatedSite, tmp_path: Path
 ) -> None:
     """The pulse's off write is lost on the line as the site stops. The module still
     answers its polls, so the pulse writes off again: the IO modules stop after the
     lanes, not beside them (a pulse gives up on a module no longer polled)."""
-    lane = sim.lane("B1-IN")
+    lane = fast_sim.lane("B1-IN")
     lost: list[ModbusPDU] = []
 
     def lose_the_first_off_write_after_the_lift(pdu: ModbusPDU) -> bool:
         if (pdu.function_code == 5 and pdu.address == lane.open_coil and not pdu.bits[0]
-                and sim.io.coil(lane.open_coil) and not lost):
+                and fast_sim.io.coil(lane.open_coil) and not lost):
             lost.append(pdu)
             return True
         return False
 
-    sim.io.lose = lose_the_first_off_write_after_the_lift
-    site, lane, reported = await stop_as_the_barrier_lifts(sim, tmp_path)
+    fast_sim.io.lose = lose_the_first_off_write_after_the_lift
+    site, lane, reported = await stop_as_the_barrier_lifts(fast_sim, tmp_path)
     assert len(lost) == 1
-    assert_stopped_cleanly(sim, site, lane, reported)
+    assert_stopped_cleanly(fast_sim, site, lane, reported)
 
 
 async def test_s1_a_control_loop_told_to_stop_twice_still_stops_its_io_modules_after_the_lanes(
-    sim: SimulatedSite, tmp_path: Path
+    fast_sim: SimulatedSite, tmp_path: Path
 ) -> None:
     """The second stop lands while the lanes finish their pulses: the IO modules are still
     stopped and their buses let go afterwards, nothing is left pending (a stop that skipped
     them would leave the modules' poll tasks to be destroyed with the loop)."""
-    site, lane, reported = await stop_as_the_barrier_lifts(sim, tmp_path, stop_again_after_s=0.05)
-    assert_stopped_cleanly(sim, site, lane, reported)
+    site, lane, reported = await stop_as_the_barrier_lifts(fast_sim, tmp_path, stop_again_after_s=0.05)
+    assert_stopped_cleanly(fast_sim, site, lane, reported)
     assert not any(bus.connected for bus in site.buses)
 
 

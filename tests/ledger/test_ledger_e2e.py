@@ -18,14 +18,13 @@ from gatectl.approvals import public_key_b64, sign
 from gatectl.config import load_config
 from gatectl.ledger import PASSAGE_COLUMNS, export
 from gatectl.service import SITE_LANE, Site
-from simulators.site import LaneSpec, SimulatedSite, Vehicle, free_tcp_port
+from simulators.site import SimulatedSite, Vehicle, free_tcp_port
 
 from .conftest import csv_header, read_csv, read_xlsx, xlsx_headers
 from journaling import record
 
 TZ = ZoneInfo("Asia/Shanghai")
 CUSTOMS = Ed25519PrivateKey.generate()
-BONDED = LaneSpec("B1-IN", "保税货物进区1号", "bonded", "in", "K001")
 TRUCK = Vehicle("0100E2850E", "云A12345", 31250)
 SECOND = Vehicle("06008E6D5D", "云A67890", 18800)
 NO_CARD = Vehicle(None, "云A00000", 9000)
@@ -48,22 +47,19 @@ async def drive_through(lane) -> None:
 
 
 @pytest.fixture
-async def daemon(tmp_path: Path):
-    sim = SimulatedSite(tmp_path, [BONDED], travel_s=0.2, speed=5.0, weigh_interval_s=0.05)
-    await sim.start()
-    path = sim.write_config(tmp_path / "site.yaml", journal_path=str(tmp_path / "gatectl.db"),
-                            api_listen=f"127.0.0.1:{free_tcp_port()}",
-                            trust={"customs": [public_key_b64(CUSTOMS)]})
+async def daemon(tmp_path: Path, fast_sim: SimulatedSite):
+    path = fast_sim.write_config(tmp_path / "site.yaml", journal_path=str(tmp_path / "gatectl.db"),
+                                 api_listen=f"127.0.0.1:{free_tcp_port()}",
+                                 trust={"customs": [public_key_b64(CUSTOMS)]})
     site = Site(load_config(path))
     stop = asyncio.Event()
     task = asyncio.create_task(site.run(stop))
     try:
         await wait_until(lambda: site.running)
-        yield sim, site
+        yield fast_sim, site
     finally:
         stop.set()
         await asyncio.gather(task, return_exceptions=True)
-        await sim.stop()
 
 
 def closed(site: Site) -> list[str]:

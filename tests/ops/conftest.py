@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client.parser import text_string_to_metric_families
 
-from e2e.conftest import BONDED, wait_until
+from e2e.conftest import wait_until
 from gatectl.api import start_api
 from gatectl.approvals import public_key_b64
 from gatectl.config import load_config
@@ -109,10 +109,8 @@ class OpsSite:
 
 
 @pytest.fixture
-async def ops_site(tmp_path: Path):
-    sim = SimulatedSite(tmp_path, [BONDED], travel_s=0.2, speed=5.0, weigh_interval_s=0.05)
-    await sim.start()
-    config = load_config(write_config(sim, tmp_path))
+async def ops_site(tmp_path: Path, fast_sim: SimulatedSite):
+    config = load_config(write_config(fast_sim, tmp_path))
     site = Site(config)
     metrics = Metrics(site)
     runner = await start_api(site, metrics.setup_routes)
@@ -120,12 +118,11 @@ async def ops_site(tmp_path: Path):
     task = asyncio.create_task(site.run(stop))
     try:
         await wait_until(lambda: site.running)
-        yield OpsSite(sim, site, metrics, f"http://{config.local_api.listen}")
+        yield OpsSite(fast_sim, site, metrics, f"http://{config.local_api.listen}")
     finally:
         stop.set()
         await asyncio.gather(task, return_exceptions=True)
         await runner.cleanup()
-        await sim.stop()
 
 
 class FakeSystemd:

@@ -21,12 +21,11 @@ from gatectl.config import load_config
 from gatectl.records import Records
 from gatectl.records_cli import add_subcommands
 from gatectl.service import Site
-from simulators.site import LaneSpec, SimulatedSite, free_tcp_port
+from simulators.site import SimulatedSite, free_tcp_port
 from journaling import record
 
 TZ = ZoneInfo("Asia/Shanghai")
 TOKEN = "rec-token"
-BONDED = LaneSpec("B1-IN", "保税货物进区1号", "bonded", "in", "K001")
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, step: float = 0.02) -> None:
@@ -146,12 +145,10 @@ class Live:
 
 
 @pytest.fixture
-async def live(tmp_path: Path):
+async def live(tmp_path: Path, fast_sim: SimulatedSite):
     """The simulated site with the daemon's lane services and Records wired as in the daemon."""
-    sim = SimulatedSite(tmp_path, [BONDED], travel_s=0.2, speed=5.0, weigh_interval_s=0.05)
-    await sim.start()
-    path = sim.write_config(tmp_path / "site.yaml", journal_path=str(tmp_path / "gatectl.db"),
-                            api_listen=f"127.0.0.1:{free_tcp_port()}", token=TOKEN)
+    path = fast_sim.write_config(tmp_path / "site.yaml", journal_path=str(tmp_path / "gatectl.db"),
+                                 api_listen=f"127.0.0.1:{free_tcp_port()}", token=TOKEN)
     config = load_config(path)
     site = Site(config)
     records = Records(site)
@@ -161,9 +158,8 @@ async def live(tmp_path: Path):
     task = asyncio.create_task(site.run(stop))
     try:
         await wait_until(lambda: site.running)
-        yield Live(sim, site, records, f"http://{config.local_api.listen}", path)
+        yield Live(fast_sim, site, records, f"http://{config.local_api.listen}", path)
     finally:
         stop.set()
         await asyncio.gather(task, return_exceptions=True)
         await runner.cleanup()
-        await sim.stop()
