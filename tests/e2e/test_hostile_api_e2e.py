@@ -24,6 +24,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from fastsite import fast_site
 
 from gatectl.api import GUARD_KEY, ConnectionGuard, HttpLimits, start_api
 from gatectl.approvals import public_key_b64
@@ -32,11 +33,10 @@ from gatectl.daemon import assemble
 from gatectl.service import Site
 from gatectl.users import token_sha256
 from signed import command, minutes_ago, signed
-from simulators.site import LaneSpec, SimulatedSite, Vehicle, free_tcp_port
+from simulators.site import SimulatedSite, Vehicle, free_tcp_port
 
 from .conftest import wait_until
 
-BONDED = LaneSpec("B1-IN", "保税货物进区1号", "bonded", "in", "K001")
 TRUCK = Vehicle("0100E2850E", "云A12345", 31250)
 CUSTOMS_KEY = Ed25519PrivateKey.generate()
 FULL = "demo-token"
@@ -109,7 +109,7 @@ def users_yaml() -> str:
 
 @contextlib.asynccontextmanager
 async def daemon(tmp_path: Path, limits: HttpLimits = LIMITS) -> AsyncIterator[Daemon]:
-    sim = SimulatedSite(tmp_path, [BONDED], travel_s=0.2, speed=5.0, weigh_interval_s=0.05)
+    sim = fast_site(tmp_path)
     await sim.start()
     port = free_tcp_port()
     path = sim.write_config(tmp_path / "site.yaml", journal_path=str(tmp_path / "gatectl.db"),
@@ -383,7 +383,7 @@ async def test_issue13_post_rate_per_client_429_and_the_lane_passes(tmp_path: Pa
 
 
 async def test_issue13_an_unexpected_handler_error_is_a_500_without_traceback_logged_once(
-    tmp_path: Path, capsys
+    tmp_path: Path, capsys, fast_sim: SimulatedSite
 ) -> None:
     """#13: a handler that fails unexpectedly is contained: 500 ``{"error": "internal
     error", "error_id"}`` without a traceback, counted, its traceback logged once per
@@ -394,18 +394,16 @@ async def test_issue13_an_unexpected_handler_error_is_a_500_without_traceback_lo
     def extra(app) -> None:
         app.router.add_get("/api/v1/boom", boom)
 
-    sim = SimulatedSite(tmp_path, [BONDED], travel_s=0.2, speed=5.0, weigh_interval_s=0.05)
-    await sim.start()
     port = free_tcp_port()
-    path = sim.write_config(tmp_path / "site.yaml", journal_path=str(tmp_path / "gatectl.db"),
-                            api_listen=f"127.0.0.1:{port}")
+    path = fast_sim.write_config(tmp_path / "site.yaml", journal_path=str(tmp_path / "gatectl.db"),
+                                 api_listen=f"127.0.0.1:{port}")
     site, setups = assemble(load_config(path))
     runner = await start_api(site, *setups, extra, limits=LIMITS)
     stop = asyncio.Event()
     task = asyncio.create_task(site.run(stop))
     try:
         await wait_until(lambda: site.running)
-        d = Daemon(sim, site, f"http://127.0.0.1:{port}", "127.0.0.1", port)
+        d = Daemon(fast_sim, site, f"http://127.0.0.1:{port}", "127.0.0.1", port)
         for _ in range(5):
             status, answer = await d.call("GET", "/api/v1/boom", token=None)
             assert status == 500 and answer["error"] == "internal error" and len(answer["error_id"]) == 12
@@ -418,7 +416,6 @@ async def test_issue13_an_unexpected_handler_error_is_a_500_without_traceback_lo
         stop.set()
         await asyncio.gather(task, return_exceptions=True)
         await runner.cleanup()
-        await sim.stop()
 
 
 # ---------------------------------------------------------------------- fuzz

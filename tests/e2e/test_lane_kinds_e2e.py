@@ -7,6 +7,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from fastsite import fast_site
 
 from gatectl.api import start_api
 from gatectl.config import load_config
@@ -91,61 +92,54 @@ async def test_spot_check_holds_exactly_n_released_vehicles(running: Running) ->
 
 
 async def test_pass_confirmations_delivered_once_the_authority_returns_even_after_restart(
-    tmp_path: Path,
+    tmp_path: Path, fast_sim: SimulatedSite,
 ) -> None:
     """CONTRACT 3.1: the daemon confirms each release (passed / not_passed) through the
     journal's outbox, retrying until the authority acknowledges, across a daemon restart,
     in order."""
-    sim = SimulatedSite(tmp_path, [LaneSpec("B1-IN", "保税货物进区1号", "bonded", "in", "K001")],
-                        travel_s=0.2, speed=5.0, weigh_interval_s=0.05)
-    await sim.start()
-    try:
-        config = load_config(write_site_config(sim, tmp_path))
-        sim.authority.script(TRUCK.card, "release")
-        sim.authority.script(SECOND.card, "release")
-        sim.authority.fail_confirmations = True
+    config = load_config(write_site_config(fast_sim, tmp_path))
+    fast_sim.authority.script(TRUCK.card, "release")
+    fast_sim.authority.script(SECOND.card, "release")
+    fast_sim.authority.fail_confirmations = True
 
-        async def run_daemon(stop: asyncio.Event) -> tuple[Site, asyncio.Task, object]:
-            site = Site(config)
-            runner = await start_api(site)
-            task = asyncio.create_task(site.run(stop))
-            await wait_until(lambda: site.running)
-            return site, task, runner
+    async def run_daemon(stop: asyncio.Event) -> tuple[Site, asyncio.Task, object]:
+        site = Site(config)
+        runner = await start_api(site)
+        task = asyncio.create_task(site.run(stop))
+        await wait_until(lambda: site.running)
+        return site, task, runner
 
-        stop = asyncio.Event()
-        site, task, runner = await run_daemon(stop)
-        lane = sim.lane("B1-IN")
-        assert await lane.drive(TRUCK) == "passed"
-        assert await lane.drive(SECOND) == "passed"
-        await wait_until(lambda: site.journal.outbox_depth() == 2)
-        await wait_until(lambda: len(sim.authority.confirmation_attempts) >= 1)
-        assert sim.authority.confirmations == []
-        stop.set()
-        await task
-        await runner.cleanup()
+    stop = asyncio.Event()
+    site, task, runner = await run_daemon(stop)
+    lane = fast_sim.lane("B1-IN")
+    assert await lane.drive(TRUCK) == "passed"
+    assert await lane.drive(SECOND) == "passed"
+    await wait_until(lambda: site.journal.outbox_depth() == 2)
+    await wait_until(lambda: len(fast_sim.authority.confirmation_attempts) >= 1)
+    assert fast_sim.authority.confirmations == []
+    stop.set()
+    await task
+    await runner.cleanup()
 
-        sim.authority.fail_confirmations = False
-        stop = asyncio.Event()
-        site, task, runner = await run_daemon(stop)
-        await wait_until(lambda: len(sim.authority.confirmations) == 2)
-        await wait_until(lambda: site.journal.outbox_depth() == 0)
-        got = sim.authority.confirmations
-        requests = sim.authority.requests
-        assert [c["request_id"] for c in got] == [r["request_id"] for r in requests]
-        assert all(c["result"] == "passed" and c["lane_id"] == "B1-IN" for c in got)
-        assert got[0]["gross_weight_kg"] == TRUCK.gross_kg
-        stop.set()
-        await task
-        await runner.cleanup()
-    finally:
-        await sim.stop()
+    fast_sim.authority.fail_confirmations = False
+    stop = asyncio.Event()
+    site, task, runner = await run_daemon(stop)
+    await wait_until(lambda: len(fast_sim.authority.confirmations) == 2)
+    await wait_until(lambda: site.journal.outbox_depth() == 0)
+    got = fast_sim.authority.confirmations
+    requests = fast_sim.authority.requests
+    assert [c["request_id"] for c in got] == [r["request_id"] for r in requests]
+    assert all(c["result"] == "passed" and c["lane_id"] == "B1-IN" for c in got)
+    assert got[0]["gross_weight_kg"] == TRUCK.gross_kg
+    stop.set()
+    await task
+    await runner.cleanup()
 
 
 async def test_lane_outside_open_hours_lifts_nothing(tmp_path: Path) -> None:
     """R2: outside its open hours a lane releases nothing automatically and says so,
     without asking the authority."""
-    sim = SimulatedSite(tmp_path, [LaneSpec("E1-IN", "跨境电商9610进区", "ecommerce_9610", "in", "K005")],
-                        travel_s=0.2, speed=5.0, weigh_interval_s=0.05)
+    sim = fast_site(tmp_path, [LaneSpec("E1-IN", "跨境电商9610进区", "ecommerce_9610", "in", "K005")])
     await sim.start()
     try:
         path = write_site_config(sim, tmp_path)

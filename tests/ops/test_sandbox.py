@@ -80,14 +80,12 @@ def test_probe_sees_the_sandbox_bite() -> None:
     }, out.stdout
 
 
-async def test_daemon_runs_and_stops_cleanly_in_the_sandbox(tmp_path: Path) -> None:
-    sim = SimulatedSite(tmp_path, [BONDED], travel_s=0.2, speed=5.0, weigh_interval_s=0.05)
-    await sim.start()
+async def test_daemon_runs_and_stops_cleanly_in_the_sandbox(tmp_path: Path, fast_sim: SimulatedSite) -> None:
     fake = FakeSystemd(str(tmp_path / "notify.sock"))
     log_path = tmp_path / "daemon.log"
     proc: subprocess.Popen | None = None
     try:
-        config_path = write_config(sim, tmp_path)
+        config_path = write_config(fast_sim, tmp_path)
         from gatectl.config import load_config
 
         api = f"http://{load_config(config_path).local_api.listen}"
@@ -102,8 +100,8 @@ async def test_daemon_runs_and_stops_cleanly_in_the_sandbox(tmp_path: Path) -> N
             return fake.count("READY=1") == 1
 
         await wait_until(ready, timeout=30)
-        sim.authority.script(TRUCK.card, "release")
-        lane = sim.lane(BONDED.id)
+        fast_sim.authority.script(TRUCK.card, "release")
+        lane = fast_sim.lane(BONDED.id)
         assert await lane.drive(TRUCK) == "passed"
 
         async def scrape() -> Scrape:
@@ -131,5 +129,3 @@ async def test_daemon_runs_and_stops_cleanly_in_the_sandbox(tmp_path: Path) -> N
             proc.kill()
             proc.wait(10)
         fake.close()
-        await sim.stop()
-

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from e2e.conftest import BONDED, wait_until
+from e2e.conftest import wait_until
 from gatectl.config import load_config
 from gatectl.service import Site
 from gatectl.systemd import Notifier, notify_address, run_notifier, watchdog_seconds
@@ -70,35 +70,32 @@ async def test_without_notify_socket_it_is_a_noop_that_waits_for_stop() -> None:
     assert n.sent == 0
 
 
-async def test_real_site_ready_only_once_lanes_run_then_pings_then_stopping(tmp_path: Path, notify_path) -> None:
+async def test_real_site_ready_only_once_lanes_run_then_pings_then_stopping(
+    tmp_path: Path, notify_path, fast_sim: SimulatedSite
+) -> None:
     """Wired as ``gatectl run`` should: ``site.add_task(lambda: run_notifier(site, stop))``.
     STATUS while starting, READY=1 once the lane runs (its STATUS says so), WATCHDOG=1 pings,
     and STOPPING=1 when the site stops on SIGTERM's ``stop``."""
     path, fake = notify_path
-    sim = SimulatedSite(tmp_path, [BONDED], travel_s=0.2, speed=5.0, weigh_interval_s=0.05)
-    await sim.start()
-    try:
-        site = Site(load_config(write_config(sim, tmp_path)))
-        notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"})  # a ping every 0.1 s
-        stop = asyncio.Event()
-        site.add_task(lambda: run_notifier(site, stop, notifier=notifier), "systemd-notify")
-        task = asyncio.create_task(site.run(stop))
-        await wait_until(lambda: fake.count("READY=1") == 1)
-        assert site.running
-        lines = fake.lines()
-        ready_at = lines.index("READY=1")
-        assert lines[ready_at + 1] == "STATUS=running 1 lane"
-        assert any(line.startswith("STATUS=starting") for line in lines[:ready_at])
-        before = fake.count("WATCHDOG=1")
-        await wait_until(lambda: fake.count("WATCHDOG=1") >= before + 3)
-        assert not task.done()
-        stop.set()
-        await asyncio.wait_for(task, 20)
-        lines = fake.lines()
-        assert lines.count("STOPPING=1") == 1 and lines.count("READY=1") == 1
-        assert lines.index("STOPPING=1") > lines.index("READY=1")
-    finally:
-        await sim.stop()
+    site = Site(load_config(write_config(fast_sim, tmp_path)))
+    notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"})  # a ping every 0.1 s
+    stop = asyncio.Event()
+    site.add_task(lambda: run_notifier(site, stop, notifier=notifier), "systemd-notify")
+    task = asyncio.create_task(site.run(stop))
+    await wait_until(lambda: fake.count("READY=1") == 1)
+    assert site.running
+    lines = fake.lines()
+    ready_at = lines.index("READY=1")
+    assert lines[ready_at + 1] == "STATUS=running 1 lane"
+    assert any(line.startswith("STATUS=starting") for line in lines[:ready_at])
+    before = fake.count("WATCHDOG=1")
+    await wait_until(lambda: fake.count("WATCHDOG=1") >= before + 3)
+    assert not task.done()
+    stop.set()
+    await asyncio.wait_for(task, 20)
+    lines = fake.lines()
+    assert lines.count("STOPPING=1") == 1 and lines.count("READY=1") == 1
+    assert lines.index("STOPPING=1") > lines.index("READY=1")
 
 
 async def test_abstract_socket_and_fault_status() -> None:
