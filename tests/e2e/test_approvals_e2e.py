@@ -14,12 +14,13 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastsite import BONDED, fast_site
 
 from gatectl.api import start_api
 from gatectl.approvals import public_key_b64, sign
 from gatectl.config import load_config
 from gatectl.service import Site
-from simulators.site import LaneSpec, SimulatedSite, free_tcp_port
+from simulators.site import LaneSpec, free_tcp_port
 
 from .conftest import wait_until
 
@@ -27,7 +28,6 @@ TZ = ZoneInfo("Asia/Shanghai")
 CUSTOMS = Ed25519PrivateKey.generate()
 PARK = Ed25519PrivateKey.generate()
 STRANGER = Ed25519PrivateKey.generate()
-BONDED = LaneSpec("B1-IN", "保税货物进区1号", "bonded", "in", "K001")
 NON_BONDED = LaneSpec("N1-OUT", "非保税出区", "non_bonded", "out", "K003", exit_loop=False)
 TOKEN = {"Authorization": "Bearer demo-token"}
 
@@ -87,7 +87,7 @@ class Daemon:
 
 @pytest.fixture
 async def site(tmp_path: Path):
-    sim = SimulatedSite(tmp_path, [BONDED, NON_BONDED], travel_s=0.2, speed=5.0, weigh_interval_s=0.05)
+    sim = fast_site(tmp_path, [BONDED, NON_BONDED])
     await sim.start()
     path = sim.write_config(
         tmp_path / "site.yaml",

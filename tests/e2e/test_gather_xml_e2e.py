@@ -6,12 +6,13 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from fastsite import fast_site
 
 from gatectl.api import start_api
 from gatectl.config import load_config
 from gatectl.service import Site
 from simulators.authority_gather import GatherAuthoritySimulator
-from simulators.site import LaneSpec, SimulatedSite, Vehicle
+from simulators.site import LaneSpec, Vehicle
 
 from .conftest import wait_until, write_site_config
 
@@ -22,7 +23,7 @@ SECOND = Vehicle("06008E6D5D", "云A67890", 18800)
 
 @pytest.fixture
 async def gather_site(tmp_path: Path):
-    sim = SimulatedSite(tmp_path, [LANE], travel_s=0.2, speed=5.0, weigh_interval_s=0.05)
+    sim = fast_site(tmp_path, [LANE])
     await sim.start()
     gather = GatherAuthoritySimulator()
     await gather.start()

@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastsite import fast_site
 
 from gatectl.api import start_api
 from gatectl.approvals import public_key_b64
@@ -96,8 +97,7 @@ class Daemon:
 
 @pytest.fixture
 async def d(tmp_path: Path) -> AsyncIterator[Daemon]:
-    sim = SimulatedSite(tmp_path, [B1, E1, N1], travel_s=0.2, speed=5.0, weigh_interval_s=0.05,
-                        camera_miss_rate=0.0, camera_misread_rate=0.0)
+    sim = fast_site(tmp_path, [B1, E1, N1], camera_miss_rate=0.0, camera_misread_rate=0.0)
     await sim.start()
     gather = GatherAuthoritySimulator()
     await gather.start()

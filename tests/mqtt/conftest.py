@@ -25,6 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from fastsite import BONDED, fast_site
 
 from gatectl.config import load_config
 from gatectl.mqtt import MqttLink
@@ -35,7 +36,6 @@ from simulators.site import SITE_ID, LaneSpec, SimulatedSite, free_tcp_port
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
 PREFIX = f"gatectl/{SITE_ID}"
-BONDED = LaneSpec("B1-IN", "保税货物进区1号", "bonded", "in", "K001")
 BONDED_OUT = LaneSpec("B2-OUT", "保税货物出区2号", "bonded", "out", "K002")
 #: Fast reconnects for tests (the defaults are 0.5 s doubling to 3 s).
 LINK_KW = {"backoff_initial": 0.1, "backoff_max": 1.0}
@@ -383,7 +383,7 @@ class Sites:
     async def __call__(self, port: int, specs: list[LaneSpec] = (BONDED,), *, extra: list[str] = (),
                        trust: dict | None = None, **link_kw) -> Harness:
         workdir = self.tmp_path / f"sim{len(self.sims)}"
-        sim = SimulatedSite(workdir, list(specs), travel_s=0.2, speed=5.0, weigh_interval_s=0.05)
+        sim = fast_site(workdir, specs)
         await sim.start()
         self.sims.append(sim)
         return await self._run(sim, write_config(sim, workdir, port, extra, trust), link_kw)

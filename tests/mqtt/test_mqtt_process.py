@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from simulators.site import SimulatedSite
+from fastsite import fast_site
 
-from .conftest import BONDED, PREFIX, wait_until, write_config
+from .conftest import PREFIX, wait_until, write_config
 
 RUNNER = Path(__file__).with_name("runner.py")
 
@@ -21,7 +21,7 @@ async def test_status_offline_on_kill9_online_on_restart_offline_on_clean_stop(
 ) -> None:
     broker = await brokers()
     col = await collectors(broker.port)
-    sim = SimulatedSite(tmp_path / "sim", [BONDED], travel_s=0.2, speed=5.0, weigh_interval_s=0.05)
+    sim = fast_site(tmp_path / "sim")
     await sim.start()
     config = write_config(sim, tmp_path / "sim", broker.port)
     log_path = tmp_path / "runner.log"
