@@ -23,8 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-
-from simulators.site import SimulatedSite
+from fastsite import fast_site
 
 from .harness import (
     TWO_BONDED_LANES,
@@ -49,7 +48,7 @@ def _ts(e: dict) -> float:
 
 async def authority_campaign(tmp_path: Path, figures: dict, *, outage_s: float, seed: int) -> None:
     rng = random.Random(seed)
-    sim = SimulatedSite(tmp_path / "site", LANES, travel_s=0.2, speed=5.0, weigh_interval_s=0.05)
+    sim = fast_site(tmp_path / "site", LANES)
     await sim.start()
     config = write_config(sim, tmp_path, authority_timeout_ms=TIMEOUT_MS)
     recorder = CoilRecorder(sim)

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fastsite import fast_site
 
 from simulators.site import SITE_ID, SimulatedSite
 
@@ -81,7 +82,7 @@ async def broker_campaign(tmp_path: Path, figures: dict, *, outage_s: float, see
     await broker.start()
     collector = Collector(broker.port, PREFIX, "collector", PASSWORDS["collector"])
     await collector.start()
-    sim = SimulatedSite(tmp_path / "site", LANES, travel_s=0.2, speed=5.0, weigh_interval_s=0.05)
+    sim = fast_site(tmp_path / "site", LANES)
     await sim.start()
     daemon = Daemon(mqtt_config(sim, tmp_path, broker.port), tmp_path / "daemon.log")
     traffic = Traffic(sim, rng, wait_for_lift_s=3.0, release_share=0.8)

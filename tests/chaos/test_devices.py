@@ -24,8 +24,9 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from fastsite import fast_site
 
-from simulators.site import FORM_IDS, LaneSpec, SimulatedSite
+from simulators.site import FORM_IDS, LaneSpec
 
 from .harness import (
     RELEASED,
@@ -74,7 +75,7 @@ def _ts(e: dict) -> float:
 
 async def devices_campaign(tmp_path: Path, figures: dict, *, rounds: int, down_s: float, seed: int) -> None:
     rng = random.Random(seed)
-    sim = SimulatedSite(tmp_path / "site", LANES, travel_s=0.2, speed=5.0, weigh_interval_s=0.05)
+    sim = fast_site(tmp_path / "site", LANES)
     await sim.start()
     config = write_config(sim, tmp_path)
     recorder = CoilRecorder(sim)

@@ -24,8 +24,9 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from fastsite import fast_site
 
-from simulators.site import SimulatedSite, free_tcp_port
+from simulators.site import free_tcp_port
 
 from .harness import (
     TWO_BONDED_LANES,
@@ -52,7 +53,7 @@ def _ts(e: dict) -> float:
 
 async def disk_full_campaign(tmp_path: Path, figures: dict, *, fills: int, full_s: float, seed: int) -> None:
     rng = random.Random(seed)
-    sim = SimulatedSite(tmp_path / "site", LANES, travel_s=0.2, speed=5.0, weigh_interval_s=0.05)
+    sim = fast_site(tmp_path / "site", LANES)
     await sim.start()
     config = write_config(sim, tmp_path)
     recorder = CoilRecorder(sim)
@@ -204,7 +205,7 @@ async def real_disk_full_campaign(tmp_path: Path, figures: dict, *, fills: int, 
     disk = tmp_path / "disk"
     _mount_tmpfs(disk, "8m")
     rng = random.Random(seed)
-    sim = SimulatedSite(tmp_path / "site", LANES, travel_s=0.2, speed=5.0, weigh_interval_s=0.05)
+    sim = fast_site(tmp_path / "site", LANES)
     daemon: Daemon | None = None
     observer: JournalObserver | None = None
     traffic: Traffic | None = None

@@ -28,16 +28,16 @@ from pathlib import Path
 import aiohttp
 import aiomqtt
 import pytest
+from fastsite import fast_site
 
 from gatectl.api import HttpLimits
-from simulators.site import SITE_ID, LaneSpec, SimulatedSite, Vehicle
+from simulators.site import SITE_ID, Vehicle
 
 from .harness import MOSQUITTO, Broker, Daemon, wait_until, write_config
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(600), pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is needed")]
 
 PREFIX = f"gatectl/{SITE_ID}"
-LANE = LaneSpec("B1-IN", "保税货物进区1号", "bonded", "in", "K001")
 TRUCK = Vehicle("0100E2850E", "云A12345", 31250)
 HTTP_S = 30.0
 MQTT_S = 30.0
@@ -202,7 +202,7 @@ async def test_flood_half_open_connections_and_mqtt_junk_against_the_daemon_proc
 ) -> None:
     broker = Broker(tmp_path / "broker")
     await broker.start()
-    sim = SimulatedSite(tmp_path / "sim", [LANE], travel_s=0.2, speed=5.0, weigh_interval_s=0.05)
+    sim = fast_site(tmp_path / "sim")
     await sim.start()
     path = write_config(sim, tmp_path, mqtt=f"127.0.0.1:{broker.port}")
     journal = tmp_path / "gatectl.db"

@@ -31,8 +31,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from fastsite import fast_site
 
-from simulators.site import LaneSpec, SimulatedSite
+from simulators.site import LaneSpec
 
 from .harness import (
     TWO_BONDED_LANES,
@@ -75,7 +76,7 @@ def _passed_without_own_lift(results: list, recorder: CoilRecorder, kills: list[
 
 async def kill_campaign(tmp_path: Path, figures: dict, *, passages: int, seed: int) -> None:
     rng = random.Random(seed)
-    sim = SimulatedSite(tmp_path / "site", LANES, travel_s=0.2, speed=5.0, weigh_interval_s=0.05)
+    sim = fast_site(tmp_path / "site", LANES)
     await sim.start()
     config = write_config(sim, tmp_path)
     recorder = CoilRecorder(sim)
