@@ -18,7 +18,7 @@ import pytest
 from gatectl.config import load_config
 from simulators.site import SimLane, SimulatedSite
 
-from .conftest import BONDED, wait_until, write_site_config
+from .conftest import wait_until, write_site_config
 
 TRUCK_CARD = "0100E2850E"
 
@@ -96,13 +96,8 @@ async def pull_up_and_show_the_card(lane: SimLane) -> None:
 
 
 @pytest.fixture
-async def sim(tmp_path: Path):
-    site = SimulatedSite(tmp_path, [BONDED], travel_s=0.2, speed=5.0, weigh_interval_s=0.05)
-    await site.start()
-    try:
-        yield site
-    finally:
-        await site.stop()
+def sim(fast_sim: SimulatedSite) -> SimulatedSite:
+    return fast_sim
 
 
 @pytest.fixture
