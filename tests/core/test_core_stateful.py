@@ -13,8 +13,6 @@ from collections import Counter
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-import pytest
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -34,6 +32,7 @@ from gatectl.lane.inputs import (
 )
 from gatectl.lane.inputs import poll_edges
 from lanelog import LaneLog
+from machines import machine_tests
 
 TZ = ZoneInfo("Asia/Shanghai")
 CARDS = ["0100E2850E", "06008E6D5D", "3A00F1229B"]
@@ -317,23 +316,5 @@ class LaneMachine(RuleBasedStateMachine):
             assert core.inputs == self.inputs
 
 
-TestLaneCoreInvariants = LaneMachine.TestCase
-TestLaneCoreInvariants.settings = settings(
-    max_examples=300,
-    stateful_step_count=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-
-
-class LaneMachineSoak(LaneMachine):
-    """The same invariants over far more and longer sequences (opt-in: --soak)."""
-
-
-TestLaneCoreInvariantsSoak = pytest.mark.timeout(3600)(pytest.mark.soak(LaneMachineSoak.TestCase))
-TestLaneCoreInvariantsSoak.settings = settings(
-    max_examples=20000,
-    stateful_step_count=200,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+TestLaneCoreInvariants, TestLaneCoreInvariantsSoak = machine_tests(
+    LaneMachine, examples=300, steps=60, soak_steps=200)

@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-import pytest
-from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -39,6 +37,7 @@ from gatectl.lane.inputs import (
     WeightStable,
 )
 from lanelog import LaneLog
+from machines import NO_EXPLAIN, machine_tests
 
 TZ = ZoneInfo("Asia/Shanghai")
 
@@ -282,28 +281,5 @@ class VehiclesAtTheLane(RuleBasedStateMachine):
             assert core.passage.card == there, f"passage holds {core.passage.card}, {there} at the reader"
 
 
-#: Every phase but explain: its line tracing makes a failing run take minutes (Python 3.11).
-NO_EXPLAIN = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink]
-
-TestVehiclesAtTheLane = VehiclesAtTheLane.TestCase
-TestVehiclesAtTheLane.settings = settings(
-    max_examples=300,
-    stateful_step_count=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-    phases=NO_EXPLAIN,
-)
-
-
-class VehiclesAtTheLaneSoak(VehiclesAtTheLane):
-    """The same over far more and longer sequences (opt-in: --soak)."""
-
-
-TestVehiclesAtTheLaneSoak = pytest.mark.timeout(3600)(pytest.mark.soak(VehiclesAtTheLaneSoak.TestCase))
-TestVehiclesAtTheLaneSoak.settings = settings(
-    max_examples=20000,
-    stateful_step_count=100,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-    phases=NO_EXPLAIN,
-)
+TestVehiclesAtTheLane, TestVehiclesAtTheLaneSoak = machine_tests(
+    VehiclesAtTheLane, examples=300, steps=40, soak_steps=100, phases=NO_EXPLAIN)
