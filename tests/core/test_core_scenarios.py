@@ -1252,6 +1252,15 @@ def test_s7_crash_while_deciding_with_a_weighbridge_asks_again_with_a_fresh_weig
     assert (closed["card"], closed["gross_weight_kg"], closed["outcome"]) == (CARD_A, 31200.0, "held")
 
 
+#: Another vehicle's card after a restart, its weight already stable: the recovered passage
+#: closes and the vehicle's own passage is asked about at once.
+ANOTHER_VEHICLE_ASKED_ABOUT = [
+    "passage.closed", f"Display:{WELCOME}", "passage.opened", f"Display:{ASK_CARD}",
+    "card.read", f"Display:{WEIGHING}", "weight.stable", f"Display:{DECIDING}", "release.requested",
+    "RequestRelease",
+]
+
+
 def test_r3_r4_s7_another_vehicle_at_the_reader_after_a_restart_is_not_asked_about_the_card_before_it(
     lane: Lane,
 ) -> None:
@@ -1265,11 +1274,7 @@ def test_r3_r4_s7_another_vehicle_at_the_reader_after_a_restart_is_not_asked_abo
     assert only(out, RequestRelease) == []
     assert lane.weight(42680.0, at(10.2)) == []
     out = lane.card(CARD_B, at(10.5))
-    assert names(out) == [
-        "passage.closed", f"Display:{WELCOME}", "passage.opened", f"Display:{ASK_CARD}",
-        "card.read", f"Display:{WEIGHING}", "weight.stable", f"Display:{DECIDING}", "release.requested",
-        "RequestRelease",
-    ]
+    assert names(out) == ANOTHER_VEHICLE_ASKED_ABOUT
     closed = emitted(out, "passage.closed")[0]
     assert (closed["passage_id"], closed["outcome"], closed["reason"]) == (old.passage_id, "backed_out",
                                                                            "daemon_restart")
@@ -1320,11 +1325,7 @@ def test_r4_r6_s7_another_vehicle_at_the_reader_after_a_restart_is_not_shown_the
     assert lane.requests == [] and lane.core.passage.hold_reason == "inspect"
     assert lane.weight(42680.0, at(10.2)) == []
     out = lane.card(CARD_B, at(10.5))
-    assert names(out) == [
-        "passage.closed", f"Display:{WELCOME}", "passage.opened", f"Display:{ASK_CARD}",
-        "card.read", f"Display:{WEIGHING}", "weight.stable", f"Display:{DECIDING}", "release.requested",
-        "RequestRelease",
-    ]
+    assert names(out) == ANOTHER_VEHICLE_ASKED_ABOUT
     closed = emitted(out, "passage.closed")[0]
     assert (closed["passage_id"], closed["outcome"], closed["reason"]) == (old, "held", "daemon_restart")
     assert (closed["card"], closed["gross_weight_kg"], closed["decision"]) == (CARD_A, 31250.0, "inspect")
