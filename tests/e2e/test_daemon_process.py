@@ -95,6 +95,25 @@ async def pull_up_and_show_the_card(lane: SimLane) -> None:
     lane.reader.present(TRUCK_CARD)
 
 
+async def another_lorry_pulls_up(lane: SimLane) -> None:
+    """While the daemon is down: the lorry on the loop reverses away and another, heavier
+    one, pulls up in its place."""
+    lane.set_loop("arrival", False)
+    lane.weigh(0)
+    await asyncio.sleep(0.2)
+    lane.set_loop("arrival", True)
+    lane.weigh(42680)
+
+
+async def show_until_asked(sim: SimulatedSite, lane: SimLane, card: str) -> None:
+    """The driver shows ``card`` until the lane has asked customs a second time."""
+    for _ in range(40):
+        lane.reader.present(card)
+        await asyncio.sleep(0.25)
+        if len(sim.authority.requests) > 1:
+            break
+
+
 @pytest.fixture
 def sim(fast_sim: SimulatedSite) -> SimulatedSite:
     return fast_sim
@@ -169,19 +188,11 @@ async def test_r3_s7_a_lorry_that_pulled_up_while_the_daemon_was_down_is_asked_a
     await sim.authority.wait_for_requests(1)
     await wait_until(lambda: "release.requested" in journaled(daemon.config_path.parent / "gatectl.db"))
     daemon.kill9()
-    lane.set_loop("arrival", False)
-    lane.weigh(0)
-    await asyncio.sleep(0.2)
-    lane.set_loop("arrival", True)
-    lane.weigh(42680)
+    await another_lorry_pulls_up(lane)
 
     daemon.start()
     await daemon.wait_healthy()
-    for _ in range(40):  # the driver shows the card until the lane has asked about it
-        lane.reader.present(other)
-        await asyncio.sleep(0.25)
-        if len(sim.authority.requests) > 1:
-            break
+    await show_until_asked(sim, lane, other)
     assert [r["card_no"] for r in sim.authority.requests] == [TRUCK_CARD, other]
     assert sim.authority.requests[1]["gross_weight_kg"] == 42680
     assert lane.opens == 0
@@ -211,21 +222,13 @@ async def test_r4_r6_s7_a_lorry_that_pulled_up_while_the_daemon_was_down_is_not_
     await pull_up_and_show_the_card(lane)
     await wait_until(lambda: "passage.held" in journaled(daemon.config_path.parent / "gatectl.db"))
     daemon.kill9()
-    lane.set_loop("arrival", False)
-    lane.weigh(0)
-    await asyncio.sleep(0.2)
-    lane.set_loop("arrival", True)
-    lane.weigh(42680)
+    await another_lorry_pulls_up(lane)
 
     daemon.start()
     await daemon.wait_healthy()
     shown = await daemon.lane("B1-IN")
     assert (shown["state"], shown["display"]) == ("held", "请刷IC卡")
-    for _ in range(40):  # the driver shows the card until the lane has asked about it
-        lane.reader.present(other)
-        await asyncio.sleep(0.25)
-        if len(sim.authority.requests) > 1:
-            break
+    await show_until_asked(sim, lane, other)
     assert [r["card_no"] for r in sim.authority.requests] == [TRUCK_CARD, other]
     assert sim.authority.requests[1]["gross_weight_kg"] == 42680
     await wait_until(lambda: lane.opens == 1)
