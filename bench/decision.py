@@ -414,7 +414,8 @@ async def run(quick: bool, workdir: Path) -> Report:
     }
     rep.notes.append(
         f"{len(ours)} daemon / {len(base)} baseline / {len(floor)} baseline-with-a-writer-thread passages, "
-        f"{m['rounds']} alternating rounds; daemon and baselines each in their own process, the wire-timed simulators in the bench process; the daemon's own "
+        f"{m['rounds']} alternating rounds; daemon and baselines each in their own process, the wire-timed "
+        "simulators in the bench process; the daemon's own "
         f"gatectl_decision_latency_seconds mean {own_mean * 1000:.3f} ms (answer in -> coil write acknowledged) "
         f"against {sum(ours) / len(ours) * 1000:.3f} ms on the wire"
     )
